@@ -1,0 +1,61 @@
+//! `cargo xtask`: the project's front door.
+//!
+//! - `cargo xtask demo`  builds and runs the demo appliance;
+//! - `cargo xtask test`  runs every test (what CI runs);
+//! - `cargo xtask bench` measures the figures in docs/BENCHMARKS.md;
+//! - `cargo xtask fuzz`  runs each fuzz target for a while.
+//!
+//! Each first installs the Debian packages it needs (see `deps.rs`).
+
+mod bench;
+mod demo;
+mod deps;
+mod fuzz;
+mod test;
+mod util;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(about = "Build, demo, test and benchmark fluxnode", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Install the Debian packages the project needs (only those missing).
+    Deps,
+    /// Run the whole test suite: unit, namespace, hal and QEMU boot tests.
+    Test(test::Args),
+    /// Build the appliance and show it running.
+    Demo(demo::Args),
+    /// Measure the figures recorded in docs/BENCHMARKS.md.
+    Bench(bench::Args),
+    /// Run every fuzz target for a while (needs cargo-fuzz and a nightly toolchain; falls back to the corpus replay).
+    Fuzz(fuzz::Args),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Cmd::Deps => deps::ensure(deps::PACKAGES),
+        Cmd::Test(a) => test::run(a),
+        Cmd::Demo(a) => demo::run(a),
+        Cmd::Bench(a) => bench::run(a),
+        Cmd::Fuzz(a) => fuzz::run(a),
+    };
+    match res {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Keeps `Result` in scope for submodules that only use `anyhow::Result`.
+#[allow(dead_code)]
+type XResult<T> = Result<T>;
