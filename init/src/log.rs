@@ -1,0 +1,1 @@
+//! Logging: a small `tracing` subscriber writing to the console or /dev/kmsg.
