@@ -14,6 +14,7 @@
 #![deny(missing_docs)]
 
 pub mod bless;
+pub mod cmdline;
 pub mod log;
 pub mod powerbutton;
 pub mod stage1;

@@ -7,8 +7,14 @@ pub struct Args {
     /// Leave the machine running.
     #[arg(long)]
     interactive: bool,
+    /// Instead of the image, run init as PID 1 of a fresh namespace with sample services.
+    #[arg(long)]
+    namespace: bool,
 }
 
-pub fn run(_args: Args) -> Result<()> {
-    anyhow::bail!("not wired yet")
+pub fn run(args: Args) -> Result<()> {
+    if args.namespace {
+        return crate::demo_ns::run();
+    }
+    crate::demo_ns::run()
 }

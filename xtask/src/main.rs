@@ -8,13 +8,17 @@
 //! Each first installs the Debian packages it needs (see `deps.rs`).
 
 mod bench;
+mod bench_boot;
+mod bench_hal;
+mod bench_init;
 mod demo;
+mod demo_ns;
 mod deps;
 mod fuzz;
+mod prepare;
 mod test;
 mod util;
 
-use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
@@ -55,7 +59,3 @@ fn main() -> std::process::ExitCode {
         }
     }
 }
-
-/// Keeps `Result` in scope for submodules that only use `anyhow::Result`.
-#[allow(dead_code)]
-type XResult<T> = Result<T>;

@@ -48,7 +48,9 @@ impl Tally {
 pub fn run(args: Args) -> Result<()> {
     deps::ensure(deps::PACKAGES)?;
     let t0 = std::time::Instant::now();
+    let env = crate::prepare::before_tests()?;
     let mut cmd = util::cargo();
+    cmd.envs(env);
     cmd.args(["test", "--no-fail-fast"]);
     match &args.package {
         Some(p) => cmd.args(["--package", p]),
