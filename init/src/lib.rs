@@ -10,21 +10,137 @@
 //!
 //! PID 1 must never panic out and never exit: the kernel panics if it does.
 //! Every fallible step returns a typed error; the top level logs it and, as
-//! PID 1 of a machine, powers off or reboots instead of returning.
+//! PID 1 of a machine, reboots instead of returning. In a child PID
+//! namespace (tests, the demo) the same code ends by exiting 0.
 #![deny(missing_docs)]
 
 pub mod bless;
+pub mod cgroup;
 pub mod cmdline;
+pub mod config;
+pub mod control;
+pub mod graph;
 pub mod log;
+pub mod mounts;
+pub mod notify;
 pub mod powerbutton;
+pub mod service;
+pub mod shutdown;
+pub mod spawn;
 pub mod stage1;
+pub mod supervisor;
 pub mod sys;
+pub mod watchdog;
+
+use std::path::{Path, PathBuf};
+
+use sys::Mode;
+
+const HELP: &str = "\
+fluxnode-init: fluxnode's PID 1
+
+USAGE:
+    fluxnode-init [OPTIONS]          run as the service supervisor (stage 2)
+    fluxnode-init ctl COMMAND        talk to a running init (see `ctl --help`)
+
+As PID 1 in an initramfs (with /etc/initrd-release) it runs stage 1 instead.
+
+OPTIONS (stage 2; the kernel command line's fluxnode.* keys give the same):
+    --services DIR     service files           [fluxnode.services=, /etc/fluxnode/services.d]
+    --config FILE      init's settings         [/etc/fluxnode/init.toml]
+    --run-dir DIR      sockets                 [/run/fluxnode]
+    --debug            debug logging           [fluxnode.debug]
+
+SIGNALS:
+    SIGTERM, SIGPWR    ordered poweroff (in a test namespace: ordered exit 0)
+    SIGINT             ordered reboot (Ctrl-Alt-Del)
+    SIGUSR1            print every service's status to the console
+    SIGUSR2            toggle debug logging
+    SIGHUP             ignored (service files are read at boot)
+";
 
 /// The process entry point of the `fluxnode-init` binary.
 pub fn main_entry() {
-    let args: Vec<String> = std::env::args().collect();
-    if std::process::id() == 1 && std::path::Path::new("/etc/initrd-release").exists() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("ctl") {
+        std::process::exit(control::ctl_main(&args[1..]));
+    }
+    if std::process::id() == 1 && Path::new("/etc/initrd-release").exists() {
         stage1::run();
     }
-    eprintln!("fluxnode-init: stage 2 not built yet ({} args)", args.len());
+    let mode = Mode::detect();
+    match parse_args(&args) {
+        Ok(Some(paths_debug)) => stage2(mode, paths_debug.0, paths_debug.1),
+        Ok(None) => print!("{HELP}"),
+        Err(e) if mode == Mode::Machine => {
+            // Never exit as PID 1: report and go on with the defaults.
+            sys::console_write(&format!("fluxnode-init: {e}; using defaults\n"));
+            stage2(mode, supervisor::Paths::default(), false);
+        }
+        Err(e) => {
+            eprintln!("fluxnode-init: {e}\n\n{HELP}");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn parse_args(args: &[String]) -> Result<Option<(supervisor::Paths, bool)>, String> {
+    let mut paths = supervisor::Paths::default();
+    let mut debug = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = |flag: &str| it.next().map(PathBuf::from).ok_or_else(|| format!("{flag} needs a value"));
+        match a.as_str() {
+            "--services" => paths.services_dir = Some(val(a)?),
+            "--config" => paths.init_config = val(a)?,
+            "--run-dir" => paths.run_dir = val(a)?,
+            "--debug" => debug = true,
+            "-h" | "--help" => return Ok(None),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(Some((paths, debug)))
+}
+
+/// Stage 2: mounts, supervises, shuts down. Returns only outside PID 1 of a machine.
+pub fn stage2(mode: Mode, mut paths: supervisor::Paths, debug: bool) {
+    if mode != Mode::Foreground {
+        // Mounts come before reading /proc/cmdline and any config.
+        log::init(debug);
+        mounts::mount_early();
+    }
+    let cmdline = cmdline::Cmdline::from_file(Path::new("/proc/cmdline"));
+    log::init(debug || cmdline.flag("fluxnode.debug"));
+    if let (Some(dir), None) = (cmdline.get("fluxnode.services"), &paths.services_dir) {
+        paths.services_dir = Some(dir.into());
+    }
+    if mode == Mode::Machine {
+        // Ctrl-Alt-Del then arrives as SIGINT instead of an instant reboot.
+        // SAFETY: reboot with a plain command.
+        unsafe { libc::reboot(libc::RB_DISABLE_CAD) };
+        std::panic::set_hook(Box::new(|info| {
+            sys::console_write(&format!("fluxnode-init: internal error: {info}\n"));
+        }));
+    }
+    tracing::info!("stage 2 starting ({mode:?} mode)");
+    let mut sup = match supervisor::Supervisor::new(&paths, mode) {
+        Ok(s) => s,
+        Err(e) if mode == Mode::Machine => sys::fatal_reboot(&format!("cannot start the supervisor: {e}")),
+        Err(e) => {
+            tracing::error!("cannot start the supervisor: {e}");
+            std::process::exit(1);
+        }
+    };
+    if mode == Mode::Machine {
+        powerbutton::spawn_watcher();
+    }
+    let kind = sup.run();
+    sup.finish();
+    match mode {
+        Mode::Machine => shutdown::final_step(kind),
+        _ => {
+            tracing::info!("{kind:?} requested outside PID 1 of a machine: exiting 0");
+            std::process::exit(0);
+        }
+    }
 }

@@ -31,3 +31,148 @@ pub fn console_write(s: &str) {
         }
     }
 }
+
+/// Where this init runs; it decides what "shut down" means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// PID 1 of the machine: ends with reboot(2), never exits.
+    Machine,
+    /// PID 1 of a child PID namespace (tests, the demo): ends by exiting 0.
+    Namespace,
+    /// Not PID 1 (development): no mounts, ends by exiting 0.
+    Foreground,
+}
+
+/// The inode of the initial PID namespace (PROC_PID_INIT_INO in the kernel);
+/// it is a constant, so PID 1 can tell a machine from a container.
+const PROC_PID_INIT_INO: u64 = 0xEFFF_FFFC;
+
+impl Mode {
+    /// Detects the mode of this process.
+    pub fn detect() -> Mode {
+        if std::process::id() != 1 {
+            return Mode::Foreground;
+        }
+        match std::fs::metadata("/proc/self/ns/pid") {
+            Ok(m) if std::os::unix::fs::MetadataExt::ino(&m) != PROC_PID_INIT_INO => Mode::Namespace,
+            // No /proc yet or the initial namespace: a machine.
+            _ => Mode::Machine,
+        }
+    }
+}
+
+/// A set of signals, blocked for the whole process and read via signalfd.
+#[derive(Debug)]
+pub struct SignalFd {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl SignalFd {
+    /// Blocks `signals` in this thread (threads started later inherit it) and
+    /// opens a non-blocking signalfd for them.
+    pub fn new(signals: &[i32]) -> std::io::Result<Self> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: sigset_t is plain data, initialised by sigemptyset.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for &s in signals {
+                libc::sigaddset(&mut set, s);
+            }
+            if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let fd = libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(SignalFd { fd: std::os::fd::OwnedFd::from_raw_fd(fd) })
+        }
+    }
+
+    /// The pending signals (empty when none).
+    pub fn read_all(&self) -> Vec<i32> {
+        use std::os::fd::AsRawFd;
+        let mut out = Vec::new();
+        loop {
+            // SAFETY: signalfd_siginfo is plain data; read writes at most its size.
+            let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+            let size = std::mem::size_of::<libc::signalfd_siginfo>();
+            let n = unsafe { libc::read(self.fd.as_raw_fd(), (&mut info as *mut libc::signalfd_siginfo).cast(), size) };
+            if n != size as isize {
+                return out;
+            }
+            out.push(info.ssi_signo as i32);
+        }
+    }
+
+    /// The descriptor, for poll.
+    pub fn raw(&self) -> i32 {
+        use std::os::fd::AsRawFd;
+        self.fd.as_raw_fd()
+    }
+}
+
+/// How a child ended, from a wait status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// exit(code).
+    Code(i32),
+    /// Killed by this signal.
+    Signal(i32),
+}
+
+impl ExitStatus {
+    /// Decodes a raw wait status.
+    pub fn from_wait(status: i32) -> Self {
+        if libc::WIFSIGNALED(status) {
+            ExitStatus::Signal(libc::WTERMSIG(status))
+        } else {
+            ExitStatus::Code(libc::WEXITSTATUS(status))
+        }
+    }
+
+    /// Exit code 0.
+    pub fn success(self) -> bool {
+        self == ExitStatus::Code(0)
+    }
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitStatus::Code(c) => write!(f, "exit status {c}"),
+            ExitStatus::Signal(s) => write!(f, "signal {s}"),
+        }
+    }
+}
+
+/// Reaps one exited child, if any: (pid, status).
+pub fn reap_one() -> Option<(i32, ExitStatus)> {
+    let mut status = 0;
+    // SAFETY: waitpid writes only into `status`.
+    let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+    (pid > 0).then(|| (pid, ExitStatus::from_wait(status)))
+}
+
+/// Sends `sig` to a process group (`pgid` > 0).
+pub fn kill_group(pgid: i32, sig: i32) -> bool {
+    // SAFETY: kill takes plain integers.
+    pgid > 0 && unsafe { libc::kill(-pgid, sig) } == 0
+}
+
+/// Sends `sig` to every process but ourselves (kill(-1)).
+pub fn kill_all(sig: i32) {
+    // SAFETY: kill takes plain integers.
+    unsafe {
+        libc::kill(-1, sig);
+    }
+}
+
+/// Wall-clock-free monotonic milliseconds, for timers and logs.
+pub fn monotonic_ms() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into `ts`.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
