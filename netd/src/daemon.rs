@@ -1,0 +1,313 @@
+//! The service: loopback, the link, DHCP or static, readiness, shutdown.
+//!
+//! Readiness is checked, not assumed: after configuring, netd dumps the
+//! kernel's addresses and routes and sends `READY=1` only when the link
+//! holds the address and a default route through it exists. Services
+//! ordered after netd can then connect out at once.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::config::{self, Config, Mode};
+use crate::dhcp::{Action, Client, DhcpSocket, Lease};
+use crate::error::Error;
+use crate::netlink::{Link, Netlink, RTPROT_DHCP, RTPROT_STATIC};
+use crate::notify::Notifier;
+use crate::sys::{poll_readable, random_u64, Signals};
+use crate::{link, resolv};
+
+/// Where netd reads and writes; defaults are the appliance's paths.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    /// Kernel command line.
+    pub cmdline: PathBuf,
+    /// Optional config file.
+    pub config: PathBuf,
+    /// sysfs root (link classification).
+    pub sys: PathBuf,
+    /// Where resolv.conf is written.
+    pub resolv_conf: PathBuf,
+}
+
+impl Default for Paths {
+    fn default() -> Self {
+        Paths {
+            cmdline: "/proc/cmdline".into(),
+            config: "/etc/fluxnode/netd.toml".into(),
+            sys: "/sys".into(),
+            resolv_conf: "/run/fluxnode/resolv.conf".into(),
+        }
+    }
+}
+
+/// The running service's state outside the DHCP machine.
+struct Service<'a> {
+    nl: Netlink,
+    notify: &'a Notifier,
+    signals: Signals,
+    paths: &'a Paths,
+    ready: bool,
+    next_watchdog: Option<Instant>,
+}
+
+fn in_subnet(a: Ipv4Addr, b: Ipv4Addr, prefix: u8) -> bool {
+    let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+    u32::from(a) & mask == u32::from(b) & mask
+}
+
+impl Service<'_> {
+    /// Waits for a signal or `deadline`, pinging the watchdog meanwhile.
+    /// `extra` is polled too; returns (stop requested, extra readable).
+    fn wait(&mut self, extra: Option<i32>, deadline: Option<Instant>) -> Result<(bool, bool), Error> {
+        let now = Instant::now();
+        if self.next_watchdog.is_some_and(|w| now >= w) {
+            self.notify.ping_watchdog();
+            self.next_watchdog = self.notify.watchdog_interval().map(|i| now + i);
+        }
+        let until = [deadline, self.next_watchdog].into_iter().flatten().min();
+        let timeout = until.map(|u| u.saturating_duration_since(now));
+        let mut fds = vec![self.signals.fd()];
+        fds.extend(extra);
+        let ready = poll_readable(&fds, timeout).map_err(Error::Poll)?;
+        if ready[0] {
+            if let Some(sig) = self.signals.read().map_err(Error::Poll)? {
+                tracing::info!(signal = sig, "stop requested");
+                return Ok((true, false));
+            }
+        }
+        Ok((false, ready.get(1).copied().unwrap_or(false)))
+    }
+
+    /// True when the link holds `address` and a default route leaves through it.
+    fn has_address_and_default_route(&mut self, index: u32, address: Ipv4Addr) -> Result<bool, Error> {
+        let addr_ok = self.nl.addresses()?.iter().any(|a| a.index == index && a.address == address);
+        let route_ok = self.nl.routes()?.iter().any(|r| r.dst_len == 0 && r.table == 254 && r.oif == Some(index));
+        Ok(addr_ok && route_ok)
+    }
+
+    /// Sends READY=1 the first time the kernel shows address and route.
+    fn check_ready(&mut self, index: u32, address: Ipv4Addr, status: &str) -> Result<(), Error> {
+        if self.ready {
+            self.notify.status(status);
+            return Ok(());
+        }
+        if self.has_address_and_default_route(index, address)? {
+            tracing::info!(status, "ready: address and default route in place");
+            self.notify.ready(status);
+            self.ready = true;
+        } else {
+            tracing::warn!(status, "configured, but no address or default route shows yet; not ready");
+            self.notify.status(&format!("{status} (no default route)"));
+        }
+        Ok(())
+    }
+
+    /// Address, on-link route to a gateway outside the subnet, default route.
+    fn install(
+        &mut self,
+        link: &Link,
+        address: Ipv4Addr,
+        prefix: u8,
+        gateway: Option<Ipv4Addr>,
+        valid_s: Option<u32>,
+        protocol: u8,
+    ) -> Result<(), Error> {
+        self.nl.add_address(link.index, address, prefix, valid_s)?;
+        if let Some(gw) = gateway {
+            if !in_subnet(address, gw, prefix) {
+                self.nl.add_route(link.index, gw, 32, None, protocol)?;
+            }
+            self.nl.add_route(link.index, Ipv4Addr::UNSPECIFIED, 0, Some(gw), protocol)?;
+        }
+        Ok(())
+    }
+
+    fn write_resolv(&self, dns: &[Ipv4Addr], domain: Option<&str>) {
+        if dns.is_empty() {
+            return;
+        }
+        if let Err(e) = resolv::write(&self.paths.resolv_conf, dns, domain) {
+            tracing::warn!(path = %self.paths.resolv_conf.display(), error = %e, "cannot write resolv.conf");
+        }
+    }
+
+    /// Brings `lo` up (the kernel gives it 127.0.0.1/8 when it comes up).
+    fn loopback(&mut self) -> Result<(), Error> {
+        let links = self.nl.links()?;
+        match links.iter().find(|l| l.is_loopback()) {
+            Some(lo) => {
+                self.nl.set_up(lo.index)?;
+                tracing::info!(name = %lo.name, "loopback up");
+            }
+            None => tracing::warn!("no loopback link found"),
+        }
+        Ok(())
+    }
+
+    /// Waits for the configured (or first wired) link to exist, then sets it up.
+    fn find_link(&mut self, wanted: Option<&str>) -> Result<Option<Link>, Error> {
+        let mut told = false;
+        loop {
+            let links = self.nl.links()?;
+            if let Some(l) = link::pick(&self.paths.sys, &links, wanted) {
+                self.nl.set_up(l.index)?;
+                tracing::info!(name = %l.name, index = l.index, "link up");
+                return Ok(Some(l));
+            }
+            if !told {
+                let what = wanted.map(|w| format!("link {w}")).unwrap_or_else(|| "a wired link".into());
+                tracing::info!("waiting for {what} to appear");
+                self.notify.status(&format!("waiting for {what}"));
+                told = true;
+            }
+            if self.wait(None, Some(Instant::now() + Duration::from_secs(1)))?.0 {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Static mode: configure, report, then idle until stopped.
+    fn run_static(&mut self, link: &Link, s: &config::Static) -> Result<(), Error> {
+        self.install(link, s.address, s.prefix, s.gateway, None, RTPROT_STATIC)?;
+        self.write_resolv(&s.dns, None);
+        let status = format!("static {}/{} on {} via {:?}", s.address, s.prefix, link.name, s.gateway);
+        tracing::info!("{status}");
+        self.check_ready(link.index, s.address, &status)?;
+        while !self.wait(None, None)?.0 {}
+        Ok(())
+    }
+
+    fn apply(&mut self, link: &Link, sock: &DhcpSocket, action: Action) -> Result<(), Error> {
+        match action {
+            Action::Send(m, to) => {
+                if let Err(e) = sock.send(&m, to) {
+                    // Retransmission covers it (no carrier yet, no route for a unicast).
+                    tracing::warn!(error = %e, ?to, "sending a dhcp message failed");
+                }
+            }
+            Action::Configure(lease) => self.configure(link, &lease)?,
+            Action::Deconfigure(lease) => self.deconfigure(link, &lease),
+        }
+        Ok(())
+    }
+
+    fn configure(&mut self, link: &Link, lease: &Lease) -> Result<(), Error> {
+        // The kernel drops the address by itself when the lease runs out,
+        // should netd be gone by then.
+        let valid = lease.expiry().map(|e| {
+            let left = e.saturating_duration_since(Instant::now()).as_secs();
+            u32::try_from(left).unwrap_or(u32::MAX - 1).max(1)
+        });
+        let gateway = lease.routers.first().copied();
+        self.install(link, lease.address, lease.prefix, gateway, valid, RTPROT_DHCP)?;
+        self.write_resolv(&lease.dns, lease.domain.as_deref());
+        let status = format!(
+            "dhcp {}/{} on {} via {} (lease {}s from {})",
+            lease.address,
+            lease.prefix,
+            link.name,
+            gateway.map(|g| g.to_string()).unwrap_or_else(|| "no router".into()),
+            lease.duration.map(|d| d.as_secs()).unwrap_or(0),
+            lease.server
+        );
+        self.check_ready(link.index, lease.address, &status)
+    }
+
+    fn deconfigure(&mut self, link: &Link, lease: &Lease) {
+        if lease.routers.first().is_some() {
+            if let Err(e) = self.nl.del_route(link.index, Ipv4Addr::UNSPECIFIED, 0) {
+                tracing::warn!(error = %e, "removing the default route");
+            }
+        }
+        if let Err(e) = self.nl.del_address(link.index, lease.address, lease.prefix) {
+            tracing::warn!(error = %e, "removing the address");
+        }
+        if let Err(e) = resolv::remove(&self.paths.resolv_conf) {
+            tracing::warn!(error = %e, "removing resolv.conf");
+        }
+        self.notify.status(&format!("lease on {} gone; discovering again", link.name));
+    }
+
+    /// DHCP mode: the client machine driven by the socket and its timers.
+    fn run_dhcp(&mut self, link: &Link, cfg: &Config) -> Result<(), Error> {
+        let mac = link.mac.ok_or_else(|| Error::NoMac { iface: link.name.clone() })?;
+        let sock = DhcpSocket::open(&link.name).map_err(|source| Error::DhcpSocket { iface: link.name.clone(), source })?;
+        let mut client = Client::new(mac, cfg.hostname.clone(), random_u64());
+        self.notify.status(&format!("dhcp: discovering on {}", link.name));
+        tracing::info!(link = %link.name, "dhcp: discovering");
+        for a in client.start(Instant::now()) {
+            self.apply(link, &sock, a)?;
+        }
+        loop {
+            let (stop, readable) = self.wait(Some(sock.fd()), client.deadline())?;
+            if stop {
+                break;
+            }
+            let now = Instant::now();
+            if readable {
+                while let Some(m) = sock.recv().map_err(|source| Error::DhcpSocket { iface: link.name.clone(), source })? {
+                    for a in client.on_message(now, &m) {
+                        self.apply(link, &sock, a)?;
+                    }
+                }
+            }
+            if client.deadline().is_some_and(|d| now >= d) {
+                for a in client.on_timer(now) {
+                    self.apply(link, &sock, a)?;
+                }
+            }
+        }
+        if cfg.release_on_stop {
+            for a in client.release() {
+                self.apply(link, &sock, a)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs the service until SIGTERM/SIGINT; `Ok` is a clean stop (exit 0).
+pub fn run(paths: &Paths, notify: &Notifier) -> Result<(), Error> {
+    // Signals first: a stop during setup must still be a clean one.
+    let signals = Signals::open().map_err(Error::Signals)?;
+    let cfg = config::load(&paths.config, &paths.cmdline)?;
+    tracing::info!(mode = ?cfg.mode, interface = ?cfg.interface, "starting");
+    let nl = Netlink::open()?;
+    let next_watchdog = notify.watchdog_interval().map(|i| Instant::now() + i);
+    let mut svc = Service { nl, notify, signals, paths, ready: false, next_watchdog };
+    svc.loopback()?;
+    match &cfg.mode {
+        Mode::Off => {
+            notify.ready("loopback only (fluxnode.net=off)");
+            while !svc.wait(None, None)?.0 {}
+        }
+        Mode::Static(s) => {
+            if let Some(link) = svc.find_link(cfg.interface.as_deref())? {
+                svc.run_static(&link, s)?;
+            }
+        }
+        Mode::Dhcp => {
+            if let Some(link) = svc.find_link(cfg.interface.as_deref())? {
+                svc.run_dhcp(&link, &cfg)?;
+            }
+        }
+    }
+    notify.stopping();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subnets() {
+        let a = Ipv4Addr::new(10, 213, 1, 5);
+        assert!(in_subnet(a, Ipv4Addr::new(10, 213, 1, 1), 24));
+        assert!(!in_subnet(a, Ipv4Addr::new(10, 213, 2, 1), 24));
+        assert!(in_subnet(a, Ipv4Addr::new(1, 2, 3, 4), 0));
+        assert!(!in_subnet(a, Ipv4Addr::new(10, 213, 1, 1), 32));
+    }
+}

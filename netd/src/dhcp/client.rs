@@ -1,0 +1,678 @@
+//! The DHCPv4 client state machine (RFC 2131 §4.4), with no I/O.
+//!
+//! The machine is fed the time, the timer firing and the messages received,
+//! and answers with [`Action`]s (send this, configure that lease, remove
+//! it). The daemon does the I/O; the unit tests drive every transition —
+//! NAK, expiry, rebinding — with a fake clock in milliseconds, which no
+//! real server could do inside a test's time budget.
+//!
+//! States: `Selecting` (DISCOVER sent, waiting for an OFFER) → `Requesting`
+//! (REQUEST broadcast, waiting for ACK/NAK) → `Bound` → at T1 `Renewing`
+//! (REQUEST unicast to the server, ciaddr set) → at T2 `Rebinding` (REQUEST
+//! broadcast) → at lease end the address is removed and discovery starts
+//! again. A NAK anywhere drops the lease and restarts discovery.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use super::packet::{mask_to_prefix, opt, Message, MessageType, FLAG_BROADCAST, OP_REPLY};
+
+/// A lease the server acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// Our address.
+    pub address: Ipv4Addr,
+    /// Prefix length, from the subnet mask (classful when the server sent none).
+    pub prefix: u8,
+    /// Routers; the first is the default gateway.
+    pub routers: Vec<Ipv4Addr>,
+    /// DNS servers.
+    pub dns: Vec<Ipv4Addr>,
+    /// Domain name (search), if any.
+    pub domain: Option<String>,
+    /// The server that granted it (option 54).
+    pub server: Ipv4Addr,
+    /// Lease duration; `None` = infinite.
+    pub duration: Option<Duration>,
+    /// Renewal time T1 after `start`.
+    pub t1: Duration,
+    /// Rebinding time T2 after `start`.
+    pub t2: Duration,
+    /// When the lease began: the time the REQUEST was sent (RFC 2131 §4.4.1).
+    pub start: Instant,
+}
+
+impl Lease {
+    fn at(&self, d: Duration) -> Instant {
+        self.start + d
+    }
+
+    /// When the lease runs out, if it does.
+    pub fn expiry(&self) -> Option<Instant> {
+        self.duration.map(|d| self.at(d))
+    }
+}
+
+/// Where a message goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Destination {
+    /// 255.255.255.255:67 out of the link.
+    Broadcast,
+    /// The server's address, port 67 (renewal).
+    Unicast(Ipv4Addr),
+}
+
+/// What the daemon must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send a message.
+    Send(Message, Destination),
+    /// Install (or refresh) this lease: address, default route, DNS.
+    Configure(Lease),
+    /// Remove this lease's address and route (expired, NAKed or released).
+    Deconfigure(Lease),
+}
+
+#[derive(Debug, Clone)]
+enum State {
+    /// Not started.
+    Init,
+    /// DISCOVER sent; `attempt` counts retransmissions.
+    Selecting { attempt: u32, next: Instant },
+    /// REQUEST broadcast for an offer.
+    Requesting { address: Ipv4Addr, server: Ipv4Addr, attempt: u32, next: Instant, sent: Instant },
+    /// A lease is held.
+    Bound { lease: Lease },
+    /// Unicast REQUEST to the lease's server.
+    Renewing { lease: Lease, next: Instant, sent: Instant },
+    /// Broadcast REQUEST to any server.
+    Rebinding { lease: Lease, next: Instant, sent: Instant },
+    /// After a NAK: wait a little before discovering again.
+    Backoff { until: Instant },
+    /// Released: the daemon is stopping.
+    Stopped,
+}
+
+/// Retransmissions of a REQUEST in `Requesting` before starting over.
+const MAX_REQUEST_ATTEMPTS: u32 = 4;
+/// RFC 2131 §4.4.5: while renewing or rebinding, retransmit no faster than this.
+const MIN_RENEW_RETRY: Duration = Duration::from_secs(60);
+/// Pause after a NAK before discovering again.
+const NAK_BACKOFF: Duration = Duration::from_secs(2);
+
+/// The client.
+#[derive(Debug)]
+pub struct Client {
+    mac: [u8; 6],
+    hostname: Option<String>,
+    xid: u32,
+    rng: u64,
+    state: State,
+    started: Option<Instant>,
+}
+
+impl Client {
+    /// A client for the link with hardware address `mac`; `seed` feeds
+    /// transaction ids and retransmission jitter.
+    pub fn new(mac: [u8; 6], hostname: Option<String>, seed: u64) -> Self {
+        Client { mac, hostname, xid: 0, rng: seed | 1, state: State::Init, started: None }
+    }
+
+    fn random(&mut self) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+
+    /// RFC 2131 §4.1: 4 s, 8 s, 16 s ... 64 s, each randomized by ±1 s.
+    fn backoff(&mut self, attempt: u32) -> Duration {
+        let base = 4_000u64 << attempt.min(4);
+        let jitter = self.random() % 2_001;
+        Duration::from_millis(base + jitter - 1_000)
+    }
+
+    /// The lease held now, if any (bound, renewing or rebinding).
+    pub fn lease(&self) -> Option<&Lease> {
+        match &self.state {
+            State::Bound { lease } | State::Renewing { lease, .. } | State::Rebinding { lease, .. } => Some(lease),
+            _ => None,
+        }
+    }
+
+    /// A short name of the state, for logs and STATUS lines.
+    pub fn state_name(&self) -> &'static str {
+        match self.state {
+            State::Init => "init",
+            State::Selecting { .. } => "selecting",
+            State::Requesting { .. } => "requesting",
+            State::Bound { .. } => "bound",
+            State::Renewing { .. } => "renewing",
+            State::Rebinding { .. } => "rebinding",
+            State::Backoff { .. } => "backoff",
+            State::Stopped => "stopped",
+        }
+    }
+
+    /// When [`Client::on_timer`] must be called next.
+    pub fn deadline(&self) -> Option<Instant> {
+        match &self.state {
+            State::Init | State::Stopped => None,
+            State::Selecting { next, .. } | State::Requesting { next, .. } => Some(*next),
+            State::Bound { lease } => lease.duration.map(|_| lease.at(lease.t1)),
+            State::Renewing { next, .. } | State::Rebinding { next, .. } => Some(*next),
+            State::Backoff { until } => Some(*until),
+        }
+    }
+
+    fn base(&self, kind: MessageType) -> Message {
+        let mut m = Message::request(kind, self.xid, self.mac);
+        let mut id = vec![1u8];
+        id.extend_from_slice(&self.mac);
+        m.set(opt::CLIENT_ID, id);
+        if kind != MessageType::Release {
+            m.set(opt::MAX_MESSAGE_SIZE, 1500u16.to_be_bytes());
+            m.set(
+                opt::PARAMETER_LIST,
+                [opt::SUBNET_MASK, opt::ROUTER, opt::DNS, opt::DOMAIN_NAME, opt::LEASE_TIME, opt::RENEWAL_TIME, opt::REBINDING_TIME],
+            );
+            if let Some(h) = &self.hostname {
+                m.set(opt::HOST_NAME, h.as_bytes());
+            }
+        }
+        m
+    }
+
+    fn secs(&self, now: Instant) -> u16 {
+        self.started.map(|s| now.saturating_duration_since(s).as_secs().min(u64::from(u16::MAX)) as u16).unwrap_or(0)
+    }
+
+    fn discover(&mut self, now: Instant) -> Vec<Action> {
+        self.xid = self.random() as u32;
+        self.started = Some(now);
+        let next = now + self.backoff(0);
+        self.state = State::Selecting { attempt: 0, next };
+        vec![self.discover_msg(now)]
+    }
+
+    fn discover_msg(&self, now: Instant) -> Action {
+        let mut m = self.base(MessageType::Discover);
+        m.flags = FLAG_BROADCAST;
+        m.secs = self.secs(now);
+        Action::Send(m, Destination::Broadcast)
+    }
+
+    fn request_selecting(&self, now: Instant, address: Ipv4Addr, server: Ipv4Addr) -> Action {
+        let mut m = self.base(MessageType::Request);
+        m.flags = FLAG_BROADCAST;
+        m.secs = self.secs(now);
+        m.set(opt::REQUESTED_IP, address.octets());
+        m.set(opt::SERVER_ID, server.octets());
+        Action::Send(m, Destination::Broadcast)
+    }
+
+    fn request_renew(&self, now: Instant, lease: &Lease, to: Destination) -> Action {
+        let mut m = self.base(MessageType::Request);
+        m.ciaddr = lease.address;
+        m.secs = self.secs(now);
+        Action::Send(m, to)
+    }
+
+    /// Starts discovery.
+    pub fn start(&mut self, now: Instant) -> Vec<Action> {
+        self.discover(now)
+    }
+
+    /// The deadline passed: retransmit, move on to renewing/rebinding, or expire.
+    pub fn on_timer(&mut self, now: Instant) -> Vec<Action> {
+        match self.state.clone() {
+            State::Init | State::Stopped => Vec::new(),
+            State::Backoff { until } => {
+                if now < until {
+                    return Vec::new();
+                }
+                self.discover(now)
+            }
+            State::Selecting { attempt, next } => {
+                if now < next {
+                    return Vec::new();
+                }
+                let next = now + self.backoff(attempt + 1);
+                self.state = State::Selecting { attempt: attempt + 1, next };
+                vec![self.discover_msg(now)]
+            }
+            State::Requesting { address, server, attempt, next, sent } => {
+                if now < next {
+                    return Vec::new();
+                }
+                if attempt + 1 >= MAX_REQUEST_ATTEMPTS {
+                    tracing::warn!(%address, %server, "no answer to our request; discovering again");
+                    return self.discover(now);
+                }
+                let next = now + self.backoff(attempt + 1);
+                self.state = State::Requesting { address, server, attempt: attempt + 1, next, sent };
+                vec![self.request_selecting(now, address, server)]
+            }
+            State::Bound { lease } => {
+                if lease.duration.is_none() || now < lease.at(lease.t1) {
+                    return Vec::new();
+                }
+                self.renew_or_rebind(now, lease)
+            }
+            State::Renewing { lease, next, .. } | State::Rebinding { lease, next, .. } => {
+                if now < next {
+                    return Vec::new();
+                }
+                self.renew_or_rebind(now, lease)
+            }
+        }
+    }
+
+    /// Chooses by time: renew before T2, rebind before expiry, else expire.
+    fn renew_or_rebind(&mut self, now: Instant, lease: Lease) -> Vec<Action> {
+        let (t2, end) = (lease.at(lease.t2), lease.expiry());
+        if end.is_some_and(|e| now >= e) {
+            tracing::warn!(address = %lease.address, "lease expired; removing the address and discovering again");
+            let mut out = vec![Action::Deconfigure(lease)];
+            out.extend(self.discover(now));
+            return out;
+        }
+        // A new transaction per renewal attempt series keeps late answers apart.
+        if !matches!(self.state, State::Renewing { .. } | State::Rebinding { .. }) {
+            self.xid = self.random() as u32;
+            self.started = Some(now);
+        }
+        let renewing = now < t2;
+        let limit = if renewing { t2 } else { end.unwrap_or(t2) };
+        // RFC 2131 §4.4.5: wait half the remaining time, at least 60 s, not past the limit.
+        let half = limit.saturating_duration_since(now) / 2;
+        let next = (now + half.max(MIN_RENEW_RETRY)).min(limit);
+        let sent = match &self.state {
+            State::Renewing { sent, .. } if renewing => *sent,
+            State::Rebinding { sent, .. } if !renewing => *sent,
+            _ => now,
+        };
+        let action = if renewing {
+            tracing::info!(address = %lease.address, server = %lease.server, "renewing lease");
+            self.request_renew(now, &lease, Destination::Unicast(lease.server))
+        } else {
+            tracing::info!(address = %lease.address, "rebinding lease (server silent past T2)");
+            self.request_renew(now, &lease, Destination::Broadcast)
+        };
+        self.state = if renewing {
+            State::Renewing { lease, next, sent }
+        } else {
+            State::Rebinding { lease, next, sent }
+        };
+        vec![action]
+    }
+
+    /// A datagram arrived on port 68.
+    pub fn on_message(&mut self, now: Instant, m: &Message) -> Vec<Action> {
+        if m.op != OP_REPLY || m.xid != self.xid || m.chaddr[..6] != self.mac {
+            return Vec::new();
+        }
+        let Some(kind) = m.message_type() else {
+            return Vec::new();
+        };
+        match (self.state.clone(), kind) {
+            (State::Selecting { .. }, MessageType::Offer) => {
+                let server = m.option_ip(opt::SERVER_ID);
+                match server {
+                    Some(server) if !m.yiaddr.is_unspecified() => {
+                        tracing::info!(address = %m.yiaddr, %server, "offer received; requesting it");
+                        let next = now + self.backoff(0);
+                        self.state =
+                            State::Requesting { address: m.yiaddr, server, attempt: 0, next, sent: now };
+                        vec![self.request_selecting(now, m.yiaddr, server)]
+                    }
+                    _ => {
+                        tracing::warn!("offer without an address or server id; ignored");
+                        Vec::new()
+                    }
+                }
+            }
+            (State::Requesting { server, sent, .. }, MessageType::Ack) => self.bind(m, server, sent, None),
+            (State::Renewing { lease, sent, .. }, MessageType::Ack)
+            | (State::Rebinding { lease, sent, .. }, MessageType::Ack) => {
+                let server = m.option_ip(opt::SERVER_ID).unwrap_or(lease.server);
+                self.bind(m, server, sent, Some(lease))
+            }
+            (State::Requesting { .. }, MessageType::Nak) => self.nak(now, m, None),
+            (State::Renewing { lease, .. }, MessageType::Nak) | (State::Rebinding { lease, .. }, MessageType::Nak) => {
+                self.nak(now, m, Some(lease))
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn nak(&mut self, now: Instant, m: &Message, lease: Option<Lease>) -> Vec<Action> {
+        let why = m.option_text(opt::MESSAGE).unwrap_or_default();
+        tracing::warn!(reason = %why, "server refused (NAK); starting over");
+        self.state = State::Backoff { until: now + NAK_BACKOFF };
+        lease.map(Action::Deconfigure).into_iter().collect()
+    }
+
+    fn bind(&mut self, m: &Message, server: Ipv4Addr, sent: Instant, old: Option<Lease>) -> Vec<Action> {
+        if m.yiaddr.is_unspecified() {
+            tracing::warn!("ack without an address; ignored");
+            return Vec::new();
+        }
+        let prefix = match m.option_ip(opt::SUBNET_MASK) {
+            Some(mask) => mask_to_prefix(mask).unwrap_or_else(|| {
+                tracing::warn!(%mask, "non-contiguous subnet mask; using its leading ones");
+                u32::from(mask).leading_ones() as u8
+            }),
+            None => classful_prefix(m.yiaddr),
+        };
+        let duration = match m.option_u32(opt::LEASE_TIME) {
+            Some(u32::MAX) => None,
+            Some(s) => Some(Duration::from_secs(u64::from(s.max(1)))),
+            None => {
+                tracing::warn!("ack without a lease time; assuming one hour");
+                Some(Duration::from_secs(3600))
+            }
+        };
+        let (t1, t2) = timers(duration, m.option_u32(opt::RENEWAL_TIME), m.option_u32(opt::REBINDING_TIME));
+        let lease = Lease {
+            address: m.yiaddr,
+            prefix,
+            routers: m.option_ips(opt::ROUTER),
+            dns: m.option_ips(opt::DNS),
+            domain: m.option_text(opt::DOMAIN_NAME).filter(|d| !d.is_empty()),
+            server,
+            duration,
+            t1,
+            t2,
+            start: sent,
+        };
+        tracing::info!(
+            address = %lease.address, prefix = lease.prefix, server = %lease.server,
+            lease_s = duration.map(|d| d.as_secs()).unwrap_or(0), t1_s = t1.as_secs(), t2_s = t2.as_secs(),
+            "lease acknowledged"
+        );
+        let mut out = Vec::new();
+        if let Some(old) = old {
+            if old.address != lease.address || old.prefix != lease.prefix {
+                out.push(Action::Deconfigure(old));
+            }
+        }
+        out.push(Action::Configure(lease.clone()));
+        self.state = State::Bound { lease };
+        out
+    }
+
+    /// The daemon stops: release the lease (RFC 2131 §4.4.6) and forget it.
+    pub fn release(&mut self) -> Vec<Action> {
+        let out = match self.lease().cloned() {
+            Some(lease) => {
+                let mut m = self.base(MessageType::Release);
+                m.xid = self.random() as u32;
+                m.ciaddr = lease.address;
+                m.set(opt::SERVER_ID, lease.server.octets());
+                vec![Action::Send(m, Destination::Unicast(lease.server)), Action::Deconfigure(lease)]
+            }
+            None => Vec::new(),
+        };
+        self.state = State::Stopped;
+        out
+    }
+}
+
+/// T1 and T2 from the options, sane whatever the server sent:
+/// defaults 0.5 and 0.875 of the lease, and T1 ≤ T2 ≤ lease.
+fn timers(lease: Option<Duration>, t1: Option<u32>, t2: Option<u32>) -> (Duration, Duration) {
+    let Some(lease) = lease else {
+        return (Duration::MAX, Duration::MAX);
+    };
+    let secs = |v: u32| Duration::from_secs(u64::from(v));
+    let mut t2 = t2.map(secs).filter(|t| *t <= lease).unwrap_or(lease * 7 / 8);
+    let t1 = t1.map(secs).filter(|t| *t <= t2).unwrap_or(lease / 2).min(t2);
+    if t2 < t1 {
+        t2 = t1;
+    }
+    (t1, t2)
+}
+
+/// The pre-CIDR prefix of an address, for servers that send no mask.
+fn classful_prefix(a: Ipv4Addr) -> u8 {
+    match a.octets()[0] {
+        0..=127 => 8,
+        128..=191 => 16,
+        _ => 24,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    const MAC: [u8; 6] = [2, 0, 0, 0, 0, 7];
+    const SERVER: Ipv4Addr = Ipv4Addr::new(10, 213, 9, 1);
+    const ADDR: Ipv4Addr = Ipv4Addr::new(10, 213, 9, 20);
+
+    /// A fake server answer to the client's last message.
+    fn answer(req: &Message, kind: MessageType, lease_s: u32, t1: Option<u32>) -> Message {
+        let mut m = Message::request(kind, req.xid, MAC);
+        m.op = OP_REPLY;
+        if kind != MessageType::Nak {
+            m.yiaddr = ADDR;
+            m.set(opt::SUBNET_MASK, [255, 255, 255, 0]);
+            m.set(opt::ROUTER, SERVER.octets());
+            m.set(opt::DNS, SERVER.octets());
+            m.set(opt::LEASE_TIME, lease_s.to_be_bytes());
+            if let Some(t1) = t1 {
+                m.set(opt::RENEWAL_TIME, t1.to_be_bytes());
+            }
+        }
+        m.set(opt::SERVER_ID, SERVER.octets());
+        m
+    }
+
+    fn sent(actions: &[Action]) -> (Message, Destination) {
+        actions
+            .iter()
+            .find_map(|a| match a {
+                Action::Send(m, d) => Some((m.clone(), *d)),
+                _ => None,
+            })
+            .expect("a message was sent")
+    }
+
+    fn bound(c: &mut Client, t0: Instant, lease_s: u32, t1: Option<u32>) -> Lease {
+        let (disc, d) = sent(&c.start(t0));
+        assert_eq!(d, Destination::Broadcast);
+        assert_eq!(disc.message_type(), Some(MessageType::Discover));
+        assert_eq!(disc.flags, FLAG_BROADCAST);
+        let (req, d) = sent(&c.on_message(t0, &answer(&disc, MessageType::Offer, lease_s, t1)));
+        assert_eq!(d, Destination::Broadcast);
+        assert_eq!(req.message_type(), Some(MessageType::Request));
+        assert_eq!(req.option_ip(opt::REQUESTED_IP), Some(ADDR));
+        assert_eq!(req.option_ip(opt::SERVER_ID), Some(SERVER));
+        let acts = c.on_message(t0, &answer(&req, MessageType::Ack, lease_s, t1));
+        match acts.as_slice() {
+            [Action::Configure(l)] => l.clone(),
+            other => panic!("expected one configure, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn discover_offer_request_ack() {
+        let t0 = Instant::now();
+        let mut c = Client::new(MAC, Some("node".into()), 42);
+        let l = bound(&mut c, t0, 120, None);
+        assert_eq!((l.address, l.prefix, l.routers.clone(), l.dns.clone()), (ADDR, 24, vec![SERVER], vec![SERVER]));
+        assert_eq!((l.t1, l.t2), (Duration::from_secs(60), Duration::from_secs(105)));
+        assert_eq!(c.state_name(), "bound");
+        assert_eq!(c.deadline(), Some(t0 + Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn foreign_replies_are_ignored() {
+        let t0 = Instant::now();
+        let mut c = Client::new(MAC, None, 1);
+        let (disc, _) = sent(&c.start(t0));
+        let mut wrong_xid = answer(&disc, MessageType::Offer, 60, None);
+        wrong_xid.xid ^= 1;
+        assert!(c.on_message(t0, &wrong_xid).is_empty());
+        let mut wrong_mac = answer(&disc, MessageType::Offer, 60, None);
+        wrong_mac.chaddr[5] ^= 1;
+        assert!(c.on_message(t0, &wrong_mac).is_empty());
+        let mut request = answer(&disc, MessageType::Offer, 60, None);
+        request.op = 1;
+        assert!(c.on_message(t0, &request).is_empty());
+        // An ACK while selecting is not ours to take.
+        assert!(c.on_message(t0, &answer(&disc, MessageType::Ack, 60, None)).is_empty());
+        assert_eq!(c.state_name(), "selecting");
+    }
+
+    #[test]
+    fn discover_backs_off_exponentially() {
+        let t0 = Instant::now();
+        let mut c = Client::new(MAC, None, 7);
+        c.start(t0);
+        let mut prev = t0;
+        let mut gaps = Vec::new();
+        for _ in 0..6 {
+            let d = c.deadline().unwrap();
+            gaps.push(d - prev);
+            prev = d;
+            let (m, _) = sent(&c.on_timer(d));
+            assert_eq!(m.message_type(), Some(MessageType::Discover));
+        }
+        let secs: Vec<u64> = gaps.iter().map(|g| (g.as_millis() as u64 + 500) / 1000).collect();
+        for (s, base) in secs.iter().zip([4u64, 8, 16, 32, 64, 64]) {
+            assert!((base - 1..=base + 1).contains(s), "gaps {secs:?}");
+        }
+    }
+
+    #[test]
+    fn renewal_is_unicast_with_ciaddr_then_rebinding_then_expiry() {
+        let t0 = Instant::now();
+        let mut c = Client::new(MAC, None, 3);
+        let l = bound(&mut c, t0, 200, Some(50));
+        assert_eq!(l.t1, Duration::from_secs(50));
+        // Before T1 nothing happens.
+        assert!(c.on_timer(t0 + Duration::from_secs(49)).is_empty());
+        let t1 = t0 + Duration::from_secs(50);
+        let (m, d) = sent(&c.on_timer(t1));
+        assert_eq!(d, Destination::Unicast(SERVER));
+        assert_eq!(m.ciaddr, ADDR);
+        assert_eq!(m.option_ip(opt::REQUESTED_IP), None, "no requested-ip when renewing");
+        assert_eq!(m.option_ip(opt::SERVER_ID), None, "no server-id when renewing");
+        assert_eq!(c.state_name(), "renewing");
+        // The server is silent: the retry waits half the time left to T2
+        // (175 s), at least 60 s, never past T2.
+        let next = c.deadline().unwrap();
+        assert_eq!(next, t1 + Duration::from_millis(62_500));
+        let t2 = t0 + Duration::from_secs(175);
+        let mut retries = 0;
+        while c.deadline() != Some(t2) {
+            let (m, d) = sent(&c.on_timer(c.deadline().unwrap()));
+            assert_eq!((d, m.ciaddr), (Destination::Unicast(SERVER), ADDR));
+            retries += 1;
+            assert!(retries < 5, "renewal retries never reach T2");
+        }
+        let (m, d) = sent(&c.on_timer(t2));
+        assert_eq!(d, Destination::Broadcast);
+        assert_eq!(m.ciaddr, ADDR);
+        assert_eq!(c.state_name(), "rebinding");
+        let end = t0 + Duration::from_secs(200);
+        assert_eq!(c.deadline(), Some(end));
+        let acts = c.on_timer(end);
+        assert!(matches!(acts.first(), Some(Action::Deconfigure(l)) if l.address == ADDR));
+        let (m, _) = sent(&acts);
+        assert_eq!(m.message_type(), Some(MessageType::Discover));
+        assert_eq!(c.lease(), None);
+    }
+
+    #[test]
+    fn renewal_ack_extends_the_lease_from_the_request_time() {
+        let t0 = Instant::now();
+        let mut c = Client::new(MAC, None, 5);
+        bound(&mut c, t0, 100, Some(10));
+        let t1 = t0 + Duration::from_secs(10);
+        let (req, _) = sent(&c.on_timer(t1));
+        let later = t1 + Duration::from_millis(300);
+        let acts = c.on_message(later, &answer(&req, MessageType::Ack, 100, Some(10)));
+        match acts.as_slice() {
+            [Action::Configure(l)] => assert_eq!(l.start, t1),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(c.deadline(), Some(t1 + Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn nak_while_renewing_drops_the_address_and_restarts() {
+        let t0 = Instant::now();
+        let mut c = Client::new(MAC, None, 9);
+        bound(&mut c, t0, 100, None);
+        let t1 = t0 + Duration::from_secs(50);
+        let (req, _) = sent(&c.on_timer(t1));
+        let acts = c.on_message(t1, &answer(&req, MessageType::Nak, 0, None));
+        assert!(matches!(acts.as_slice(), [Action::Deconfigure(l)] if l.address == ADDR));
+        assert_eq!(c.state_name(), "backoff");
+        let (m, _) = sent(&c.on_timer(c.deadline().unwrap()));
+        assert_eq!(m.message_type(), Some(MessageType::Discover));
+        assert_ne!(m.xid, req.xid);
+    }
+
+    #[test]
+    fn nak_while_requesting_restarts_without_deconfigure() {
+        let t0 = Instant::now();
+        let mut c = Client::new(MAC, None, 11);
+        let (disc, _) = sent(&c.start(t0));
+        let (req, _) = sent(&c.on_message(t0, &answer(&disc, MessageType::Offer, 60, None)));
+        assert!(c.on_message(t0, &answer(&req, MessageType::Nak, 0, None)).is_empty());
+        assert_eq!(c.state_name(), "backoff");
+    }
+
+    #[test]
+    fn unanswered_requests_fall_back_to_discovery() {
+        let t0 = Instant::now();
+        let mut c = Client::new(MAC, None, 13);
+        let (disc, _) = sent(&c.start(t0));
+        c.on_message(t0, &answer(&disc, MessageType::Offer, 60, None));
+        for _ in 0..MAX_REQUEST_ATTEMPTS - 1 {
+            let (m, _) = sent(&c.on_timer(c.deadline().unwrap()));
+            assert_eq!(m.message_type(), Some(MessageType::Request));
+        }
+        let (m, _) = sent(&c.on_timer(c.deadline().unwrap()));
+        assert_eq!(m.message_type(), Some(MessageType::Discover));
+    }
+
+    #[test]
+    fn release_sends_to_the_server_and_deconfigures() {
+        let t0 = Instant::now();
+        let mut c = Client::new(MAC, None, 17);
+        bound(&mut c, t0, 100, None);
+        let acts = c.release();
+        let (m, d) = sent(&acts);
+        assert_eq!((m.message_type(), d, m.ciaddr), (Some(MessageType::Release), Destination::Unicast(SERVER), ADDR));
+        assert!(matches!(acts.last(), Some(Action::Deconfigure(_))));
+        assert_eq!(c.deadline(), None);
+    }
+
+    #[test]
+    fn timers_are_sane_whatever_the_server_says() {
+        let s = Duration::from_secs;
+        assert_eq!(timers(Some(s(100)), None, None), (s(50), s(87) + Duration::from_millis(500)));
+        assert_eq!(timers(Some(s(100)), Some(500), Some(900)), (s(50), s(87) + Duration::from_millis(500)));
+        assert_eq!(timers(Some(s(100)), Some(90), Some(80)), (s(50), s(80)));
+        assert_eq!(timers(Some(s(100)), Some(10), Some(20)), (s(10), s(20)));
+        assert_eq!(timers(None, Some(10), None).0, Duration::MAX);
+        assert_eq!(classful_prefix(Ipv4Addr::new(10, 0, 0, 1)), 8);
+        assert_eq!(classful_prefix(Ipv4Addr::new(172, 16, 0, 1)), 16);
+        assert_eq!(classful_prefix(Ipv4Addr::new(192, 168, 0, 1)), 24);
+    }
+
+    #[test]
+    fn infinite_lease_has_no_timer() {
+        let t0 = Instant::now();
+        let mut c = Client::new(MAC, None, 19);
+        let l = bound(&mut c, t0, u32::MAX, None);
+        assert_eq!(l.duration, None);
+        assert_eq!(c.deadline(), None);
+    }
+}
