@@ -42,6 +42,8 @@ fluxnode-init: fluxnode's PID 1
 USAGE:
     fluxnode-init [OPTIONS]          run as the service supervisor (stage 2)
     fluxnode-init ctl COMMAND        talk to a running init (see `ctl --help`)
+    fluxnode-init notify KEY=VALUE.. send sd_notify messages (READY=1, STATUS=..,
+                                     WATCHDOG=1) from a script, like systemd-notify
 
 As PID 1 in an initramfs (with /etc/initrd-release) it runs stage 1 instead.
 
@@ -64,6 +66,9 @@ pub fn main_entry() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("ctl") {
         std::process::exit(control::ctl_main(&args[1..]));
+    }
+    if args.first().map(String::as_str) == Some("notify") {
+        std::process::exit(notify::notify_main(&args[1..]));
     }
     if std::process::id() == 1 && Path::new("/etc/initrd-release").exists() {
         stage1::run();
@@ -99,6 +104,8 @@ fn parse_args(args: &[String]) -> Result<Option<(supervisor::Paths, bool)>, Stri
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
+    // Sockets are handed to services by path: it must be absolute.
+    paths.run_dir = std::path::absolute(&paths.run_dir).map_err(|e| format!("--run-dir: {e}"))?;
     Ok(Some((paths, debug)))
 }
 

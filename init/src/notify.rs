@@ -124,6 +124,28 @@ impl NotifySocket {
     }
 }
 
+/// `fluxnode-init notify KEY=VALUE...`: sends one datagram to
+/// `$NOTIFY_SOCKET`, for services written as shell scripts.
+pub fn notify_main(args: &[String]) -> i32 {
+    if args.is_empty() || args.iter().any(|a| a == "-h" || a == "--help") {
+        eprintln!("usage: fluxnode-init notify KEY=VALUE...   (e.g. READY=1 STATUS=\"warming up\" WATCHDOG=1)");
+        return 2;
+    }
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        eprintln!("notify: NOTIFY_SOCKET is not set: not running under a supervisor");
+        return 1;
+    };
+    let msg = args.join("\n");
+    let sent = UnixDatagram::unbound().and_then(|s| s.send_to(msg.as_bytes(), Path::new(&path)));
+    match sent {
+        Ok(_) => 0,
+        Err(e) => {
+            eprintln!("notify: sending to {}: {e}", Path::new(&path).display());
+            1
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

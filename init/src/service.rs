@@ -100,14 +100,23 @@ pub struct Service {
     pub watchdog_deadline: Option<u64>,
     /// The watchdog fired for the current process.
     pub watchdog_fired: bool,
-    /// The read end of its output pipe.
-    pub output: Option<OwnedFd>,
-    /// Bytes of an unfinished line.
-    pub partial: Vec<u8>,
+    /// Output pipes still open: the current process's, and older ones that
+    /// orphaned descendants still write to (kept until EOF, so their last
+    /// words are logged and they do not die of SIGPIPE).
+    pub outputs: Vec<OutputPipe>,
     /// The ring buffer of output lines.
     pub log: VecDeque<String>,
     /// The cgroup.procs path it joins.
     pub cgroup_procs: Option<std::path::PathBuf>,
+}
+
+/// The read end of a service's stdout+stderr pipe.
+#[derive(Debug)]
+pub struct OutputPipe {
+    /// Non-blocking read end.
+    pub fd: OwnedFd,
+    /// Bytes of an unfinished line.
+    pub partial: Vec<u8>,
 }
 
 /// A run this long resets the backoff: the service was healthy.
@@ -127,8 +136,7 @@ impl Service {
             status_text: String::new(),
             watchdog_deadline: None,
             watchdog_fired: false,
-            output: None,
-            partial: Vec::new(),
+            outputs: Vec::new(),
             log: VecDeque::new(),
             cgroup_procs: None,
         }

@@ -114,7 +114,14 @@ impl Supervisor {
                 std::fs::metadata("/proc/self/ns/pid").map(|m| std::os::unix::fs::MetadataExt::ino(&m)).unwrap_or(0)
             ),
         };
-        let cgroups = Cgroups::setup(&paths.cgroup_root, &base);
+        // Where cgroup2 really is: /sys/fs/cgroup on a unified system, or
+        // e.g. /sys/fs/cgroup/unified on a hybrid host (tests run there).
+        let cgroup_root = crate::mounts::current(Path::new("/proc"))
+            .into_iter()
+            .find(|m| m.fstype == "cgroup2")
+            .map(|m| m.target)
+            .unwrap_or_else(|| paths.cgroup_root.clone());
+        let cgroups = Cgroups::setup(&cgroup_root, &base);
         let hw_watchdog = match mode {
             Mode::Machine => HardwareWatchdog::open(&paths.watchdog_dev, config.hardware_watchdog_s),
             _ => None,
@@ -257,8 +264,7 @@ impl Supervisor {
         match crate::spawn::spawn(&s.spec, self.notify.path(), s.cgroup_procs.as_deref()) {
             Ok(sp) => {
                 s.starts.push_back(now);
-                s.output = Some(sp.output);
-                s.partial.clear();
+                s.outputs.push(crate::service::OutputPipe { fd: sp.output, partial: Vec::new() });
                 s.watchdog_fired = false;
                 s.watchdog_deadline = (s.spec.cfg.watchdog_ms > 0).then(|| now + s.spec.cfg.watchdog_ms);
                 let ready = s.ready_on_spawn();
@@ -325,9 +331,9 @@ impl Supervisor {
         ];
         let mut owners = Vec::new();
         for (i, s) in self.services.iter().enumerate() {
-            if let Some(fd) = &s.output {
-                fds.push(libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 });
-                owners.push(i);
+            for o in &s.outputs {
+                fds.push(libc::pollfd { fd: o.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+                owners.push((i, o.fd.as_raw_fd()));
             }
         }
         // SAFETY: `fds` is a live array of pollfd of the given length.
@@ -335,9 +341,9 @@ impl Supervisor {
         if n <= 0 {
             return;
         }
-        for (k, &i) in owners.iter().enumerate() {
+        for (k, &(i, fd)) in owners.iter().enumerate() {
             if fds[3 + k].revents != 0 {
-                self.read_output(i, false);
+                self.read_output(i, Some(fd));
             }
         }
         if fds[1].revents != 0 {
@@ -392,9 +398,8 @@ impl Supervisor {
 
     fn on_exit(&mut self, i: usize, status: ExitStatus) {
         let now = sys::monotonic_ms();
-        self.read_output(i, true);
+        self.read_output(i, None);
         let name = self.services[i].name().to_string();
-        self.services[i].output = None;
         self.services[i].watchdog_deadline = None;
         self.cgroups.remove(&name);
         match self.services[i].state.clone() {
@@ -423,46 +428,26 @@ impl Supervisor {
         }
     }
 
-    fn read_output(&mut self, i: usize, to_eof: bool) {
+    /// Reads what is available on service `i`'s pipe `only` (or all its
+    /// pipes), logging whole lines; a pipe at EOF is closed.
+    fn read_output(&mut self, i: usize, only: Option<i32>) {
         let cap = self.config.log_lines;
         let s = &mut self.services[i];
-        let Some(fd) = &s.output else { return };
-        let raw = fd.as_raw_fd();
-        let mut buf = [0u8; 4096];
-        let mut closed = false;
-        loop {
-            // SAFETY: read into a stack buffer of the given size.
-            let n = unsafe { libc::read(raw, buf.as_mut_ptr().cast(), buf.len()) };
-            if n == 0 {
-                closed = true;
-                break;
+        let name = s.spec.name.clone();
+        let mut lines = Vec::new();
+        s.outputs.retain_mut(|o| {
+            if only.is_some_and(|fd| fd != o.fd.as_raw_fd()) {
+                return true;
             }
-            if n < 0 {
-                break;
+            let open = drain_pipe(o, &mut lines);
+            if !open && !o.partial.is_empty() {
+                lines.push(String::from_utf8_lossy(&std::mem::take(&mut o.partial)).into_owned());
             }
-            s.partial.extend_from_slice(&buf[..n as usize]);
-            while let Some(pos) = s.partial.iter().position(|&b| b == b'\n').or((s.partial.len() >= MAX_LINE).then_some(MAX_LINE)) {
-                let line: Vec<u8> = s.partial.drain(..pos.min(s.partial.len())).collect();
-                if s.partial.first() == Some(&b'\n') {
-                    s.partial.remove(0);
-                }
-                let text = String::from_utf8_lossy(&line).trim_end_matches('\r').to_string();
-                crate::log::write_line(&format!("{}: {text}", s.spec.name));
-                s.keep_line(text, cap);
-            }
-            if !to_eof && n < buf.len() as isize {
-                break;
-            }
-        }
-        if closed || to_eof {
-            if !s.partial.is_empty() {
-                let text = String::from_utf8_lossy(&std::mem::take(&mut s.partial)).to_string();
-                crate::log::write_line(&format!("{}: {text}", s.spec.name));
-                s.keep_line(text, cap);
-            }
-            if closed {
-                s.output = None;
-            }
+            open
+        });
+        for text in lines {
+            crate::log::write_line(&format!("{name}: {text}"));
+            s.keep_line(text, cap);
         }
     }
 
@@ -781,6 +766,32 @@ impl Supervisor {
             w.disarm();
         }
         let _ = self.mode;
+    }
+}
+
+/// Reads a pipe until it would block; whole lines go to `lines`.
+/// Returns false at EOF.
+fn drain_pipe(o: &mut crate::service::OutputPipe, lines: &mut Vec<String>) -> bool {
+    let mut buf = [0u8; 4096];
+    loop {
+        // SAFETY: read into a stack buffer of the given size.
+        let n = unsafe { libc::read(o.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n == 0 {
+            return false;
+        }
+        if n < 0 {
+            let e = std::io::Error::last_os_error().raw_os_error();
+            // Would block (or interrupted): still open. Anything else: give it up.
+            return matches!(e, Some(libc::EAGAIN) | Some(libc::EINTR));
+        }
+        o.partial.extend_from_slice(&buf[..n as usize]);
+        while let Some(pos) = o.partial.iter().position(|&b| b == b'\n').or((o.partial.len() >= MAX_LINE).then_some(MAX_LINE)) {
+            let line: Vec<u8> = o.partial.drain(..pos).collect();
+            if o.partial.first() == Some(&b'\n') {
+                o.partial.remove(0);
+            }
+            lines.push(String::from_utf8_lossy(&line).trim_end_matches('\r').to_string());
+        }
     }
 }
 

@@ -1,0 +1,269 @@
+//! Kernel module loading with finit_module(2): every module of a list, its
+//! dependencies (from the trimmed modules.dep the image builder wrote) before
+//! it, independent modules in parallel on one worker per CPU (under TCG the
+//! kernel's signature check of each module is the slow part, and it runs on
+//! the loading thread).
+//!
+//! Stage 1 loads what it needs to mount root and /var
+//! (`/etc/fluxnode/modules.initrd`); the rest (`/etc/fluxnode/modules.late`:
+//! vfat, the power button, the NIC, the watchdog) is loaded after
+//! switch_root by the `modules` oneshot service (`fluxnode-modload`), or by
+//! stage 2 calling [`load_list`] with root `/`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Why modules could not be loaded at all (single module failures are in the report).
+#[derive(Debug, thiserror::Error)]
+pub enum ModuleError {
+    /// A list or modules.dep could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A listed module is not in modules.dep.
+    #[error("module {0} is not in modules.dep (image built for another kernel?)")]
+    Unknown(String),
+}
+
+/// What a load run did.
+#[derive(Debug, Default, Clone)]
+pub struct LoadReport {
+    /// Modules loaded (or already present), with the time each load took.
+    pub loaded: Vec<(String, Duration)>,
+    /// Modules that failed, with the reason.
+    pub failed: Vec<(String, String)>,
+    /// Wall time of the whole run.
+    pub total: Duration,
+}
+
+/// The running kernel's release (`uname -r`).
+pub fn kernel_release() -> String {
+    // SAFETY: uname fills a zeroed struct we own.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: u is a valid utsname.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return String::new();
+    }
+    // SAFETY: the kernel NUL-terminates release.
+    unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }.to_string_lossy().into_owned()
+}
+
+/// Module name → (path relative to the modules dir, dependency names).
+pub type DepMap = BTreeMap<String, (String, Vec<String>)>;
+
+fn name_of(path: &str) -> String {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    file.split(".ko").next().unwrap_or(file).replace('-', "_")
+}
+
+/// Parses modules.dep.
+pub fn parse_dep(text: &str) -> DepMap {
+    let mut m = DepMap::new();
+    for line in text.lines() {
+        let Some((path, deps)) = line.split_once(':') else { continue };
+        let path = path.trim();
+        if !path.is_empty() {
+            m.insert(name_of(path), (path.to_string(), deps.split_whitespace().map(name_of).collect()));
+        }
+    }
+    m
+}
+
+/// Reads the list file (one module name per line, `#` comments) and loads
+/// its modules from `root`/lib/modules/`uname -r`.
+pub fn load_list(root: &Path, list: &Path) -> Result<LoadReport, ModuleError> {
+    let text = std::fs::read_to_string(list).map_err(|source| ModuleError::Read { path: list.into(), source })?;
+    let names: Vec<String> =
+        text.lines().map(|l| l.split('#').next().unwrap_or("").trim()).filter(|l| !l.is_empty()).map(String::from).collect();
+    load_modules(&names, root)
+}
+
+/// Loads `names` and their dependencies from `root`/lib/modules/`uname -r`.
+pub fn load_modules(names: &[String], root: &Path) -> Result<LoadReport, ModuleError> {
+    let dir = root.join("lib/modules").join(kernel_release());
+    let dep_path = dir.join("modules.dep");
+    let text = std::fs::read_to_string(&dep_path).map_err(|source| ModuleError::Read { path: dep_path, source })?;
+    let deps = parse_dep(&text);
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 8);
+    run_parallel(names, &deps, workers, &|name| {
+        let (rel, _) = deps.get(name).ok_or_else(|| "not in modules.dep".to_string())?;
+        finit(&dir.join(rel))
+    })
+}
+
+/// Loads one module file; an already loaded module counts as success.
+pub fn finit(path: &Path) -> Result<(), String> {
+    let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let params = CString::default();
+    // SAFETY: a valid fd and a NUL-terminated empty parameter string.
+    let r = unsafe {
+        libc::syscall(libc::SYS_finit_module, std::os::fd::AsRawFd::as_raw_fd(&f), params.as_ptr(), 0)
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EEXIST) {
+        return Ok(());
+    }
+    Err(format!("{}: {e}", path.display()))
+}
+
+struct State {
+    pending: Vec<String>,
+    done: BTreeSet<String>,
+    failed: BTreeMap<String, String>,
+    running: usize,
+}
+
+/// Schedules `load` over the closure of `names`: a module starts once all
+/// its dependencies are done; a failed dependency fails its dependents.
+pub fn run_parallel(
+    names: &[String],
+    deps: &DepMap,
+    workers: usize,
+    load: &(dyn Fn(&str) -> Result<(), String> + Sync),
+) -> Result<LoadReport, ModuleError> {
+    let t0 = Instant::now();
+    // The closure, dependencies first.
+    let mut order = Vec::new();
+    let mut seen = BTreeSet::new();
+    fn visit(n: &str, deps: &DepMap, seen: &mut BTreeSet<String>, order: &mut Vec<String>) -> Result<(), ModuleError> {
+        if !seen.insert(n.to_string()) {
+            return Ok(());
+        }
+        let (_, ds) = deps.get(n).ok_or_else(|| ModuleError::Unknown(n.to_string()))?;
+        for d in ds {
+            visit(d, deps, seen, order)?;
+        }
+        order.push(n.to_string());
+        Ok(())
+    }
+    for n in names {
+        visit(&n.replace('-', "_"), deps, &mut seen, &mut order)?;
+    }
+    let state = Mutex::new(State { pending: order, done: BTreeSet::new(), failed: BTreeMap::new(), running: 0 });
+    let cv = Condvar::new();
+    let loaded = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..workers.max(1) {
+            s.spawn(|| loop {
+                let job = {
+                    let Ok(mut st) = state.lock() else { return };
+                    loop {
+                        // Fail everything whose dependency failed.
+                        let mut i = 0;
+                        while i < st.pending.len() {
+                            let n = st.pending[i].clone();
+                            let bad = deps.get(&n).and_then(|(_, ds)| ds.iter().find(|d| st.failed.contains_key(*d)).cloned());
+                            if let Some(d) = bad {
+                                st.pending.remove(i);
+                                st.failed.insert(n, format!("dependency {d} failed"));
+                            } else {
+                                i += 1;
+                            }
+                        }
+                        let ready = st.pending.iter().position(|n| {
+                            deps.get(n).map(|(_, ds)| ds.iter().all(|d| st.done.contains(d))).unwrap_or(true)
+                        });
+                        if let Some(i) = ready {
+                            st.running += 1;
+                            break Some(st.pending.remove(i));
+                        }
+                        if st.pending.is_empty() || st.running == 0 {
+                            // Nothing left, or nothing can ever become ready.
+                            let stuck: Vec<String> = std::mem::take(&mut st.pending);
+                            for n in stuck {
+                                st.failed.insert(n, "dependency cycle".into());
+                            }
+                            cv.notify_all();
+                            break None;
+                        }
+                        st = match cv.wait(st) {
+                            Ok(g) => g,
+                            Err(_) => return,
+                        };
+                    }
+                };
+                let Some(name) = job else { return };
+                let t = Instant::now();
+                let res = load(&name);
+                let took = t.elapsed();
+                if let Ok(mut st) = state.lock() {
+                    st.running -= 1;
+                    match res {
+                        Ok(()) => {
+                            st.done.insert(name.clone());
+                            if let Ok(mut l) = loaded.lock() {
+                                l.push((name, took));
+                            }
+                        }
+                        Err(e) => {
+                            st.failed.insert(name, e);
+                        }
+                    }
+                }
+                cv.notify_all();
+            });
+        }
+    });
+    let st = state.into_inner().unwrap_or_else(|p| p.into_inner());
+    Ok(LoadReport {
+        loaded: loaded.into_inner().unwrap_or_else(|p| p.into_inner()),
+        failed: st.failed.into_iter().collect(),
+        total: t0.elapsed(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    const DEP: &str = "kernel/a.ko: kernel/b.ko kernel/c.ko\nkernel/b.ko: kernel/c.ko\nkernel/c.ko:\nkernel/d-x.ko:\nkernel/e.ko: kernel/f.ko\nkernel/f.ko:\n";
+
+    #[test]
+    fn dependencies_load_first_in_parallel() {
+        let deps = parse_dep(DEP);
+        let log = Mutex::new(Vec::new());
+        let r = run_parallel(&["a".into(), "d-x".into()], &deps, 3, &|n| {
+            log.lock().unwrap().push(n.to_string());
+            Ok(())
+        })
+        .unwrap();
+        let log = log.into_inner().unwrap();
+        let pos = |n: &str| log.iter().position(|x| x == n).unwrap();
+        assert!(pos("c") < pos("b") && pos("b") < pos("a"));
+        assert_eq!(r.loaded.len(), 4);
+        assert!(r.failed.is_empty());
+    }
+
+    #[test]
+    fn failed_dependency_fails_dependents_only() {
+        let deps = parse_dep(DEP);
+        let r = run_parallel(&["e".into(), "c".into()], &deps, 2, &|n| if n == "f" { Err("boom".into()) } else { Ok(()) }).unwrap();
+        assert_eq!(r.loaded.len(), 1);
+        let failed: BTreeMap<_, _> = r.failed.into_iter().collect();
+        assert_eq!(failed.get("f").map(String::as_str), Some("boom"));
+        assert_eq!(failed.get("e").map(String::as_str), Some("dependency f failed"));
+        assert!(matches!(run_parallel(&["zz".into()], &deps, 1, &|_| Ok(())), Err(ModuleError::Unknown(_))));
+    }
+
+    #[test]
+    fn odd_dep_lines() {
+        for t in ["", ":", "a", ": b", "x.ko: x.ko", "\0: \0"] {
+            let _ = parse_dep(t);
+        }
+        // A self-dependency is a cycle, not a hang.
+        let deps = parse_dep("x.ko: x.ko\n");
+        let r = run_parallel(&["x".into()], &deps, 2, &|_| Ok(())).unwrap();
+        assert_eq!(r.failed.len(), 1);
+    }
+}

@@ -1,0 +1,216 @@
+//! Runs the real `fluxnode-init` as PID 1 of a new PID and mount namespace
+//! (`unshare --pid --fork --mount --mount-proc`) against service files
+//! written by the test, and watches what it prints.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const INIT: &str = env!("CARGO_BIN_EXE_fluxnode-init");
+
+/// Why this machine cannot run namespace tests, if it cannot.
+pub fn cannot_run() -> Option<String> {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string()));
+    if uid.as_deref() != Some("0") {
+        return Some("not root: PID namespaces and mounts need root".into());
+    }
+    if Command::new("unshare").arg("--version").output().is_err() {
+        return Some("unshare (util-linux) is not installed".into());
+    }
+    None
+}
+
+/// Skips the test with a printed reason when the machine cannot run it.
+#[macro_export]
+macro_rules! need_namespaces {
+    () => {
+        if let Some(why) = harness::cannot_run() {
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+    };
+}
+
+/// A line init printed, with when it arrived.
+#[derive(Clone, Debug)]
+pub struct Line {
+    pub at: Instant,
+    pub text: String,
+}
+
+pub struct Ns {
+    pub dir: PathBuf,
+    pub services: PathBuf,
+    pub run: PathBuf,
+    child: Child,
+    lines: Arc<Mutex<Vec<Line>>>,
+    pub t0: Instant,
+}
+
+/// A fresh directory under the target dir (not /tmp: init mounts a tmpfs there).
+pub fn scratch(name: &str) -> PathBuf {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("ns-{name}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("services")).unwrap();
+    std::fs::create_dir_all(dir.join("run")).unwrap();
+    dir
+}
+
+impl Ns {
+    /// Writes `services` (name, toml) and `init_toml`, then starts init.
+    pub fn start(name: &str, services: &[(&str, String)], init_toml: &str) -> Ns {
+        let dir = scratch(name);
+        for (n, text) in services {
+            std::fs::write(dir.join("services").join(format!("{n}.toml")), text).unwrap();
+        }
+        std::fs::write(dir.join("init.toml"), init_toml).unwrap();
+        Self::spawn(dir)
+    }
+
+    pub fn spawn(dir: PathBuf) -> Ns {
+        let mut child = Command::new("unshare")
+            .args(["--pid", "--fork", "--mount", "--mount-proc", "--kill-child"])
+            .arg(INIT)
+            .arg("--services")
+            .arg(dir.join("services"))
+            .arg("--run-dir")
+            .arg(dir.join("run"))
+            .arg("--config")
+            .arg(dir.join("init.toml"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning unshare");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        for pipe in [child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>), child.stderr.take().map(|p| Box::new(p) as _)]
+            .into_iter()
+            .flatten()
+        {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for l in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    lines.lock().unwrap().push(Line { at: Instant::now(), text: l });
+                }
+            });
+        }
+        Ns { services: dir.join("services"), run: dir.join("run"), dir, child, lines, t0: Instant::now() }
+    }
+
+    pub fn lines(&self) -> Vec<Line> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    pub fn log(&self) -> String {
+        self.lines().iter().map(|l| format!("{:>6} ms  {}\n", l.at.duration_since(self.t0).as_millis(), l.text)).collect()
+    }
+
+    /// Waits until a line contains `pat`; panics with the log after `secs`.
+    pub fn wait_for(&self, pat: &str, secs: u64) -> Line {
+        let end = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(l) = self.lines().into_iter().find(|l| l.text.contains(pat)) {
+                return l;
+            }
+            if Instant::now() > end {
+                panic!("no line with {pat:?} within {secs} s; init printed:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Every line containing `pat`.
+    pub fn all(&self, pat: &str) -> Vec<Line> {
+        self.lines().into_iter().filter(|l| l.text.contains(pat)).collect()
+    }
+
+    /// The host pid of init (the child of `unshare`).
+    pub fn init_pid(&self) -> i32 {
+        let end = Instant::now() + Duration::from_secs(5);
+        loop {
+            let p = self.child.id();
+            if let Ok(c) = std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")) {
+                if let Some(pid) = c.split_whitespace().next().and_then(|x| x.parse().ok()) {
+                    return pid;
+                }
+            }
+            assert!(Instant::now() < end, "unshare has no child");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        let pid = self.init_pid();
+        unsafe { libc::kill(pid, sig) };
+    }
+
+    /// `fluxnode-init ctl ARGS` against this init.
+    pub fn ctl(&self, args: &[&str]) -> (i32, String) {
+        let out = Command::new(INIT)
+            .arg("ctl")
+            .arg("--socket")
+            .arg(self.run.join("control.sock"))
+            .args(args)
+            .output()
+            .unwrap();
+        (out.status.code().unwrap_or(-1), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    }
+
+    /// Waits for init (through unshare) to exit; its exit code.
+    pub fn wait_exit(&mut self, secs: u64) -> i32 {
+        let end = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                // Let the reader threads drain.
+                std::thread::sleep(Duration::from_millis(100));
+                return st.code().unwrap_or(-1);
+            }
+            if Instant::now() > end {
+                panic!("init did not exit within {secs} s; it printed:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Host pids of every process in the namespace but init.
+    pub fn descendants(&self) -> Vec<i32> {
+        let init = self.init_pid();
+        let mut out = Vec::new();
+        let mut todo = vec![init];
+        while let Some(p) = todo.pop() {
+            if let Ok(c) = std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")) {
+                for k in c.split_whitespace().filter_map(|x| x.parse::<i32>().ok()) {
+                    out.push(k);
+                    todo.push(k);
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A service file running `script` with /bin/sh, plus extra TOML.
+pub fn sh(script: &str, extra: &str) -> String {
+    format!("argv = [\"/bin/sh\", \"-c\", {script:?}]\n{extra}\n")
+}
+
+/// The shell command that sends sd_notify messages through init's own helper.
+pub fn notify_cmd(msg: &str) -> String {
+    format!("{INIT} notify {msg}")
+}
