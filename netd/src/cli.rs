@@ -88,7 +88,11 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, CliError
     let (mut verbose, mut print, mut json) = (false, false, false);
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
-        let mut value = |flag: &str| it.next().map(PathBuf::from).ok_or_else(|| CliError::MissingValue(flag.into()));
+        let mut value = |flag: &str| {
+            it.next()
+                .map(PathBuf::from)
+                .ok_or_else(|| CliError::MissingValue(flag.into()))
+        };
         match a.as_str() {
             "--cmdline" => paths.cmdline = value(&a)?,
             "--config" => paths.config = value(&a)?,
@@ -102,7 +106,11 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, CliError
             _ => return Err(CliError::Unknown(a)),
         }
     }
-    Ok(if print { Command::PrintConfig { paths, json } } else { Command::Run { paths, verbose } })
+    Ok(if print {
+        Command::PrintConfig { paths, json }
+    } else {
+        Command::Run { paths, verbose }
+    })
 }
 
 fn json_str(s: &str) -> String {
@@ -120,7 +128,8 @@ fn json_str(s: &str) -> String {
 }
 
 fn opt_json(s: Option<impl ToString>) -> String {
-    s.map(|v| json_str(&v.to_string())).unwrap_or_else(|| "null".into())
+    s.map(|v| json_str(&v.to_string()))
+        .unwrap_or_else(|| "null".into())
 }
 
 /// The configuration as text for `--print-config`.
@@ -128,7 +137,12 @@ pub fn render_config(c: &Config, json: bool) -> String {
     let (mode, addr, gw, dns) = match &c.mode {
         Mode::Dhcp => ("dhcp", None, None, Vec::new()),
         Mode::Off => ("off", None, None, Vec::new()),
-        Mode::Static(s) => ("static", Some(format!("{}/{}", s.address, s.prefix)), s.gateway, s.dns.clone()),
+        Mode::Static(s) => (
+            "static",
+            Some(format!("{}/{}", s.address, s.prefix)),
+            s.gateway,
+            s.dns.clone(),
+        ),
     };
     if json {
         let dns: Vec<String> = dns.iter().map(|d| json_str(&d.to_string())).collect();
@@ -174,14 +188,27 @@ mod tests {
             }
             c => panic!("{c:?}"),
         }
-        assert!(matches!(parse(args(&["--print-config", "--json"])).unwrap(), Command::PrintConfig { json: true, .. }));
-        assert!(matches!(parse(args(&["--bogus"])), Err(CliError::Unknown(_))));
-        assert!(matches!(parse(args(&["--sys"])), Err(CliError::MissingValue(_))));
+        assert!(matches!(
+            parse(args(&["--print-config", "--json"])).unwrap(),
+            Command::PrintConfig { json: true, .. }
+        ));
+        assert!(matches!(
+            parse(args(&["--bogus"])),
+            Err(CliError::Unknown(_))
+        ));
+        assert!(matches!(
+            parse(args(&["--sys"])),
+            Err(CliError::MissingValue(_))
+        ));
     }
 
     #[test]
     fn renders_json() {
-        let c = crate::config::from_texts(None, "fluxnode.net=static:10.213.0.5/24,10.213.0.1 fluxnode.net.iface=a\"b").unwrap();
+        let c = crate::config::from_texts(
+            None,
+            "fluxnode.net=static:10.213.0.5/24,10.213.0.1 fluxnode.net.iface=a\"b",
+        )
+        .unwrap();
         assert_eq!(
             render_config(&c, true),
             "{\"mode\":\"static\",\"interface\":\"a\\\"b\",\"address\":\"10.213.0.5/24\",\"gateway\":\"10.213.0.1\",\"dns\":[],\"hostname\":null,\"release_on_stop\":true}"

@@ -93,7 +93,12 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { mode: Mode::Dhcp, interface: None, hostname: None, release_on_stop: true }
+        Config {
+            mode: Mode::Dhcp,
+            interface: None,
+            hostname: None,
+            release_on_stop: true,
+        }
     }
 }
 
@@ -111,11 +116,18 @@ struct FileConfig {
 }
 
 fn invalid(origin: &str, key: &str, value: &str, why: &str) -> ConfigError {
-    ConfigError::Invalid { origin: origin.into(), key: key.into(), value: value.into(), why: why.into() }
+    ConfigError::Invalid {
+        origin: origin.into(),
+        key: key.into(),
+        value: value.into(),
+        why: why.into(),
+    }
 }
 
 fn parse_ip(origin: &str, key: &str, v: &str) -> Result<Ipv4Addr, ConfigError> {
-    v.trim().parse().map_err(|_| invalid(origin, key, v, "expected an IPv4 address like 10.0.2.15"))
+    v.trim()
+        .parse()
+        .map_err(|_| invalid(origin, key, v, "expected an IPv4 address like 10.0.2.15"))
 }
 
 /// Parses `ADDR/PREFIX`.
@@ -139,7 +151,12 @@ pub fn parse_mode(origin: &str, v: &str) -> Result<Mode, ConfigError> {
         _ => {}
     }
     let Some(spec) = v.strip_prefix("static:") else {
-        return Err(invalid(origin, KEY, v, "expected dhcp, off, or static:ADDR/PREFIX[,GATEWAY[,DNS...]]"));
+        return Err(invalid(
+            origin,
+            KEY,
+            v,
+            "expected dhcp, off, or static:ADDR/PREFIX[,GATEWAY[,DNS...]]",
+        ));
     };
     let mut parts = spec.split(',');
     let (address, prefix) = parse_cidr(origin, KEY, parts.next().unwrap_or(""))?;
@@ -147,8 +164,16 @@ pub fn parse_mode(origin: &str, v: &str) -> Result<Mode, ConfigError> {
         None | Some("") => None,
         Some(g) => Some(parse_ip(origin, KEY, g)?),
     };
-    let dns = parts.filter(|d| !d.trim().is_empty()).map(|d| parse_ip(origin, KEY, d)).collect::<Result<_, _>>()?;
-    Ok(Mode::Static(Static { address, prefix, gateway, dns }))
+    let dns = parts
+        .filter(|d| !d.trim().is_empty())
+        .map(|d| parse_ip(origin, KEY, d))
+        .collect::<Result<_, _>>()?;
+    Ok(Mode::Static(Static {
+        address,
+        prefix,
+        gateway,
+        dns,
+    }))
 }
 
 /// The `fluxnode.net*` keys of a kernel command line (later words win).
@@ -160,20 +185,54 @@ fn cmdline_keys(text: &str) -> Vec<(&str, &str)> {
 }
 
 fn apply_file(cfg: &mut Config, path: &Path, text: &str) -> Result<(), ConfigError> {
-    let f: FileConfig = toml::from_str(text).map_err(|source| ConfigError::Toml { path: path.into(), source })?;
+    let f: FileConfig = toml::from_str(text).map_err(|source| ConfigError::Toml {
+        path: path.into(),
+        source,
+    })?;
     let origin = path.display().to_string();
-    let mode = f.mode.as_deref().unwrap_or(if f.address.is_some() { "static" } else { "dhcp" });
+    let mode = f.mode.as_deref().unwrap_or(if f.address.is_some() {
+        "static"
+    } else {
+        "dhcp"
+    });
     cfg.mode = match mode {
         "dhcp" => Mode::Dhcp,
         "off" => Mode::Off,
         "static" => {
-            let a = f.address.as_deref().ok_or_else(|| invalid(&origin, "address", "", "static mode needs address = \"ADDR/PREFIX\""))?;
+            let a = f.address.as_deref().ok_or_else(|| {
+                invalid(
+                    &origin,
+                    "address",
+                    "",
+                    "static mode needs address = \"ADDR/PREFIX\"",
+                )
+            })?;
             let (address, prefix) = parse_cidr(&origin, "address", a)?;
-            let gateway = f.gateway.as_deref().map(|g| parse_ip(&origin, "gateway", g)).transpose()?;
-            let dns = f.dns.iter().map(|d| parse_ip(&origin, "dns", d)).collect::<Result<_, _>>()?;
-            Mode::Static(Static { address, prefix, gateway, dns })
+            let gateway = f
+                .gateway
+                .as_deref()
+                .map(|g| parse_ip(&origin, "gateway", g))
+                .transpose()?;
+            let dns = f
+                .dns
+                .iter()
+                .map(|d| parse_ip(&origin, "dns", d))
+                .collect::<Result<_, _>>()?;
+            Mode::Static(Static {
+                address,
+                prefix,
+                gateway,
+                dns,
+            })
         }
-        other => return Err(invalid(&origin, "mode", other, "expected \"dhcp\", \"static\" or \"off\"")),
+        other => {
+            return Err(invalid(
+                &origin,
+                "mode",
+                other,
+                "expected \"dhcp\", \"static\" or \"off\"",
+            ))
+        }
     };
     if f.interface.is_some() {
         cfg.interface = f.interface;
@@ -216,7 +275,12 @@ pub fn load(config_file: &Path, cmdline_file: &Path) -> Result<Config, ConfigErr
     let file = match std::fs::read_to_string(config_file) {
         Ok(t) => Some(t),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(source) => return Err(ConfigError::Read { path: config_file.into(), source }),
+        Err(source) => {
+            return Err(ConfigError::Read {
+                path: config_file.into(),
+                source,
+            })
+        }
     };
     let cmdline = std::fs::read_to_string(cmdline_file).unwrap_or_else(|e| {
         tracing::warn!(path = %cmdline_file.display(), error = %e, "cannot read the kernel command line; using none");
@@ -232,7 +296,10 @@ mod tests {
 
     #[test]
     fn default_is_dhcp_on_the_first_wired_link() {
-        assert_eq!(from_texts(None, "quiet root=/dev/vda2").unwrap(), Config::default());
+        assert_eq!(
+            from_texts(None, "quiet root=/dev/vda2").unwrap(),
+            Config::default()
+        );
     }
 
     #[test]
@@ -278,8 +345,14 @@ mod tests {
             assert!(e.contains("expected"), "{e}");
         }
         let p = Path::new("netd.toml");
-        assert!(matches!(from_texts(Some((p, "mood = \"dhcp\"")), ""), Err(ConfigError::Toml { .. })));
-        assert!(matches!(from_texts(Some((p, "mode = \"static\"")), ""), Err(ConfigError::Invalid { .. })));
+        assert!(matches!(
+            from_texts(Some((p, "mood = \"dhcp\"")), ""),
+            Err(ConfigError::Toml { .. })
+        ));
+        assert!(matches!(
+            from_texts(Some((p, "mode = \"static\"")), ""),
+            Err(ConfigError::Invalid { .. })
+        ));
     }
 
     #[test]

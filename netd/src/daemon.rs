@@ -59,7 +59,11 @@ fn in_subnet(a: Ipv4Addr, b: Ipv4Addr, prefix: u8) -> bool {
 impl Service<'_> {
     /// Waits for a signal or `deadline`, pinging the watchdog meanwhile.
     /// `extra` is polled too; returns (stop requested, extra readable).
-    fn wait(&mut self, extra: Option<i32>, deadline: Option<Instant>) -> Result<(bool, bool), Error> {
+    fn wait(
+        &mut self,
+        extra: Option<i32>,
+        deadline: Option<Instant>,
+    ) -> Result<(bool, bool), Error> {
         let now = Instant::now();
         if self.next_watchdog.is_some_and(|w| now >= w) {
             self.notify.ping_watchdog();
@@ -80,9 +84,21 @@ impl Service<'_> {
     }
 
     /// True when the link holds `address` and a default route leaves through it.
-    fn has_address_and_default_route(&mut self, index: u32, address: Ipv4Addr) -> Result<bool, Error> {
-        let addr_ok = self.nl.addresses()?.iter().any(|a| a.index == index && a.address == address);
-        let route_ok = self.nl.routes()?.iter().any(|r| r.dst_len == 0 && r.table == 254 && r.oif == Some(index));
+    fn has_address_and_default_route(
+        &mut self,
+        index: u32,
+        address: Ipv4Addr,
+    ) -> Result<bool, Error> {
+        let addr_ok = self
+            .nl
+            .addresses()?
+            .iter()
+            .any(|a| a.index == index && a.address == address);
+        let route_ok = self
+            .nl
+            .routes()?
+            .iter()
+            .any(|r| r.dst_len == 0 && r.table == 254 && r.oif == Some(index));
         Ok(addr_ok && route_ok)
     }
 
@@ -97,7 +113,10 @@ impl Service<'_> {
             self.notify.ready(status);
             self.ready = true;
         } else {
-            tracing::warn!(status, "configured, but no address or default route shows yet; not ready");
+            tracing::warn!(
+                status,
+                "configured, but no address or default route shows yet; not ready"
+            );
             self.notify.status(&format!("{status} (no default route)"));
         }
         Ok(())
@@ -118,7 +137,8 @@ impl Service<'_> {
             if !in_subnet(address, gw, prefix) {
                 self.nl.add_route(link.index, gw, 32, None, protocol)?;
             }
-            self.nl.add_route(link.index, Ipv4Addr::UNSPECIFIED, 0, Some(gw), protocol)?;
+            self.nl
+                .add_route(link.index, Ipv4Addr::UNSPECIFIED, 0, Some(gw), protocol)?;
         }
         Ok(())
     }
@@ -156,12 +176,17 @@ impl Service<'_> {
                 return Ok(Some(l));
             }
             if !told {
-                let what = wanted.map(|w| format!("link {w}")).unwrap_or_else(|| "a wired link".into());
+                let what = wanted
+                    .map(|w| format!("link {w}"))
+                    .unwrap_or_else(|| "a wired link".into());
                 tracing::info!("waiting for {what} to appear");
                 self.notify.status(&format!("waiting for {what}"));
                 told = true;
             }
-            if self.wait(None, Some(Instant::now() + Duration::from_secs(1)))?.0 {
+            if self
+                .wait(None, Some(Instant::now() + Duration::from_secs(1)))?
+                .0
+            {
                 return Ok(None);
             }
         }
@@ -171,7 +196,10 @@ impl Service<'_> {
     fn run_static(&mut self, link: &Link, s: &config::Static) -> Result<(), Error> {
         self.install(link, s.address, s.prefix, s.gateway, None, RTPROT_STATIC)?;
         self.write_resolv(&s.dns, None);
-        let status = format!("static {}/{} on {} via {:?}", s.address, s.prefix, link.name, s.gateway);
+        let status = format!(
+            "static {}/{} on {} via {:?}",
+            s.address, s.prefix, link.name, s.gateway
+        );
         tracing::info!("{status}");
         self.check_ready(link.index, s.address, &status)?;
         while !self.wait(None, None)?.0 {}
@@ -200,14 +228,23 @@ impl Service<'_> {
             u32::try_from(left).unwrap_or(u32::MAX - 1).max(1)
         });
         let gateway = lease.routers.first().copied();
-        self.install(link, lease.address, lease.prefix, gateway, valid, RTPROT_DHCP)?;
+        self.install(
+            link,
+            lease.address,
+            lease.prefix,
+            gateway,
+            valid,
+            RTPROT_DHCP,
+        )?;
         self.write_resolv(&lease.dns, lease.domain.as_deref());
         let status = format!(
             "dhcp {}/{} on {} via {} (lease {}s from {})",
             lease.address,
             lease.prefix,
             link.name,
-            gateway.map(|g| g.to_string()).unwrap_or_else(|| "no router".into()),
+            gateway
+                .map(|g| g.to_string())
+                .unwrap_or_else(|| "no router".into()),
             lease.duration.map(|d| d.as_secs()).unwrap_or(0),
             lease.server
         );
@@ -215,7 +252,7 @@ impl Service<'_> {
     }
 
     fn deconfigure(&mut self, link: &Link, lease: &Lease) {
-        if lease.routers.first().is_some() {
+        if !lease.routers.is_empty() {
             if let Err(e) = self.nl.del_route(link.index, Ipv4Addr::UNSPECIFIED, 0) {
                 tracing::warn!(error = %e, "removing the default route");
             }
@@ -226,15 +263,22 @@ impl Service<'_> {
         if let Err(e) = resolv::remove(&self.paths.resolv_conf) {
             tracing::warn!(error = %e, "removing resolv.conf");
         }
-        self.notify.status(&format!("lease on {} gone; discovering again", link.name));
+        self.notify
+            .status(&format!("lease on {} gone; discovering again", link.name));
     }
 
     /// DHCP mode: the client machine driven by the socket and its timers.
     fn run_dhcp(&mut self, link: &Link, cfg: &Config) -> Result<(), Error> {
-        let mac = link.mac.ok_or_else(|| Error::NoMac { iface: link.name.clone() })?;
-        let sock = DhcpSocket::open(&link.name).map_err(|source| Error::DhcpSocket { iface: link.name.clone(), source })?;
+        let mac = link.mac.ok_or_else(|| Error::NoMac {
+            iface: link.name.clone(),
+        })?;
+        let sock = DhcpSocket::open(&link.name).map_err(|source| Error::DhcpSocket {
+            iface: link.name.clone(),
+            source,
+        })?;
         let mut client = Client::new(mac, cfg.hostname.clone(), random_u64());
-        self.notify.status(&format!("dhcp: discovering on {}", link.name));
+        self.notify
+            .status(&format!("dhcp: discovering on {}", link.name));
         tracing::info!(link = %link.name, "dhcp: discovering");
         for a in client.start(Instant::now()) {
             self.apply(link, &sock, a)?;
@@ -246,7 +290,10 @@ impl Service<'_> {
             }
             let now = Instant::now();
             if readable {
-                while let Some(m) = sock.recv().map_err(|source| Error::DhcpSocket { iface: link.name.clone(), source })? {
+                while let Some(m) = sock.recv().map_err(|source| Error::DhcpSocket {
+                    iface: link.name.clone(),
+                    source,
+                })? {
                     for a in client.on_message(now, &m) {
                         self.apply(link, &sock, a)?;
                     }
@@ -275,7 +322,14 @@ pub fn run(paths: &Paths, notify: &Notifier) -> Result<(), Error> {
     tracing::info!(mode = ?cfg.mode, interface = ?cfg.interface, "starting");
     let nl = Netlink::open()?;
     let next_watchdog = notify.watchdog_interval().map(|i| Instant::now() + i);
-    let mut svc = Service { nl, notify, signals, paths, ready: false, next_watchdog };
+    let mut svc = Service {
+        nl,
+        notify,
+        signals,
+        paths,
+        ready: false,
+        next_watchdog,
+    };
     svc.loopback()?;
     match &cfg.mode {
         Mode::Off => {

@@ -34,7 +34,9 @@ pub enum Error {
         source: io::Error,
     },
     /// DHCP needs an Ethernet address.
-    #[error("link {iface} has no 6-byte hardware address; DHCP needs one (use fluxnode.net=static:...)")]
+    #[error(
+        "link {iface} has no 6-byte hardware address; DHCP needs one (use fluxnode.net=static:...)"
+    )]
     NoMac {
         /// The link.
         iface: String,

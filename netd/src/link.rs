@@ -43,9 +43,15 @@ pub fn classify(sys: &Path, link: &Link) -> LinkClass {
 /// loopback), otherwise the wired link with the lowest ifindex.
 pub fn pick(sys: &Path, links: &[Link], wanted: Option<&str>) -> Option<Link> {
     if let Some(name) = wanted {
-        return links.iter().find(|l| l.name == name && !l.is_loopback()).cloned();
+        return links
+            .iter()
+            .find(|l| l.name == name && !l.is_loopback())
+            .cloned();
     }
-    let mut wired: Vec<&Link> = links.iter().filter(|l| classify(sys, l) == LinkClass::Wired).collect();
+    let mut wired: Vec<&Link> = links
+        .iter()
+        .filter(|l| classify(sys, l) == LinkClass::Wired)
+        .collect();
     wired.sort_by_key(|l| l.index);
     wired.first().map(|l| (*l).clone())
 }
@@ -56,16 +62,25 @@ mod tests {
     use super::*;
 
     fn link(index: u32, name: &str, flags: u32) -> Link {
-        Link { index, name: name.into(), mac: Some([2, 0, 0, 0, 0, index as u8]), flags }
+        Link {
+            index,
+            name: name.into(),
+            mac: Some([2, 0, 0, 0, 0, index as u8]),
+            flags,
+        }
     }
 
     #[test]
     fn picks_the_first_wired_link_by_ifindex() {
         let d = tempfile::tempdir().unwrap();
         let net = d.path().join("class/net");
-        for (name, sub) in
-            [("lo", None), ("wlan0", Some("device")), ("br0", None), ("enp3s0", Some("device")), ("eth9", Some("device"))]
-        {
+        for (name, sub) in [
+            ("lo", None),
+            ("wlan0", Some("device")),
+            ("br0", None),
+            ("enp3s0", Some("device")),
+            ("eth9", Some("device")),
+        ] {
             std::fs::create_dir_all(net.join(name)).unwrap();
             if let Some(s) = sub {
                 std::fs::create_dir_all(net.join(name).join(s)).unwrap();

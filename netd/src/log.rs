@@ -66,7 +66,11 @@ impl Subscriber for Stderr {
 
     fn event(&self, event: &Event<'_>) {
         let level = event.metadata().level().as_str();
-        let _ = writeln!(std::io::stderr().lock(), "{level:<5} {}", format_event(event));
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "{level:<5} {}",
+            format_event(event)
+        );
     }
 
     fn enter(&self, _: &Id) {}
@@ -78,5 +82,6 @@ impl Subscriber for Stderr {
 /// A second call is ignored.
 pub fn init(verbose: bool) {
     let max = if verbose { Level::DEBUG } else { Level::INFO };
-    let _ = tracing_core::dispatcher::set_global_default(tracing_core::Dispatch::new(Stderr { max }));
+    let _ =
+        tracing_core::dispatcher::set_global_default(tracing_core::Dispatch::new(Stderr { max }));
 }

@@ -15,7 +15,8 @@ fn run() -> anyhow::Result<()> {
         }
         Command::Run { paths, verbose } => {
             fluxnode_netd::log::init(verbose);
-            let notify = fluxnode_netd::notify::Notifier::from_env().context("reading the sd_notify environment")?;
+            let notify = fluxnode_netd::notify::Notifier::from_env()
+                .context("reading the sd_notify environment")?;
             fluxnode_netd::run(&paths, &notify)?;
         }
     }

@@ -125,22 +125,56 @@ fn nla(buf: &mut Vec<u8>, kind: u16, data: &[u8]) {
     buf.resize(buf.len() + (4 - len % 4) % 4, 0);
 }
 
-/// Splits a buffer of netlink messages into (type, flags, seq, payload).
-pub fn split_messages(mut b: &[u8]) -> io::Result<Vec<(u16, u16, u32, &[u8])>> {
+/// One netlink message of a received buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NlMsg<'a> {
+    /// `nlmsg_type`.
+    pub kind: u16,
+    /// `nlmsg_flags`.
+    pub flags: u16,
+    /// `nlmsg_seq`.
+    pub seq: u32,
+    /// What follows the header.
+    pub payload: &'a [u8],
+}
+
+/// Splits a buffer of netlink messages.
+pub fn split_messages(mut b: &[u8]) -> io::Result<Vec<NlMsg<'_>>> {
     let mut out = Vec::new();
     while b.len() >= NLMSG_HDR {
         let len = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
         if len < NLMSG_HDR || len > b.len() {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("bad netlink message length {len}")));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("bad netlink message length {len}"),
+            ));
         }
         let kind = u16::from_ne_bytes([b[4], b[5]]);
         let flags = u16::from_ne_bytes([b[6], b[7]]);
         let seq = u32::from_ne_bytes([b[8], b[9], b[10], b[11]]);
-        out.push((kind, flags, seq, &b[NLMSG_HDR..len]));
+        out.push(NlMsg {
+            kind,
+            flags,
+            seq,
+            payload: &b[NLMSG_HDR..len],
+        });
         let aligned = (len + 3) & !3;
         b = b.get(aligned..).unwrap_or(&[]);
     }
     Ok(out)
+}
+
+/// The verdict of an `NLMSG_ERROR` payload: errno 0 is success.
+fn errno_result(p: &[u8]) -> io::Result<()> {
+    let code = p
+        .get(..4)
+        .map(|c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+        .unwrap_or(-libc::EIO);
+    if code == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(-code))
+    }
 }
 
 /// Splits attributes (`rtattr`s) after a fixed header of `skip` bytes.
@@ -178,12 +212,23 @@ pub fn parse_link(p: &[u8]) -> Option<Link> {
     let mut mac = None;
     for (k, d) in split_attrs(p, 16) {
         match k {
-            IFLA_IFNAME => name = Some(String::from_utf8_lossy(d).trim_end_matches('\0').to_string()),
+            IFLA_IFNAME => {
+                name = Some(
+                    String::from_utf8_lossy(d)
+                        .trim_end_matches('\0')
+                        .to_string(),
+                )
+            }
             IFLA_ADDRESS => mac = <[u8; 6]>::try_from(d).ok(),
             _ => {}
         }
     }
-    Some(Link { index, name: name?, mac, flags })
+    Some(Link {
+        index,
+        name: name?,
+        mac,
+        flags,
+    })
 }
 
 /// Reads a `RTM_NEWADDR` payload (IPv4 only).
@@ -194,9 +239,18 @@ pub fn parse_address(p: &[u8]) -> Option<Address> {
     }
     let index = u32::from_ne_bytes([h[4], h[5], h[6], h[7]]);
     let attrs = split_attrs(p, 8);
-    let pick = |want| attrs.iter().find(|(k, _)| *k == want).and_then(|(_, d)| ip4(d));
+    let pick = |want| {
+        attrs
+            .iter()
+            .find(|(k, _)| *k == want)
+            .and_then(|(_, d)| ip4(d))
+    };
     let address = pick(IFA_LOCAL).or_else(|| pick(IFA_ADDRESS))?;
-    Some(Address { index, address, prefix: h[1] })
+    Some(Address {
+        index,
+        address,
+        prefix: h[1],
+    })
 }
 
 /// Reads a `RTM_NEWROUTE` payload (IPv4 only).
@@ -205,7 +259,13 @@ pub fn parse_route(p: &[u8]) -> Option<Route> {
     if h[0] != AF_INET {
         return None;
     }
-    let mut r = Route { table: u32::from(h[4]), dst: Ipv4Addr::UNSPECIFIED, dst_len: h[1], gateway: None, oif: None };
+    let mut r = Route {
+        table: u32::from(h[4]),
+        dst: Ipv4Addr::UNSPECIFIED,
+        dst_len: h[1],
+        gateway: None,
+        oif: None,
+    };
     for (k, d) in split_attrs(p, 12) {
         match k {
             RTA_DST => r.dst = ip4(d).unwrap_or(r.dst),
@@ -225,7 +285,16 @@ fn ifaddrmsg(prefix: u8, scope: u8, index: u32) -> Vec<u8> {
 }
 
 fn rtmsg(dst_len: u8, protocol: u8, scope: u8) -> Vec<u8> {
-    let mut b = vec![AF_INET, dst_len, 0, 0, RT_TABLE_MAIN, protocol, scope, RTN_UNICAST];
+    let mut b = vec![
+        AF_INET,
+        dst_len,
+        0,
+        0,
+        RT_TABLE_MAIN,
+        protocol,
+        scope,
+        RTN_UNICAST,
+    ];
     b.extend_from_slice(&0u32.to_ne_bytes());
     b
 }
@@ -238,9 +307,18 @@ fn broadcast(a: Ipv4Addr, prefix: u8) -> Ipv4Addr {
 impl Netlink {
     /// Opens a `NETLINK_ROUTE` socket.
     pub fn open() -> Result<Self, NetlinkError> {
-        let err = |source| NetlinkError { op: "open socket".into(), source };
+        let err = |source| NetlinkError {
+            op: "open socket".into(),
+            source,
+        };
         // SAFETY: plain socket(2); the fd is owned right away.
-        let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            )
+        };
         if fd < 0 {
             return Err(err(io::Error::last_os_error()));
         }
@@ -278,7 +356,8 @@ impl Netlink {
     fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             // SAFETY: buf is valid for buf.len() bytes.
-            let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            let n =
+                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
             if n >= 0 {
                 return Ok(n as usize);
             }
@@ -295,12 +374,11 @@ impl Netlink {
         let mut buf = vec![0u8; 16 * 1024];
         loop {
             let n = self.recv(&mut buf)?;
-            for (t, _, s, p) in split_messages(&buf[..n])? {
-                if s != seq || t != NLMSG_ERROR {
+            for m in split_messages(&buf[..n])? {
+                if m.seq != seq || m.kind != NLMSG_ERROR {
                     continue;
                 }
-                let code = p.get(..4).map(|c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]])).unwrap_or(-libc::EIO);
-                return if code == 0 { Ok(()) } else { Err(io::Error::from_raw_os_error(-code)) };
+                return errno_result(m.payload);
             }
         }
     }
@@ -312,15 +390,16 @@ impl Netlink {
         let mut out = Vec::new();
         loop {
             let n = self.recv(&mut buf)?;
-            for (t, _, s, p) in split_messages(&buf[..n])? {
-                if s != seq {
+            for m in split_messages(&buf[..n])? {
+                if m.seq != seq {
                     continue;
                 }
-                match t {
+                let p = m.payload;
+                match m.kind {
                     NLMSG_DONE => return Ok(out),
                     NLMSG_ERROR => {
-                        let code = p.get(..4).map(|c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]])).unwrap_or(-libc::EIO);
-                        return Err(io::Error::from_raw_os_error(-code));
+                        errno_result(p)?;
+                        return Ok(out);
                     }
                     t if t == want => out.push(p.to_vec()),
                     _ => {}
@@ -334,7 +413,10 @@ impl Netlink {
         let body = [0u8; 16];
         let raw = self
             .dump(RTM_GETLINK, &body, RTM_NEWLINK)
-            .map_err(|source| NetlinkError { op: "list links".into(), source })?;
+            .map_err(|source| NetlinkError {
+                op: "list links".into(),
+                source,
+            })?;
         Ok(raw.iter().filter_map(|p| parse_link(p)).collect())
     }
 
@@ -345,7 +427,10 @@ impl Netlink {
         b.extend_from_slice(&IFF_UP.to_ne_bytes()); // flags
         b.extend_from_slice(&IFF_UP.to_ne_bytes()); // change mask
         self.request(RTM_NEWLINK, 0, &b)
-            .map_err(|source| NetlinkError { op: format!("set ifindex {index} up"), source })
+            .map_err(|source| NetlinkError {
+                op: format!("set ifindex {index} up"),
+                source,
+            })
     }
 
     /// Adds (or refreshes) an address; `valid_s` = lifetime in seconds, `None` = forever.
@@ -358,7 +443,11 @@ impl Netlink {
         prefix: u8,
         valid_s: Option<u32>,
     ) -> Result<(), NetlinkError> {
-        let scope = if address.is_loopback() { RT_SCOPE_HOST } else { RT_SCOPE_UNIVERSE };
+        let scope = if address.is_loopback() {
+            RT_SCOPE_HOST
+        } else {
+            RT_SCOPE_UNIVERSE
+        };
         let mut b = ifaddrmsg(prefix, scope, index);
         nla(&mut b, IFA_LOCAL, &address.octets());
         nla(&mut b, IFA_ADDRESS, &address.octets());
@@ -371,14 +460,20 @@ impl Netlink {
             ci.extend_from_slice(&v.to_ne_bytes());
         }
         nla(&mut b, IFA_CACHEINFO, &ci);
-        self.request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_REPLACE, &b).map_err(|source| NetlinkError {
-            op: format!("add address {address}/{prefix} on ifindex {index}"),
-            source,
-        })
+        self.request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_REPLACE, &b)
+            .map_err(|source| NetlinkError {
+                op: format!("add address {address}/{prefix} on ifindex {index}"),
+                source,
+            })
     }
 
     /// Removes an address; absent already is fine.
-    pub fn del_address(&mut self, index: u32, address: Ipv4Addr, prefix: u8) -> Result<(), NetlinkError> {
+    pub fn del_address(
+        &mut self,
+        index: u32,
+        address: Ipv4Addr,
+        prefix: u8,
+    ) -> Result<(), NetlinkError> {
         let mut b = ifaddrmsg(prefix, 0, index);
         nla(&mut b, IFA_LOCAL, &address.octets());
         match self.request(RTM_DELADDR, 0, &b) {
@@ -400,7 +495,11 @@ impl Netlink {
         gateway: Option<Ipv4Addr>,
         protocol: u8,
     ) -> Result<(), NetlinkError> {
-        let scope = if gateway.is_some() { RT_SCOPE_UNIVERSE } else { RT_SCOPE_LINK };
+        let scope = if gateway.is_some() {
+            RT_SCOPE_UNIVERSE
+        } else {
+            RT_SCOPE_LINK
+        };
         let mut b = rtmsg(dst_len, protocol, scope);
         if dst_len > 0 {
             nla(&mut b, RTA_DST, &dst.octets());
@@ -409,14 +508,20 @@ impl Netlink {
             nla(&mut b, RTA_GATEWAY, &gw.octets());
         }
         nla(&mut b, RTA_OIF, &index.to_ne_bytes());
-        self.request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, &b).map_err(|source| NetlinkError {
-            op: format!("add route {dst}/{dst_len} via {gateway:?} dev ifindex {index}"),
-            source,
-        })
+        self.request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, &b)
+            .map_err(|source| NetlinkError {
+                op: format!("add route {dst}/{dst_len} via {gateway:?} dev ifindex {index}"),
+                source,
+            })
     }
 
     /// Removes a route from the main table; absent already is fine.
-    pub fn del_route(&mut self, index: u32, dst: Ipv4Addr, dst_len: u8) -> Result<(), NetlinkError> {
+    pub fn del_route(
+        &mut self,
+        index: u32,
+        dst: Ipv4Addr,
+        dst_len: u8,
+    ) -> Result<(), NetlinkError> {
         let mut b = rtmsg(dst_len, 0, 0);
         if dst_len > 0 {
             nla(&mut b, RTA_DST, &dst.octets());
@@ -424,7 +529,10 @@ impl Netlink {
         nla(&mut b, RTA_OIF, &index.to_ne_bytes());
         match self.request(RTM_DELROUTE, 0, &b) {
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
-            r => r.map_err(|source| NetlinkError { op: format!("remove route {dst}/{dst_len}"), source }),
+            r => r.map_err(|source| NetlinkError {
+                op: format!("remove route {dst}/{dst_len}"),
+                source,
+            }),
         }
     }
 
@@ -433,7 +541,10 @@ impl Netlink {
         let body = ifaddrmsg(0, 0, 0);
         let raw = self
             .dump(RTM_GETADDR, &body, RTM_NEWADDR)
-            .map_err(|source| NetlinkError { op: "list addresses".into(), source })?;
+            .map_err(|source| NetlinkError {
+                op: "list addresses".into(),
+                source,
+            })?;
         Ok(raw.iter().filter_map(|p| parse_address(p)).collect())
     }
 
@@ -444,7 +555,10 @@ impl Netlink {
         body[7] = 0;
         let raw = self
             .dump(RTM_GETROUTE, &body, RTM_NEWROUTE)
-            .map_err(|source| NetlinkError { op: "list routes".into(), source })?;
+            .map_err(|source| NetlinkError {
+                op: "list routes".into(),
+                source,
+            })?;
         Ok(raw.iter().filter_map(|p| parse_route(p)).collect())
     }
 }
@@ -471,7 +585,14 @@ mod tests {
         let mut p = ifaddrmsg(24, 0, 3);
         nla(&mut p, IFA_LOCAL, &[10, 213, 1, 5]);
         let a = parse_address(&p).unwrap();
-        assert_eq!(a, Address { index: 3, address: Ipv4Addr::new(10, 213, 1, 5), prefix: 24 });
+        assert_eq!(
+            a,
+            Address {
+                index: 3,
+                address: Ipv4Addr::new(10, 213, 1, 5),
+                prefix: 24
+            }
+        );
     }
 
     #[test]
@@ -481,7 +602,10 @@ mod tests {
         nla(&mut p, RTA_OIF, &7u32.to_ne_bytes());
         nla(&mut p, RTA_TABLE, &254u32.to_ne_bytes());
         let r = parse_route(&p).unwrap();
-        assert_eq!((r.dst_len, r.gateway, r.oif, r.table), (0, Some(Ipv4Addr::new(10, 213, 1, 1)), Some(7), 254));
+        assert_eq!(
+            (r.dst_len, r.gateway, r.oif, r.table),
+            (0, Some(Ipv4Addr::new(10, 213, 1, 1)), Some(7), 254)
+        );
     }
 
     #[test]
@@ -490,7 +614,7 @@ mod tests {
         b.extend(msg(NLMSG_DONE, 5, &[]));
         let m = split_messages(&b).unwrap();
         assert_eq!(m.len(), 2);
-        assert_eq!(m[0].3, &[1, 2, 3]);
+        assert_eq!(m[0].payload, &[1, 2, 3]);
         let mut bad = b.clone();
         bad[0] = 200;
         assert!(split_messages(&bad).is_err());
@@ -502,7 +626,12 @@ mod tests {
     fn nasty_payloads_do_not_panic() {
         for len in 0..40 {
             let junk: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
-            let _ = (parse_link(&junk), parse_address(&junk), parse_route(&junk), split_attrs(&junk, 3));
+            let _ = (
+                parse_link(&junk),
+                parse_address(&junk),
+                parse_route(&junk),
+                split_attrs(&junk, 3),
+            );
             let _ = split_messages(&junk);
         }
         // An attribute claiming more than there is stops the walk.
@@ -513,8 +642,17 @@ mod tests {
 
     #[test]
     fn broadcast_addresses() {
-        assert_eq!(broadcast(Ipv4Addr::new(10, 213, 1, 5), 24), Ipv4Addr::new(10, 213, 1, 255));
-        assert_eq!(broadcast(Ipv4Addr::new(10, 213, 1, 5), 0), Ipv4Addr::BROADCAST);
-        assert_eq!(broadcast(Ipv4Addr::new(10, 213, 1, 5), 32), Ipv4Addr::new(10, 213, 1, 5));
+        assert_eq!(
+            broadcast(Ipv4Addr::new(10, 213, 1, 5), 24),
+            Ipv4Addr::new(10, 213, 1, 255)
+        );
+        assert_eq!(
+            broadcast(Ipv4Addr::new(10, 213, 1, 5), 0),
+            Ipv4Addr::BROADCAST
+        );
+        assert_eq!(
+            broadcast(Ipv4Addr::new(10, 213, 1, 5), 32),
+            Ipv4Addr::new(10, 213, 1, 5)
+        );
     }
 }

@@ -40,7 +40,10 @@ pub struct Notifier {
 impl Notifier {
     /// A notifier that sends nothing.
     pub fn none() -> Self {
-        Notifier { target: None, watchdog: None }
+        Notifier {
+            target: None,
+            watchdog: None,
+        }
     }
 
     /// From the process environment.
@@ -64,7 +67,10 @@ impl Notifier {
         let target = match socket.filter(|s| !s.is_empty()) {
             None => None,
             Some(value) => {
-                let err = |source| NotifyError::Socket { value: value.to_string(), source };
+                let err = |source| NotifyError::Socket {
+                    value: value.to_string(),
+                    source,
+                };
                 let addr = match value.strip_prefix('@') {
                     Some(name) => SocketAddr::from_abstract_name(name.as_bytes()).map_err(err)?,
                     None => SocketAddr::from_pathname(value).map_err(err)?,
@@ -72,7 +78,9 @@ impl Notifier {
                 Some((UnixDatagram::unbound().map_err(err)?, addr))
             }
         };
-        let for_us = watchdog_pid.map(|p| p.trim().parse::<u32>().ok() == Some(pid)).unwrap_or(true);
+        let for_us = watchdog_pid
+            .map(|p| p.trim().parse::<u32>().ok() == Some(pid))
+            .unwrap_or(true);
         let watchdog = match watchdog_usec.filter(|_| for_us) {
             None => None,
             Some(v) => match v.trim().parse::<u64>() {
@@ -154,7 +162,9 @@ mod tests {
     #[test]
     fn abstract_socket() {
         let name = format!("fluxnode-netd-test-{}", std::process::id());
-        let listener = UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap()).unwrap();
+        let listener =
+            UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap())
+                .unwrap();
         let n = Notifier::from_parts(Some(&format!("@{name}")), None, None, 1).unwrap();
         n.stopping();
         assert_eq!(recv(&listener), "STOPPING=1\nSTATUS=stopping");
@@ -167,9 +177,17 @@ mod tests {
         assert_eq!(n.watchdog_interval(), None);
         let n = Notifier::from_parts(None, Some("1000"), Some("78"), 78).unwrap();
         assert_eq!(n.watchdog_interval(), Some(Duration::from_micros(500)));
-        assert!(matches!(Notifier::from_parts(None, Some("soon"), None, 1), Err(NotifyError::Watchdog(_))));
-        assert!(matches!(Notifier::from_parts(None, Some("0"), None, 1), Err(NotifyError::Watchdog(_))));
+        assert!(matches!(
+            Notifier::from_parts(None, Some("soon"), None, 1),
+            Err(NotifyError::Watchdog(_))
+        ));
+        assert!(matches!(
+            Notifier::from_parts(None, Some("0"), None, 1),
+            Err(NotifyError::Watchdog(_))
+        ));
         // No socket: silent no-ops.
-        Notifier::from_parts(None, None, None, 1).unwrap().ready("x");
+        Notifier::from_parts(None, None, None, 1)
+            .unwrap()
+            .ready("x");
     }
 }

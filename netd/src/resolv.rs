@@ -24,7 +24,10 @@ pub fn render(dns: &[Ipv4Addr], domain: Option<&str>) -> String {
 /// A server-sent domain is outside input: keep only plausible names so it
 /// cannot inject other resolver directives.
 fn is_domain(d: &str) -> bool {
-    !d.is_empty() && d.len() <= 253 && d.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+    !d.is_empty()
+        && d.len() <= 253
+        && d.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
 }
 
 /// Writes `path` atomically, creating its directory.
@@ -53,12 +56,17 @@ mod tests {
     #[test]
     fn renders_and_refuses_injection() {
         let dns = [Ipv4Addr::new(10, 213, 0, 1)];
-        assert_eq!(render(&dns, Some("lan")), "# written by fluxnode-netd\nsearch lan\nnameserver 10.213.0.1\n");
+        assert_eq!(
+            render(&dns, Some("lan")),
+            "# written by fluxnode-netd\nsearch lan\nnameserver 10.213.0.1\n"
+        );
         assert!(!render(&dns, Some("x\nnameserver 6.6.6.6")).contains("6.6.6.6"));
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("run/fluxnode/resolv.conf");
         write(&p, &dns, None).unwrap();
-        assert!(std::fs::read_to_string(&p).unwrap().contains("nameserver 10.213.0.1"));
+        assert!(std::fs::read_to_string(&p)
+            .unwrap()
+            .contains("nameserver 10.213.0.1"));
         remove(&p).unwrap();
         remove(&p).unwrap();
         assert!(!p.exists());

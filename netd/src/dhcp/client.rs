@@ -80,13 +80,27 @@ enum State {
     /// DISCOVER sent; `attempt` counts retransmissions.
     Selecting { attempt: u32, next: Instant },
     /// REQUEST broadcast for an offer.
-    Requesting { address: Ipv4Addr, server: Ipv4Addr, attempt: u32, next: Instant, sent: Instant },
+    Requesting {
+        address: Ipv4Addr,
+        server: Ipv4Addr,
+        attempt: u32,
+        next: Instant,
+        sent: Instant,
+    },
     /// A lease is held.
     Bound { lease: Lease },
     /// Unicast REQUEST to the lease's server.
-    Renewing { lease: Lease, next: Instant, sent: Instant },
+    Renewing {
+        lease: Lease,
+        next: Instant,
+        sent: Instant,
+    },
     /// Broadcast REQUEST to any server.
-    Rebinding { lease: Lease, next: Instant, sent: Instant },
+    Rebinding {
+        lease: Lease,
+        next: Instant,
+        sent: Instant,
+    },
     /// After a NAK: wait a little before discovering again.
     Backoff { until: Instant },
     /// Released: the daemon is stopping.
@@ -115,7 +129,14 @@ impl Client {
     /// A client for the link with hardware address `mac`; `seed` feeds
     /// transaction ids and retransmission jitter.
     pub fn new(mac: [u8; 6], hostname: Option<String>, seed: u64) -> Self {
-        Client { mac, hostname, xid: 0, rng: seed | 1, state: State::Init, started: None }
+        Client {
+            mac,
+            hostname,
+            xid: 0,
+            rng: seed | 1,
+            state: State::Init,
+            started: None,
+        }
     }
 
     fn random(&mut self) -> u64 {
@@ -135,7 +156,9 @@ impl Client {
     /// The lease held now, if any (bound, renewing or rebinding).
     pub fn lease(&self) -> Option<&Lease> {
         match &self.state {
-            State::Bound { lease } | State::Renewing { lease, .. } | State::Rebinding { lease, .. } => Some(lease),
+            State::Bound { lease }
+            | State::Renewing { lease, .. }
+            | State::Rebinding { lease, .. } => Some(lease),
             _ => None,
         }
     }
@@ -174,7 +197,15 @@ impl Client {
             m.set(opt::MAX_MESSAGE_SIZE, 1500u16.to_be_bytes());
             m.set(
                 opt::PARAMETER_LIST,
-                [opt::SUBNET_MASK, opt::ROUTER, opt::DNS, opt::DOMAIN_NAME, opt::LEASE_TIME, opt::RENEWAL_TIME, opt::REBINDING_TIME],
+                [
+                    opt::SUBNET_MASK,
+                    opt::ROUTER,
+                    opt::DNS,
+                    opt::DOMAIN_NAME,
+                    opt::LEASE_TIME,
+                    opt::RENEWAL_TIME,
+                    opt::REBINDING_TIME,
+                ],
             );
             if let Some(h) = &self.hostname {
                 m.set(opt::HOST_NAME, h.as_bytes());
@@ -184,7 +215,13 @@ impl Client {
     }
 
     fn secs(&self, now: Instant) -> u16 {
-        self.started.map(|s| now.saturating_duration_since(s).as_secs().min(u64::from(u16::MAX)) as u16).unwrap_or(0)
+        self.started
+            .map(|s| {
+                now.saturating_duration_since(s)
+                    .as_secs()
+                    .min(u64::from(u16::MAX)) as u16
+            })
+            .unwrap_or(0)
     }
 
     fn discover(&mut self, now: Instant) -> Vec<Action> {
@@ -238,10 +275,19 @@ impl Client {
                     return Vec::new();
                 }
                 let next = now + self.backoff(attempt + 1);
-                self.state = State::Selecting { attempt: attempt + 1, next };
+                self.state = State::Selecting {
+                    attempt: attempt + 1,
+                    next,
+                };
                 vec![self.discover_msg(now)]
             }
-            State::Requesting { address, server, attempt, next, sent } => {
+            State::Requesting {
+                address,
+                server,
+                attempt,
+                next,
+                sent,
+            } => {
                 if now < next {
                     return Vec::new();
                 }
@@ -250,7 +296,13 @@ impl Client {
                     return self.discover(now);
                 }
                 let next = now + self.backoff(attempt + 1);
-                self.state = State::Requesting { address, server, attempt: attempt + 1, next, sent };
+                self.state = State::Requesting {
+                    address,
+                    server,
+                    attempt: attempt + 1,
+                    next,
+                    sent,
+                };
                 vec![self.request_selecting(now, address, server)]
             }
             State::Bound { lease } => {
@@ -322,8 +374,13 @@ impl Client {
                     Some(server) if !m.yiaddr.is_unspecified() => {
                         tracing::info!(address = %m.yiaddr, %server, "offer received; requesting it");
                         let next = now + self.backoff(0);
-                        self.state =
-                            State::Requesting { address: m.yiaddr, server, attempt: 0, next, sent: now };
+                        self.state = State::Requesting {
+                            address: m.yiaddr,
+                            server,
+                            attempt: 0,
+                            next,
+                            sent: now,
+                        };
                         vec![self.request_selecting(now, m.yiaddr, server)]
                     }
                     _ => {
@@ -332,16 +389,17 @@ impl Client {
                     }
                 }
             }
-            (State::Requesting { server, sent, .. }, MessageType::Ack) => self.bind(m, server, sent, None),
+            (State::Requesting { server, sent, .. }, MessageType::Ack) => {
+                self.bind(m, server, sent, None)
+            }
             (State::Renewing { lease, sent, .. }, MessageType::Ack)
             | (State::Rebinding { lease, sent, .. }, MessageType::Ack) => {
                 let server = m.option_ip(opt::SERVER_ID).unwrap_or(lease.server);
                 self.bind(m, server, sent, Some(lease))
             }
             (State::Requesting { .. }, MessageType::Nak) => self.nak(now, m, None),
-            (State::Renewing { lease, .. }, MessageType::Nak) | (State::Rebinding { lease, .. }, MessageType::Nak) => {
-                self.nak(now, m, Some(lease))
-            }
+            (State::Renewing { lease, .. }, MessageType::Nak)
+            | (State::Rebinding { lease, .. }, MessageType::Nak) => self.nak(now, m, Some(lease)),
             _ => Vec::new(),
         }
     }
@@ -349,11 +407,19 @@ impl Client {
     fn nak(&mut self, now: Instant, m: &Message, lease: Option<Lease>) -> Vec<Action> {
         let why = m.option_text(opt::MESSAGE).unwrap_or_default();
         tracing::warn!(reason = %why, "server refused (NAK); starting over");
-        self.state = State::Backoff { until: now + NAK_BACKOFF };
+        self.state = State::Backoff {
+            until: now + NAK_BACKOFF,
+        };
         lease.map(Action::Deconfigure).into_iter().collect()
     }
 
-    fn bind(&mut self, m: &Message, server: Ipv4Addr, sent: Instant, old: Option<Lease>) -> Vec<Action> {
+    fn bind(
+        &mut self,
+        m: &Message,
+        server: Ipv4Addr,
+        sent: Instant,
+        old: Option<Lease>,
+    ) -> Vec<Action> {
         if m.yiaddr.is_unspecified() {
             tracing::warn!("ack without an address; ignored");
             return Vec::new();
@@ -373,7 +439,11 @@ impl Client {
                 Some(Duration::from_secs(3600))
             }
         };
-        let (t1, t2) = timers(duration, m.option_u32(opt::RENEWAL_TIME), m.option_u32(opt::REBINDING_TIME));
+        let (t1, t2) = timers(
+            duration,
+            m.option_u32(opt::RENEWAL_TIME),
+            m.option_u32(opt::REBINDING_TIME),
+        );
         let lease = Lease {
             address: m.yiaddr,
             prefix,
@@ -410,7 +480,10 @@ impl Client {
                 m.xid = self.random() as u32;
                 m.ciaddr = lease.address;
                 m.set(opt::SERVER_ID, lease.server.octets());
-                vec![Action::Send(m, Destination::Unicast(lease.server)), Action::Deconfigure(lease)]
+                vec![
+                    Action::Send(m, Destination::Unicast(lease.server)),
+                    Action::Deconfigure(lease),
+                ]
             }
             None => Vec::new(),
         };
@@ -426,8 +499,15 @@ fn timers(lease: Option<Duration>, t1: Option<u32>, t2: Option<u32>) -> (Duratio
         return (Duration::MAX, Duration::MAX);
     };
     let secs = |v: u32| Duration::from_secs(u64::from(v));
-    let mut t2 = t2.map(secs).filter(|t| *t <= lease).unwrap_or(lease * 7 / 8);
-    let t1 = t1.map(secs).filter(|t| *t <= t2).unwrap_or(lease / 2).min(t2);
+    let mut t2 = t2
+        .map(secs)
+        .filter(|t| *t <= lease)
+        .unwrap_or(lease * 7 / 8);
+    let t1 = t1
+        .map(secs)
+        .filter(|t| *t <= t2)
+        .unwrap_or(lease / 2)
+        .min(t2);
     if t2 < t1 {
         t2 = t1;
     }
@@ -502,8 +582,14 @@ mod tests {
         let t0 = Instant::now();
         let mut c = Client::new(MAC, Some("node".into()), 42);
         let l = bound(&mut c, t0, 120, None);
-        assert_eq!((l.address, l.prefix, l.routers.clone(), l.dns.clone()), (ADDR, 24, vec![SERVER], vec![SERVER]));
-        assert_eq!((l.t1, l.t2), (Duration::from_secs(60), Duration::from_secs(105)));
+        assert_eq!(
+            (l.address, l.prefix, l.routers.clone(), l.dns.clone()),
+            (ADDR, 24, vec![SERVER], vec![SERVER])
+        );
+        assert_eq!(
+            (l.t1, l.t2),
+            (Duration::from_secs(60), Duration::from_secs(105))
+        );
         assert_eq!(c.state_name(), "bound");
         assert_eq!(c.deadline(), Some(t0 + Duration::from_secs(60)));
     }
@@ -523,7 +609,9 @@ mod tests {
         request.op = 1;
         assert!(c.on_message(t0, &request).is_empty());
         // An ACK while selecting is not ours to take.
-        assert!(c.on_message(t0, &answer(&disc, MessageType::Ack, 60, None)).is_empty());
+        assert!(c
+            .on_message(t0, &answer(&disc, MessageType::Ack, 60, None))
+            .is_empty());
         assert_eq!(c.state_name(), "selecting");
     }
 
@@ -541,7 +629,10 @@ mod tests {
             let (m, _) = sent(&c.on_timer(d));
             assert_eq!(m.message_type(), Some(MessageType::Discover));
         }
-        let secs: Vec<u64> = gaps.iter().map(|g| (g.as_millis() as u64 + 500) / 1000).collect();
+        let secs: Vec<u64> = gaps
+            .iter()
+            .map(|g| (g.as_millis() as u64 + 500) / 1000)
+            .collect();
         for (s, base) in secs.iter().zip([4u64, 8, 16, 32, 64, 64]) {
             assert!((base - 1..=base + 1).contains(s), "gaps {secs:?}");
         }
@@ -559,8 +650,16 @@ mod tests {
         let (m, d) = sent(&c.on_timer(t1));
         assert_eq!(d, Destination::Unicast(SERVER));
         assert_eq!(m.ciaddr, ADDR);
-        assert_eq!(m.option_ip(opt::REQUESTED_IP), None, "no requested-ip when renewing");
-        assert_eq!(m.option_ip(opt::SERVER_ID), None, "no server-id when renewing");
+        assert_eq!(
+            m.option_ip(opt::REQUESTED_IP),
+            None,
+            "no requested-ip when renewing"
+        );
+        assert_eq!(
+            m.option_ip(opt::SERVER_ID),
+            None,
+            "no server-id when renewing"
+        );
         assert_eq!(c.state_name(), "renewing");
         // The server is silent: the retry waits half the time left to T2
         // (175 s), at least 60 s, never past T2.
@@ -624,7 +723,9 @@ mod tests {
         let mut c = Client::new(MAC, None, 11);
         let (disc, _) = sent(&c.start(t0));
         let (req, _) = sent(&c.on_message(t0, &answer(&disc, MessageType::Offer, 60, None)));
-        assert!(c.on_message(t0, &answer(&req, MessageType::Nak, 0, None)).is_empty());
+        assert!(c
+            .on_message(t0, &answer(&req, MessageType::Nak, 0, None))
+            .is_empty());
         assert_eq!(c.state_name(), "backoff");
     }
 
@@ -649,7 +750,14 @@ mod tests {
         bound(&mut c, t0, 100, None);
         let acts = c.release();
         let (m, d) = sent(&acts);
-        assert_eq!((m.message_type(), d, m.ciaddr), (Some(MessageType::Release), Destination::Unicast(SERVER), ADDR));
+        assert_eq!(
+            (m.message_type(), d, m.ciaddr),
+            (
+                Some(MessageType::Release),
+                Destination::Unicast(SERVER),
+                ADDR
+            )
+        );
         assert!(matches!(acts.last(), Some(Action::Deconfigure(_))));
         assert_eq!(c.deadline(), None);
     }
@@ -657,8 +765,14 @@ mod tests {
     #[test]
     fn timers_are_sane_whatever_the_server_says() {
         let s = Duration::from_secs;
-        assert_eq!(timers(Some(s(100)), None, None), (s(50), s(87) + Duration::from_millis(500)));
-        assert_eq!(timers(Some(s(100)), Some(500), Some(900)), (s(50), s(87) + Duration::from_millis(500)));
+        assert_eq!(
+            timers(Some(s(100)), None, None),
+            (s(50), s(87) + Duration::from_millis(500))
+        );
+        assert_eq!(
+            timers(Some(s(100)), Some(500), Some(900)),
+            (s(50), s(87) + Duration::from_millis(500))
+        );
         assert_eq!(timers(Some(s(100)), Some(90), Some(80)), (s(50), s(80)));
         assert_eq!(timers(Some(s(100)), Some(10), Some(20)), (s(10), s(20)));
         assert_eq!(timers(None, Some(10), None).0, Duration::MAX);

@@ -189,7 +189,9 @@ fn ip_at(b: &[u8], at: usize) -> Ipv4Addr {
 }
 
 fn ip_list(v: &[u8]) -> Vec<Ipv4Addr> {
-    v.chunks_exact(4).map(|c| Ipv4Addr::new(c[0], c[1], c[2], c[3])).collect()
+    v.chunks_exact(4)
+        .map(|c| Ipv4Addr::new(c[0], c[1], c[2], c[3]))
+        .collect()
 }
 
 /// Reads an options field into `out`, concatenating repeated codes.
@@ -207,7 +209,12 @@ fn parse_options(field: &[u8], out: &mut BTreeMap<u8, Vec<u8>>) -> Result<(), Pa
             _ => {}
         }
         let Some(&len) = field.get(i + 1) else {
-            return Err(ParseError::OptionTruncated { code, offset: i, len: 1, left: 0 });
+            return Err(ParseError::OptionTruncated {
+                code,
+                offset: i,
+                len: 1,
+                left: 0,
+            });
         };
         let len = usize::from(len);
         let start = i + 2;
@@ -308,7 +315,10 @@ impl Message {
         b.extend_from_slice(&MAGIC_COOKIE);
         // The message type first: some servers look for it there.
         let first = self.options.get_key_value(&opt::MESSAGE_TYPE);
-        let rest = self.options.iter().filter(|(c, _)| **c != opt::MESSAGE_TYPE);
+        let rest = self
+            .options
+            .iter()
+            .filter(|(c, _)| **c != opt::MESSAGE_TYPE);
         for (&code, value) in first.into_iter().chain(rest) {
             if code == opt::PAD || code == opt::END {
                 continue;
@@ -347,7 +357,10 @@ impl Message {
 
     /// An option holding a list of addresses (routers, DNS); whole entries only.
     pub fn option_ips(&self, code: u8) -> Vec<Ipv4Addr> {
-        self.options.get(&code).map(|v| ip_list(v)).unwrap_or_default()
+        self.options
+            .get(&code)
+            .map(|v| ip_list(v))
+            .unwrap_or_default()
     }
 
     /// A 32-bit option (times), exactly 4 bytes.
@@ -361,7 +374,11 @@ impl Message {
     /// A text option, lossily decoded, trailing NULs removed.
     pub fn option_text(&self, code: u8) -> Option<String> {
         let v = self.options.get(&code)?;
-        Some(String::from_utf8_lossy(v).trim_end_matches('\0').to_string())
+        Some(
+            String::from_utf8_lossy(v)
+                .trim_end_matches('\0')
+                .to_string(),
+        )
     }
 
     /// Sets an option.
@@ -439,23 +456,45 @@ mod tests {
 
     #[test]
     fn nasty_inputs_are_errors_not_panics() {
-        assert!(matches!(Message::parse(&[]), Err(ParseError::TooShort { len: 0 })));
-        assert!(matches!(Message::parse(&[0u8; 239]), Err(ParseError::TooShort { .. })));
-        assert!(matches!(Message::parse(&[0u8; 240]), Err(ParseError::BadCookie { .. })));
+        assert!(matches!(
+            Message::parse(&[]),
+            Err(ParseError::TooShort { len: 0 })
+        ));
+        assert!(matches!(
+            Message::parse(&[0u8; 239]),
+            Err(ParseError::TooShort { .. })
+        ));
+        assert!(matches!(
+            Message::parse(&[0u8; 240]),
+            Err(ParseError::BadCookie { .. })
+        ));
         let mut b = vec![0u8; 240];
         b[236..240].copy_from_slice(&MAGIC_COOKIE);
         assert!(Message::parse(&b).is_ok(), "no options, no END: accepted");
         b[2] = 17;
-        assert!(matches!(Message::parse(&b), Err(ParseError::BadHlen { hlen: 17 })));
+        assert!(matches!(
+            Message::parse(&b),
+            Err(ParseError::BadHlen { hlen: 17 })
+        ));
         b[2] = 6;
         // An option whose length byte is missing.
         let mut t = b.clone();
         t.push(opt::ROUTER);
-        assert!(matches!(Message::parse(&t), Err(ParseError::OptionTruncated { code: 3, .. })));
+        assert!(matches!(
+            Message::parse(&t),
+            Err(ParseError::OptionTruncated { code: 3, .. })
+        ));
         // An option claiming more than there is.
         let mut t = b.clone();
         t.extend_from_slice(&[opt::ROUTER, 200, 1, 2]);
-        assert!(matches!(Message::parse(&t), Err(ParseError::OptionTruncated { len: 200, left: 2, .. })));
+        assert!(matches!(
+            Message::parse(&t),
+            Err(ParseError::OptionTruncated {
+                len: 200,
+                left: 2,
+                ..
+            })
+        ));
         // Overload into a field holding garbage lengths.
         let mut t = b.clone();
         t.extend_from_slice(&[opt::OVERLOAD, 1, 3, opt::END]);
@@ -464,7 +503,20 @@ mod tests {
         assert!(Message::parse(&t).is_err());
         // Wrong-sized typed options read as absent, not as garbage.
         let mut t = b.clone();
-        t.extend_from_slice(&[opt::MESSAGE_TYPE, 2, 5, 5, opt::LEASE_TIME, 3, 0, 0, 1, opt::SERVER_ID, 0, opt::END]);
+        t.extend_from_slice(&[
+            opt::MESSAGE_TYPE,
+            2,
+            5,
+            5,
+            opt::LEASE_TIME,
+            3,
+            0,
+            0,
+            1,
+            opt::SERVER_ID,
+            0,
+            opt::END,
+        ]);
         let m = Message::parse(&t).unwrap();
         assert_eq!(m.message_type(), None);
         assert_eq!(m.option_u32(opt::LEASE_TIME), None);
@@ -480,7 +532,10 @@ mod tests {
     /// parser exercised by plain `cargo test`.
     #[test]
     fn random_mutations_never_panic() {
-        let seeds = [reply(MessageType::Ack).encode(), reply(MessageType::Nak).encode()];
+        let seeds = [
+            reply(MessageType::Ack).encode(),
+            reply(MessageType::Nak).encode(),
+        ];
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
         let mut next = move || {
             x ^= x << 13;
@@ -502,7 +557,11 @@ mod tests {
                 // Whatever parsed must re-encode and parse again.
                 let again = Message::parse(&m.encode()).unwrap();
                 assert_eq!(again.xid, m.xid);
-                let _ = (m.message_type(), m.option_ips(opt::DNS), m.option_text(opt::MESSAGE));
+                let _ = (
+                    m.message_type(),
+                    m.option_ips(opt::DNS),
+                    m.option_text(opt::MESSAGE),
+                );
             }
         }
     }

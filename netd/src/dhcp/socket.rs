@@ -33,7 +33,15 @@ pub struct DhcpSocket {
 
 fn setsockopt(fd: RawFd, level: i32, name: i32, value: &[u8]) -> io::Result<()> {
     // SAFETY: value is valid for value.len() bytes.
-    let rc = unsafe { libc::setsockopt(fd, level, name, value.as_ptr().cast(), value.len() as libc::socklen_t) };
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            value.as_ptr().cast(),
+            value.len() as libc::socklen_t,
+        )
+    };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -44,7 +52,13 @@ impl DhcpSocket {
     /// Opens UDP port 68 on link `ifname` (non-blocking).
     pub fn open(ifname: &str) -> io::Result<Self> {
         // SAFETY: plain socket(2); the fd is owned right away.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0) };
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_INET,
+                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                0,
+            )
+        };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -53,7 +67,12 @@ impl DhcpSocket {
         let one = 1i32.to_ne_bytes();
         setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, &one)?;
         setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_BROADCAST, &one)?;
-        setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_BINDTODEVICE, ifname.as_bytes())?;
+        setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_BINDTODEVICE,
+            ifname.as_bytes(),
+        )?;
         let sock = UdpSocket::from(fd);
         // UdpSocket::bind would create a new socket; bind this one by hand.
         let sa = libc::sockaddr_in {
@@ -65,7 +84,11 @@ impl DhcpSocket {
         let sa_ptr = &sa as *const libc::sockaddr_in as *const libc::sockaddr;
         // SAFETY: sa is a valid sockaddr_in for its size.
         let rc = unsafe {
-            libc::bind(sock.as_raw_fd(), sa_ptr, std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t)
+            libc::bind(
+                sock.as_raw_fd(),
+                sa_ptr,
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
         };
         if rc < 0 {
             return Err(io::Error::last_os_error());
@@ -84,7 +107,9 @@ impl DhcpSocket {
             Destination::Broadcast => Ipv4Addr::BROADCAST,
             Destination::Unicast(ip) => ip,
         };
-        self.sock.send_to(&m.encode(), SocketAddrV4::new(ip, SERVER_PORT)).map(|_| ())
+        self.sock
+            .send_to(&m.encode(), SocketAddrV4::new(ip, SERVER_PORT))
+            .map(|_| ())
     }
 
     /// The next readable message: `Ok(None)` when nothing is waiting.
