@@ -14,6 +14,7 @@ mod bench_init;
 mod demo;
 mod demo_ns;
 mod deps;
+mod nsrun;
 mod fuzz;
 mod prepare;
 mod test;

@@ -1,0 +1,163 @@
+//! Runs `fluxnode-init` as PID 1 of a fresh PID + mount namespace and
+//! collects what it prints, for the namespace demo and the init benchmark.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// A running init and the lines it prints.
+pub struct NsInit {
+    child: Child,
+    rx: Receiver<(Instant, String)>,
+    /// Every line so far.
+    pub lines: Vec<(Instant, String)>,
+    /// The run directory (control socket).
+    pub run: PathBuf,
+    /// Echo lines to the terminal as they come.
+    pub echo: bool,
+}
+
+impl NsInit {
+    /// Starts `init` with the services in `dir/services`.
+    pub fn start(init: &Path, dir: &Path, echo: bool) -> Result<Self> {
+        let run = dir.join("run");
+        std::fs::create_dir_all(&run)?;
+        let mut child = Command::new("unshare")
+            .args(["--pid", "--fork", "--mount", "--mount-proc", "--kill-child"])
+            .arg(init)
+            .arg("--services")
+            .arg(dir.join("services"))
+            .arg("--run-dir")
+            .arg(&run)
+            .arg("--config")
+            .arg(dir.join("init.toml"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting unshare (util-linux); this needs root")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let pipes: Vec<Box<dyn std::io::Read + Send>> = vec![
+            Box::new(child.stdout.take().context("no stdout")?),
+            Box::new(child.stderr.take().context("no stderr")?),
+        ];
+        for p in pipes {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for l in BufReader::new(p).lines().map_while(Result::ok) {
+                    let _ = tx.send((Instant::now(), l));
+                }
+            });
+        }
+        Ok(NsInit { child, rx, lines: Vec::new(), run, echo })
+    }
+
+    /// Waits for a line containing `pat`.
+    pub fn wait_for(&mut self, pat: &str, timeout: Duration) -> Result<Instant> {
+        if let Some((t, _)) = self.lines.iter().find(|(_, l)| l.contains(pat)) {
+            return Ok(*t);
+        }
+        let end = Instant::now() + timeout;
+        loop {
+            match self.rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
+                Ok((t, l)) => {
+                    if self.echo {
+                        println!("  | {l}");
+                    }
+                    let hit = l.contains(pat);
+                    self.lines.push((t, l));
+                    if hit {
+                        return Ok(t);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => bail!("init did not print {pat:?} within {timeout:?}"),
+                Err(RecvTimeoutError::Disconnected) => bail!("init ended before printing {pat:?}"),
+            }
+        }
+    }
+
+    /// Host pid of init (the child of unshare).
+    pub fn init_pid(&self) -> Result<i32> {
+        let p = self.child.id();
+        for _ in 0..500 {
+            if let Ok(c) = std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")) {
+                if let Some(pid) = c.split_whitespace().next().and_then(|x| x.parse().ok()) {
+                    return Ok(pid);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        bail!("unshare has no child")
+    }
+
+    /// Sends a signal to init.
+    pub fn signal(&self, sig: i32) -> Result<()> {
+        let pid = self.init_pid()?;
+        // SAFETY: kill takes plain integers.
+        unsafe { libc::kill(pid, sig) };
+        Ok(())
+    }
+
+    /// Waits for init to exit, echoing the rest; its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<i32> {
+        let end = Instant::now() + timeout;
+        loop {
+            while let Ok((t, l)) = self.rx.try_recv() {
+                if self.echo {
+                    println!("  | {l}");
+                }
+                self.lines.push((t, l));
+            }
+            if let Some(st) = self.child.try_wait()? {
+                std::thread::sleep(Duration::from_millis(100));
+                while let Ok((t, l)) = self.rx.try_recv() {
+                    if self.echo {
+                        println!("  | {l}");
+                    }
+                    self.lines.push((t, l));
+                }
+                return Ok(st.code().unwrap_or(-1));
+            }
+            if Instant::now() > end {
+                bail!("init did not exit within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for NsInit {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Builds `fluxnode-init` in release mode; its path.
+pub fn build_init(static_link: bool) -> Result<PathBuf> {
+    let mut c = crate::util::cargo();
+    c.args(["build", "--release", "--quiet", "-p", "fluxnode-init"]);
+    let dir = if static_link {
+        c.args(["--target", "x86_64-unknown-linux-gnu"]).env("RUSTFLAGS", "-C target-feature=+crt-static");
+        "target/x86_64-unknown-linux-gnu/release"
+    } else {
+        "target/release"
+    };
+    crate::util::run(&mut c)?;
+    Ok(crate::util::root().join(dir).join("fluxnode-init"))
+}
+
+/// A fresh scratch directory under target/ (init mounts a tmpfs on /tmp).
+pub fn scratch(name: &str) -> Result<PathBuf> {
+    let dir = crate::util::root().join("target").join("xtask").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("services"))?;
+    std::fs::write(dir.join("init.toml"), "boot_complete_grace_ms = 1000\n")?;
+    Ok(dir)
+}
