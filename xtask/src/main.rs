@@ -44,6 +44,13 @@ enum Cmd {
 }
 
 fn main() -> std::process::ExitCode {
+    // The benchmark's crash probe: first thing, before any parsing.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "__crash-probe") {
+        if let Some(f) = args.get(2) {
+            bench_init::crash_probe(std::path::Path::new(f));
+        }
+    }
     let cli = Cli::parse();
     let res = match cli.cmd {
         Cmd::Deps => deps::ensure(deps::PACKAGES),
