@@ -73,12 +73,19 @@ pub struct Supervisor {
     cgroups: Cgroups,
     hw_watchdog: Option<HardwareWatchdog>,
     hw_next_feed_ms: u64,
+    /// Until then, look for /dev/watchdog again every few seconds: its driver
+    /// may be a module that a service loads after init has started.
+    hw_watchdog_search: Option<(PathBuf, u64)>,
     jitter: Jitter,
     shutdown: Option<ShutdownKind>,
     startup_reported: bool,
     required_ready_since: Option<u64>,
     boot_completed: bool,
 }
+
+/// How long to look for a late watchdog device, and how often.
+const WATCHDOG_SEARCH_MS: u64 = 60_000;
+const WATCHDOG_SEARCH_STEP_MS: u64 = 2_000;
 
 /// Signals init handles through its signalfd.
 pub const SIGNALS: [i32; 7] =
@@ -126,7 +133,11 @@ impl Supervisor {
             Mode::Machine => HardwareWatchdog::open(&paths.watchdog_dev, config.hardware_watchdog_s),
             _ => None,
         };
-        Ok(Self::assemble(specs, config, mode, signals, notify, control, cgroups, hw_watchdog))
+        let mut sup = Self::assemble(specs, config, mode, signals, notify, control, cgroups, hw_watchdog);
+        if mode == Mode::Machine && sup.hw_watchdog.is_none() && sup.config.hardware_watchdog_s > 0 {
+            sup.hw_watchdog_search = Some((paths.watchdog_dev.clone(), sys::monotonic_ms() + WATCHDOG_SEARCH_MS));
+        }
+        Ok(sup)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -154,6 +165,7 @@ impl Supervisor {
             cgroups,
             hw_watchdog,
             hw_next_feed_ms: 0,
+            hw_watchdog_search: None,
             jitter: Jitter::new(),
             shutdown: None,
             startup_reported: false,
@@ -616,7 +628,7 @@ impl Supervisor {
                 take(w);
             }
         }
-        if self.hw_watchdog.is_some() {
+        if self.hw_watchdog.is_some() || self.hw_watchdog_search.is_some() {
             take(self.hw_next_feed_ms);
         }
         if let (Some(since), false) = (self.required_ready_since, self.boot_completed) {
@@ -626,6 +638,19 @@ impl Supervisor {
     }
 
     fn handle_timers(&mut self, now: u64) {
+        if let Some((dev, until)) = &self.hw_watchdog_search {
+            if now >= self.hw_next_feed_ms {
+                self.hw_watchdog = HardwareWatchdog::open(dev, self.config.hardware_watchdog_s);
+                self.hw_next_feed_ms = now + WATCHDOG_SEARCH_STEP_MS;
+                if self.hw_watchdog.is_some() || now >= *until {
+                    if self.hw_watchdog.is_none() {
+                        tracing::info!("no hardware watchdog at {}: running without one", dev.display());
+                    }
+                    self.hw_watchdog_search = None;
+                    self.hw_next_feed_ms = now;
+                }
+            }
+        }
         if let Some(w) = &self.hw_watchdog {
             if now >= self.hw_next_feed_ms {
                 w.feed();
