@@ -155,8 +155,13 @@ impl Net {
 
     /// dnsmasq on the server side: lease 2 min (its minimum), T1 5 s, T2 8 s.
     fn dnsmasq(&self) -> Proc {
+        self.dnsmasq_with((10, 50), &[], "dnsmasq.log")
+    }
+
+    /// dnsmasq handing out 10.213.N.lo-hi, with `extra` arguments, logging to `log`.
+    fn dnsmasq_with(&self, (lo, hi): (u8, u8), extra: &[&str], log: &str) -> Proc {
         let s = self.subnet;
-        let log = self.path("dnsmasq.log");
+        let log = self.path(log);
         let child = Command::new("ip")
             .args([
                 "netns",
@@ -170,7 +175,7 @@ impl Net {
             .arg(format!("--interface={}", self.server_if))
             .arg("--bind-interfaces")
             .arg(format!(
-                "--dhcp-range=10.213.{s}.10,10.213.{s}.50,255.255.255.0,2m"
+                "--dhcp-range=10.213.{s}.{lo},10.213.{s}.{hi},255.255.255.0,2m"
             ))
             .arg(format!("--dhcp-option=3,10.213.{s}.1"))
             .arg(format!("--dhcp-option=6,10.213.{s}.53"))
@@ -180,9 +185,9 @@ impl Net {
                 "--dhcp-leasefile={}",
                 self.path("leases").display()
             ))
-            .arg(format!("--pid-file={}", self.path("dnsmasq.pid").display()))
             .arg(format!("--log-facility={}", log.display()))
             .args(["--log-dhcp", "--user=root"])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -215,7 +220,7 @@ impl Net {
     }
 
     fn dump_logs(&self) {
-        for f in ["netd.log", "dnsmasq.log"] {
+        for f in ["netd.log", "dnsmasq.log", "dnsmasq2.log"] {
             eprintln!("----- {f}\n{}", read(&self.path(f)));
         }
     }
@@ -470,13 +475,7 @@ fn dhcp_ready_renewal_and_clean_stop() {
         resolv.contains(&format!("nameserver 10.213.{}.53", net.subnet)),
         "resolv.conf: {resolv:?}"
     );
-    let leased: Ipv4Addr = addrs
-        .split_whitespace()
-        .skip_while(|w| *w != "inet")
-        .nth(1)
-        .and_then(|a| a.split('/').next())
-        .and_then(|a| a.parse().ok())
-        .unwrap();
+    let leased = leased_address(&addrs).unwrap();
 
     // T1 is 5 s: a renewal must reach the server as a unicast REQUEST with ciaddr.
     wait_for(Duration::from_secs(15), "a renewal REQUEST", || {
@@ -537,6 +536,75 @@ fn dhcp_ready_renewal_and_clean_stop() {
         discovers, 1,
         "dnsmasq saw {discovers} DISCOVERs: the lease was not simply renewed"
     );
+}
+
+fn leased_address(addrs: &str) -> Option<Ipv4Addr> {
+    addrs
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)?
+        .split('/')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The server forgets the lease and refuses the renewal (NAK): netd must
+/// remove the address, discover again and take the new one.
+#[test]
+fn nak_on_renewal_drops_the_address_and_rediscovers() {
+    if !can_run("nak_on_renewal_drops_the_address_and_rediscovers", true) {
+        return;
+    }
+    let net = Net::new();
+    let mut notify = Notify::bind(&net.path("notify"));
+    let first = net.dnsmasq();
+    let mut netd = net.netd(
+        &format!("fluxnode.net.iface={}", net.client_if),
+        &net.path("notify"),
+    );
+    assert!(
+        notify.until("READY=1", Duration::from_secs(20)),
+        "no READY=1: {:?}",
+        notify.seen
+    );
+    let old = leased_address(&net.client_addrs()).unwrap();
+    assert!(old.octets()[3] <= 50);
+    drop(first);
+    let _ = std::fs::remove_file(net.path("leases"));
+    // Authoritative, with a range that no longer holds the old address: the
+    // renewal at T1 (5 s) gets "address not available".
+    let _second = net.dnsmasq_with((100, 150), &["--dhcp-authoritative"], "dnsmasq2.log");
+    wait_for(
+        Duration::from_secs(25),
+        "a new address from the second range",
+        || leased_address(&net.client_addrs()).is_some_and(|a| a.octets()[3] >= 100),
+    );
+    let log = read(&net.path("dnsmasq2.log"));
+    assert!(
+        log.contains(&format!("DHCPNAK({}) {old}", net.server_if)),
+        "no NAK for {old}: {log}"
+    );
+    let addrs = net.client_addrs();
+    assert!(
+        !addrs.contains(&format!("inet {old}/")),
+        "old address kept after the NAK: {addrs}"
+    );
+    assert!(
+        net.client_default_route().contains("default via"),
+        "no default route after rebinding to the new lease"
+    );
+    notify.until("never", Duration::from_millis(300));
+    assert!(
+        notify
+            .seen
+            .iter()
+            .any(|m| m.contains("gone; discovering again")),
+        "{:?}",
+        notify.seen
+    );
+    let st = sigterm_and_wait(&mut netd, Duration::from_secs(10));
+    assert_eq!(st.code(), Some(0), "{st:?}");
 }
 
 /// Static mode: the given address, route and DNS, READY=1 with no DHCP server.

@@ -1,0 +1,16 @@
+//! Any datagram on port 68 goes through `Message::parse`: it must never
+//! panic, and whatever parses must re-encode into something that parses to
+//! the same options.
+#![no_main]
+
+use fluxnode_netd::dhcp::packet::Message;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(m) = Message::parse(data) {
+        let again = Message::parse(&m.encode()).expect("re-encoded message parses");
+        assert_eq!(again.xid, m.xid);
+        assert_eq!(again.options.get(&53), m.options.get(&53));
+        let _ = (m.message_type(), m.option_ips(3), m.option_u32(51), m.option_text(56));
+    }
+});
