@@ -41,6 +41,10 @@ impl Default for Paths {
     }
 }
 
+/// How long to wait for carrier before sending the first DHCP message.
+const CARRIER_WAIT: Duration = Duration::from_secs(10);
+const IFF_RUNNING: u32 = libc::IFF_RUNNING as u32;
+
 /// The running service's state outside the DHCP machine.
 struct Service<'a> {
     nl: Netlink,
@@ -173,7 +177,7 @@ impl Service<'_> {
             if let Some(l) = link::pick(&self.paths.sys, &links, wanted) {
                 self.nl.set_up(l.index)?;
                 tracing::info!(name = %l.name, index = l.index, "link up");
-                return Ok(Some(l));
+                return self.wait_for_carrier(l);
             }
             if !told {
                 let what = wanted
@@ -185,6 +189,35 @@ impl Service<'_> {
             }
             if self
                 .wait(None, Some(Instant::now() + Duration::from_secs(1)))?
+                .0
+            {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Waits (bounded) for the link to report carrier (`IFF_RUNNING`):
+    /// a real NIC needs a second or more of autonegotiation after coming
+    /// up, and a DISCOVER sent before that is lost and costs a 4 s
+    /// retransmission. Past the bound netd goes on anyway: retransmission
+    /// covers a late carrier. `None` when a stop was requested.
+    fn wait_for_carrier(&mut self, l: Link) -> Result<Option<Link>, Error> {
+        let until = Instant::now() + CARRIER_WAIT;
+        loop {
+            let running = self
+                .nl
+                .links()?
+                .iter()
+                .any(|x| x.index == l.index && x.flags & IFF_RUNNING != 0);
+            if running {
+                return Ok(Some(l));
+            }
+            if Instant::now() >= until {
+                tracing::warn!(name = %l.name, "no carrier after {CARRIER_WAIT:?}; going on anyway");
+                return Ok(Some(l));
+            }
+            if self
+                .wait(None, Some(Instant::now() + Duration::from_millis(100)))?
                 .0
             {
                 return Ok(None);
@@ -209,6 +242,7 @@ impl Service<'_> {
     fn apply(&mut self, link: &Link, sock: &DhcpSocket, action: Action) -> Result<(), Error> {
         match action {
             Action::Send(m, to) => {
+                tracing::debug!(kind = ?m.message_type(), xid = m.xid, ciaddr = %m.ciaddr, ?to, "sending");
                 if let Err(e) = sock.send(&m, to) {
                     // Retransmission covers it (no carrier yet, no route for a unicast).
                     tracing::warn!(error = %e, ?to, "sending a dhcp message failed");
@@ -294,6 +328,7 @@ impl Service<'_> {
                     iface: link.name.clone(),
                     source,
                 })? {
+                    tracing::debug!(kind = ?m.message_type(), xid = m.xid, yiaddr = %m.yiaddr, "received");
                     for a in client.on_message(now, &m) {
                         self.apply(link, &sock, a)?;
                     }

@@ -186,7 +186,8 @@ impl Net {
                 self.path("leases").display()
             ))
             .arg(format!("--log-facility={}", log.display()))
-            .args(["--log-dhcp", "--user=root"])
+            // No ping check of an address before offering it: saves 3 s a lease.
+            .args(["--log-dhcp", "--user=root", "--no-ping"])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
