@@ -52,6 +52,7 @@ struct Service<'a> {
     signals: Signals,
     paths: &'a Paths,
     ready: bool,
+    stopping: bool,
     next_watchdog: Option<Instant>,
 }
 
@@ -297,8 +298,13 @@ impl Service<'_> {
         if let Err(e) = resolv::remove(&self.paths.resolv_conf) {
             tracing::warn!(error = %e, "removing resolv.conf");
         }
+        let what = if self.stopping {
+            "released"
+        } else {
+            "gone; discovering again"
+        };
         self.notify
-            .status(&format!("lease on {} gone; discovering again", link.name));
+            .status(&format!("lease on {} {what}", link.name));
     }
 
     /// DHCP mode: the client machine driven by the socket and its timers.
@@ -340,6 +346,7 @@ impl Service<'_> {
                 }
             }
         }
+        self.stopping = true;
         if cfg.release_on_stop {
             for a in client.release() {
                 self.apply(link, &sock, a)?;
@@ -363,6 +370,7 @@ pub fn run(paths: &Paths, notify: &Notifier) -> Result<(), Error> {
         signals,
         paths,
         ready: false,
+        stopping: false,
         next_watchdog,
     };
     svc.loopback()?;
