@@ -42,6 +42,8 @@ pub const PACKAGES: &[&str] = &[
     "fio",
     // a DHCP server for netd's tests in a network namespace
     "dnsmasq-base",
+    // netd's static-mode test pings the address from the server side
+    "iputils-ping",
 ];
 
 fn installed(pkg: &str) -> bool {
