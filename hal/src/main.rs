@@ -1,0 +1,27 @@
+//! `fluxnode-hal`: the hardware layer on the command line. Glue only: every
+//! command is a few lines over the `fluxnode_hal` library.
+
+mod cmd;
+mod cmd_tpm;
+mod show;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cmd::Cli::parse();
+    let filter = if cli.verbose {
+        tracing::Level::DEBUG
+    } else {
+        tracing::Level::WARN
+    };
+    cmd::init_logging(filter);
+    match cmd::run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("fluxnode-hal: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! The TPM.
+pub mod info;
+pub use info::TpmInfo;
