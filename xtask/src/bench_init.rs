@@ -42,11 +42,135 @@ fn vm_rss_kib(pid: i32) -> Result<u64> {
         .context("no VmRSS")
 }
 
-fn write_services(dir: &Path, n: usize, text: &str) -> Result<()> {
-    for i in 0..n {
-        std::fs::write(dir.join("services").join(format!("svc{i:03}.toml")), text)?;
+/// The PID 1 under test: ours, or systemd for comparison.
+#[derive(Clone, Copy, PartialEq)]
+enum Peer<'a> {
+    Fluxnode(&'a Path),
+    Systemd,
+}
+
+const SYSTEMD: &str = "/lib/systemd/systemd";
+
+impl Peer<'_> {
+    fn name(&self) -> &'static str {
+        match self {
+            Peer::Fluxnode(_) => "fluxnode-init",
+            Peer::Systemd => "systemd",
+        }
     }
-    Ok(())
+
+    /// Writes `n` services running `argv` (restarting at once when `always`).
+    fn write(&self, dir: &Path, n: usize, argv: &[String], always: bool) -> Result<()> {
+        match self {
+            Peer::Fluxnode(_) => {
+                let restart = if always {
+                    "restart = \"always\"\n[backoff]\ninitial_ms = 0\njitter = 0.0\n[start_limit]\nburst = 100000\ninterval_s = 1\n"
+                } else {
+                    ""
+                };
+                for i in 0..n {
+                    std::fs::write(dir.join("services").join(format!("svc{i:03}.toml")), format!("argv = {argv:?}\n{restart}"))?;
+                }
+            }
+            Peer::Systemd => {
+                let units = dir.join("units");
+                let wants = units.join("bench.target.wants");
+                std::fs::create_dir_all(&wants)?;
+                std::fs::write(units.join("bench.target"), "[Unit]\nDescription=bench\n")?;
+                let restart = if always { "Restart=always\nRestartSec=0\n" } else { "" };
+                for i in 0..n {
+                    let name = format!("svc{i:03}.service");
+                    std::fs::write(
+                        units.join(&name),
+                        format!("[Unit]\nDefaultDependencies=no\nStartLimitIntervalSec=0\n[Service]\nExecStart={}\n{restart}", argv.join(" ")),
+                    )?;
+                    std::os::unix::fs::symlink(format!("../{name}"), wants.join(&name))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn start(&self, dir: &Path) -> Result<NsInit> {
+        match self {
+            Peer::Fluxnode(init) => NsInit::start(init, dir, false),
+            Peer::Systemd => {
+                let units = dir.join("units");
+                let mut cmd = std::process::Command::new(SYSTEMD);
+                cmd.args(["--system", "--unit=bench.target", "--log-level=warning"])
+                    .env("container", "fluxnode-bench")
+                    .env("SYSTEMD_UNIT_PATH", &units);
+                NsInit::start_cmd(&cmd, dir.join("run"), false)
+            }
+        }
+    }
+
+    fn stop(&self, mut ns: NsInit) -> Result<()> {
+        if let Peer::Fluxnode(_) = self {
+            ns.signal(libc::SIGTERM)?;
+            ns.wait_exit(Duration::from_secs(60))?;
+        }
+        // systemd as PID 1 treats SIGTERM as "re-execute": dropping the
+        // handle kills the namespace (unshare --kill-child).
+        Ok(())
+    }
+}
+
+struct Figures {
+    rss_mib: f64,
+    restart_ms: (f64, f64, f64, usize),
+    start200_ms: Vec<f64>,
+}
+
+fn measure(peer: Peer, xtask: &Path) -> Result<Figures> {
+    let tag = peer.name();
+    // 1. RSS with 20 services.
+    let dir = scratch(&format!("bench-{tag}-rss"))?;
+    peer.write(&dir, 20, &["/bin/sleep".into(), "600".into()], false)?;
+    let ns = peer.start(&dir)?;
+    ns.wait_children(20, Duration::from_secs(30))?;
+    std::thread::sleep(Duration::from_millis(1500));
+    let rss = vm_rss_kib(ns.init_pid()?)? as f64 / 1024.0;
+    peer.stop(ns)?;
+
+    // 2. Restart latency.
+    let dir = scratch(&format!("bench-{tag}-restart"))?;
+    let probe_log = dir.join("probe.log");
+    peer.write(&dir, 1, &[xtask.display().to_string(), "__crash-probe".into(), probe_log.display().to_string()], true)?;
+    let ns = peer.start(&dir)?;
+    let end = Instant::now() + Duration::from_secs(60);
+    while std::fs::read_to_string(&probe_log).map(|t| t.lines().count()).unwrap_or(0) < 201 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    peer.stop(ns)?;
+    let rows: Vec<(u64, u64)> = std::fs::read_to_string(&probe_log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace().map(|x| x.parse::<u64>().ok());
+            Some((w.next()??, w.next()??))
+        })
+        .collect();
+    let mut lat: Vec<f64> = rows.windows(2).map(|w| (w[1].0.saturating_sub(w[0].1)) as f64 / 1e6).collect();
+    if lat.len() < 20 {
+        bail!("{tag}: only {} restarts measured", lat.len());
+    }
+    lat.sort_by(f64::total_cmp);
+    let restart_ms = (percentile(&lat, 0.5), percentile(&lat, 0.9), percentile(&lat, 0.99), lat.len());
+
+    // 3. 200 services: exec of the namespace -> 200 service processes running.
+    let mut start200_ms = Vec::new();
+    for round in 0..3 {
+        let dir = scratch(&format!("bench-{tag}-200-{round}"))?;
+        peer.write(&dir, 200, &["/bin/sleep".into(), "600".into()], false)?;
+        let t0 = Instant::now();
+        let ns = peer.start(&dir)?;
+        let t1 = ns.wait_children(200, Duration::from_secs(120))?;
+        start200_ms.push(t1.duration_since(t0).as_secs_f64() * 1000.0);
+        peer.stop(ns)?;
+    }
+    start200_ms.sort_by(f64::total_cmp);
+    Ok(Figures { rss_mib: rss, restart_ms, start200_ms })
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -65,78 +189,41 @@ pub fn run(_rest: &[String]) -> Result<()> {
     let init = build_init(true)?;
     let size = std::fs::metadata(&init)?.len();
     println!("binary: {} ({:.2} MiB)", init.display(), size as f64 / 1048576.0);
-
-    // 1. RSS with 20 services.
-    let dir = scratch("bench-rss")?;
-    write_services(&dir, 20, "argv = [\"/bin/sleep\", \"600\"]\n")?;
-    let mut ns = NsInit::start(&init, &dir, false)?;
-    ns.wait_for("all services ready (20 services)", Duration::from_secs(30))?;
-    ns.wait_for("boot complete", Duration::from_secs(10))?;
-    std::thread::sleep(Duration::from_millis(500));
-    let rss = vm_rss_kib(ns.init_pid()?)?;
-    ns.signal(libc::SIGTERM)?;
-    ns.wait_exit(Duration::from_secs(30))?;
-    let rss_mib = rss as f64 / 1024.0;
-    println!("init RSS with 20 services: {rss_mib:.2} MiB (goal <= 2 MiB; systemd as PID 1 of a minimal Debian 12: 11.4 MiB on this kind of machine, ratio {:.1}x)", 11.4 / rss_mib);
-
-    // 2. Restart latency.
-    let dir = scratch("bench-restart")?;
-    let probe_log = dir.join("probe.log");
     let xtask = std::env::current_exe()?;
-    let svc = format!(
-        "argv = [{:?}, \"__crash-probe\", {:?}]\nrestart = \"always\"\n[backoff]\ninitial_ms = 0\njitter = 0.0\n[start_limit]\nburst = 1000\ninterval_s = 1\n",
-        xtask.display().to_string(),
-        probe_log.display().to_string()
-    );
-    std::fs::write(dir.join("services").join("crasher.toml"), svc)?;
-    let mut ns = NsInit::start(&init, &dir, false)?;
-    let end = Instant::now() + Duration::from_secs(60);
-    loop {
-        let n = std::fs::read_to_string(&probe_log).map(|t| t.lines().count()).unwrap_or(0);
-        if n >= 201 || Instant::now() > end {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let mut peers = vec![Peer::Fluxnode(&init)];
+    if Path::new(SYSTEMD).exists() {
+        peers.push(Peer::Systemd);
+    } else {
+        println!("(no {SYSTEMD} here: systemd's column is left out)");
     }
-    ns.signal(libc::SIGTERM)?;
-    ns.wait_exit(Duration::from_secs(30))?;
-    let rows: Vec<(u64, u64)> = std::fs::read_to_string(&probe_log)?
-        .lines()
-        .filter_map(|l| {
-            let mut w = l.split_whitespace().map(|x| x.parse::<u64>().ok());
-            Some((w.next()??, w.next()??))
-        })
-        .collect();
-    let mut lat: Vec<f64> = rows.windows(2).map(|w| (w[1].0.saturating_sub(w[0].1)) as f64 / 1e6).collect();
-    if lat.len() < 50 {
-        bail!("only {} restarts measured", lat.len());
+    let mut rows = Vec::new();
+    for p in &peers {
+        println!("==> measuring {} as PID 1 of a fresh PID namespace", p.name());
+        rows.push((p.name(), measure(*p, &xtask).with_context(|| format!("measuring {}", p.name()))?));
     }
-    lat.sort_by(f64::total_cmp);
-    println!(
-        "restart latency over {} restarts (crash -> new process running, backoff 0): median {:.2} ms, p90 {:.2} ms, p99 {:.2} ms (goal median <= 5 ms)",
-        lat.len(),
-        percentile(&lat, 0.5),
-        percentile(&lat, 0.9),
-        percentile(&lat, 0.99)
-    );
-
-    // 3. 200 services to ready.
-    let mut times = Vec::new();
-    for round in 0..3 {
-        let dir = scratch(&format!("bench-200-{round}"))?;
-        write_services(&dir, 200, "argv = [\"/bin/sleep\", \"600\"]\n")?;
-        let t0 = Instant::now();
-        let mut ns = NsInit::start(&init, &dir, false)?;
-        let t1 = ns.wait_for("all services ready (200 services)", Duration::from_secs(60))?;
-        times.push(t1.duration_since(t0).as_secs_f64() * 1000.0);
-        ns.signal(libc::SIGTERM)?;
-        ns.wait_exit(Duration::from_secs(60))?;
+    println!();
+    println!("{:<14} {:>10} {:>26} {:>22}", "PID 1", "RSS 20svc", "restart median/p90/p99", "200 services (median)");
+    for (name, f) in &rows {
+        println!(
+            "{:<14} {:>7.2} MiB {:>9.2}/{:.2}/{:.2} ms (n={}) {:>10.0} ms ({})",
+            name,
+            f.rss_mib,
+            f.restart_ms.0,
+            f.restart_ms.1,
+            f.restart_ms.2,
+            f.restart_ms.3,
+            percentile(&f.start200_ms, 0.5),
+            f.start200_ms.iter().map(|t| format!("{t:.0}")).collect::<Vec<_>>().join(", ")
+        );
     }
-    times.sort_by(f64::total_cmp);
-    println!(
-        "200 trivial services, exec of init -> all ready: median {:.0} ms (runs: {}) (goal <= 500 ms)",
-        percentile(&times, 0.5),
-        times.iter().map(|t| format!("{t:.0}")).collect::<Vec<_>>().join(", ")
-    );
+    if let [(_, ours), (_, sd)] = rows.as_slice() {
+        println!(
+            "ratios systemd/fluxnode-init: RSS {:.1}x, restart latency {:.1}x, 200 services {:.1}x",
+            sd.rss_mib / ours.rss_mib,
+            sd.restart_ms.0 / ours.restart_ms.0,
+            percentile(&sd.start200_ms, 0.5) / percentile(&ours.start200_ms, 0.5)
+        );
+    }
+    println!("goals: RSS <= 2 MiB, restart median <= 5 ms, 200 services <= 500 ms");
     Ok(())
 }

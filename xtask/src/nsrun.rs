@@ -26,15 +26,19 @@ impl NsInit {
     pub fn start(init: &Path, dir: &Path, echo: bool) -> Result<Self> {
         let run = dir.join("run");
         std::fs::create_dir_all(&run)?;
+        let mut cmd = Command::new(init);
+        cmd.arg("--services").arg(dir.join("services")).arg("--run-dir").arg(&run).arg("--config").arg(dir.join("init.toml"));
+        Self::start_cmd(&cmd, run, echo)
+    }
+
+    /// Starts any program as PID 1 of a fresh namespace (e.g. systemd, for comparison).
+    pub fn start_cmd(inner: &Command, run: PathBuf, echo: bool) -> Result<Self> {
         let mut child = Command::new("unshare")
-            .args(["--pid", "--fork", "--mount", "--mount-proc", "--kill-child"])
-            .arg(init)
-            .arg("--services")
-            .arg(dir.join("services"))
-            .arg("--run-dir")
-            .arg(&run)
-            .arg("--config")
-            .arg(dir.join("init.toml"))
+            .args(["--pid", "--fork", "--mount", "--mount-proc", "--uts", "--kill-child"])
+            .arg("env")
+            .args(inner.get_envs().filter_map(|(k, v)| v.map(|v| format!("{}={}", k.to_string_lossy(), v.to_string_lossy()))))
+            .arg(inner.get_program())
+            .args(inner.get_args())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -92,6 +96,26 @@ impl NsInit {
             std::thread::sleep(Duration::from_millis(10));
         }
         bail!("unshare has no child")
+    }
+
+    /// How many direct children init has now.
+    pub fn children(&self, pid: i32) -> usize {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).map(|c| c.split_whitespace().count()).unwrap_or(0)
+    }
+
+    /// Waits until init has `n` children; when that was reached.
+    pub fn wait_children(&self, n: usize, timeout: Duration) -> Result<Instant> {
+        let pid = self.init_pid()?;
+        let end = Instant::now() + timeout;
+        loop {
+            if self.children(pid) >= n {
+                return Ok(Instant::now());
+            }
+            if Instant::now() > end {
+                bail!("init had {} of {n} children after {timeout:?}", self.children(pid));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// Sends a signal to init.
