@@ -25,13 +25,21 @@ impl Cgroups {
             Ok(c) => c,
             Err(e) => {
                 let why = format!("cgroup2 is not mounted at {} ({e})", root.display());
-                return Cgroups { base: None, enabled: Vec::new(), why_not: Some(why) };
+                return Cgroups {
+                    base: None,
+                    enabled: Vec::new(),
+                    why_not: Some(why),
+                };
             }
         };
         let dir = root.join(base);
         if let Err(e) = std::fs::create_dir_all(&dir) {
             let why = format!("cannot create {}: {e}", dir.display());
-            return Cgroups { base: None, enabled: Vec::new(), why_not: Some(why) };
+            return Cgroups {
+                base: None,
+                enabled: Vec::new(),
+                why_not: Some(why),
+            };
         }
         for c in WANTED {
             if controllers.split_whitespace().any(|x| x == c) {
@@ -51,7 +59,11 @@ impl Cgroups {
                 controllers.trim()
             )
         });
-        Cgroups { base: Some(dir), enabled, why_not }
+        Cgroups {
+            base: Some(dir),
+            enabled,
+            why_not,
+        }
     }
 
     /// Creates the service's cgroup and writes its limits; returns the
@@ -76,7 +88,10 @@ impl Cgroups {
         };
         let dir = base.join(service);
         if let Err(e) = std::fs::create_dir_all(&dir) {
-            tracing::warn!("service {service}: cannot create cgroup {}: {e}", dir.display());
+            tracing::warn!(
+                "service {service}: cannot create cgroup {}: {e}",
+                dir.display()
+            );
             return None;
         }
         for (controller, file, value) in wanted {
@@ -89,7 +104,10 @@ impl Cgroups {
             }
             match std::fs::write(dir.join(file), &value) {
                 Ok(()) => tracing::debug!("service {service}: {file}={value}"),
-                Err(e) => tracing::warn!("service {service}: writing {}={value} failed: {e}", dir.join(file).display()),
+                Err(e) => tracing::warn!(
+                    "service {service}: writing {}={value} failed: {e}",
+                    dir.join(file).display()
+                ),
             }
         }
         Some(dir.join("cgroup.procs"))

@@ -29,7 +29,9 @@ impl Cmdline {
 
     /// Reads and parses `path` (normally `/proc/cmdline`); empty when unreadable.
     pub fn from_file(path: &Path) -> Self {
-        std::fs::read_to_string(path).map(|t| Self::parse(&t)).unwrap_or_default()
+        std::fs::read_to_string(path)
+            .map(|t| Self::parse(&t))
+            .unwrap_or_default()
     }
 
     /// The value of `key` (`None` when absent or a bare flag).
@@ -89,7 +91,9 @@ mod tests {
 
     #[test]
     fn keys_flags_and_quotes() {
-        let c = Cmdline::parse("console=ttyS0 quiet fluxnode.slot=b fluxnode.verity=ab12 x=\"a b\" fluxnode.debug\n");
+        let c = Cmdline::parse(
+            "console=ttyS0 quiet fluxnode.slot=b fluxnode.verity=ab12 x=\"a b\" fluxnode.debug\n",
+        );
         assert_eq!(c.get("console"), Some("ttyS0"));
         assert!(c.flag("quiet"));
         assert_eq!(c.get("fluxnode.slot"), Some("b"));
@@ -97,7 +101,14 @@ mod tests {
         assert!(c.flag("fluxnode.debug"));
         assert!(!c.flag("missing"));
         let keys: Vec<_> = c.fluxnode_keys().collect();
-        assert_eq!(keys, vec![("debug", None), ("slot", Some("b")), ("verity", Some("ab12"))]);
+        assert_eq!(
+            keys,
+            vec![
+                ("debug", None),
+                ("slot", Some("b")),
+                ("verity", Some("ab12"))
+            ]
+        );
     }
 
     #[test]

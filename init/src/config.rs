@@ -67,7 +67,12 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Backoff { initial_ms: 100, max_ms: 30_000, factor: 2.0, jitter: 0.2 }
+        Backoff {
+            initial_ms: 100,
+            max_ms: 30_000,
+            factor: 2.0,
+            jitter: 0.2,
+        }
     }
 }
 
@@ -83,7 +88,10 @@ pub struct StartLimit {
 
 impl Default for StartLimit {
     fn default() -> Self {
-        StartLimit { burst: 5, interval_s: 10 }
+        StartLimit {
+            burst: 5,
+            interval_s: 10,
+        }
     }
 }
 
@@ -99,7 +107,10 @@ pub struct Stop {
 
 impl Default for Stop {
     fn default() -> Self {
-        Stop { signal: "SIGTERM".into(), timeout_ms: 5000 }
+        Stop {
+            signal: "SIGTERM".into(),
+            timeout_ms: 5000,
+        }
     }
 }
 
@@ -268,7 +279,12 @@ impl InitConfig {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
-            Err(e) => return Err(ConfigError::Read { file: path.into(), reason: e.to_string() }),
+            Err(e) => {
+                return Err(ConfigError::Read {
+                    file: path.into(),
+                    reason: e.to_string(),
+                })
+            }
         };
         toml::from_str(&text).map_err(|e| parse_error(path, &text, &e))
     }
@@ -276,11 +292,20 @@ impl InitConfig {
 
 fn parse_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
     let line = e.span().map(|s| line_of_offset(text, s.start)).unwrap_or(0);
-    ConfigError::Parse { file: path.into(), line, reason: e.message().to_string() }
+    ConfigError::Parse {
+        file: path.into(),
+        line,
+        reason: e.message().to_string(),
+    }
 }
 
 fn line_of_offset(text: &str, offset: usize) -> usize {
-    text.as_bytes().iter().take(offset).filter(|&&b| b == b'\n').count() + 1
+    text.as_bytes()
+        .iter()
+        .take(offset)
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 /// The 1-based line where `key = ...` is written, or 0.
@@ -288,42 +313,87 @@ pub fn line_of_key(text: &str, key: &str) -> usize {
     text.lines()
         .position(|l| {
             let l = l.trim_start();
-            l.strip_prefix(key).is_some_and(|r| r.trim_start().starts_with('='))
+            l.strip_prefix(key)
+                .is_some_and(|r| r.trim_start().starts_with('='))
         })
         .map(|i| i + 1)
         .unwrap_or(0)
 }
 
 /// Parses and validates one service file's text.
-pub fn parse_service(name: &str, file: &Path, text: &str, root: &Path) -> Result<ServiceSpec, ConfigError> {
+pub fn parse_service(
+    name: &str,
+    file: &Path,
+    text: &str,
+    root: &Path,
+) -> Result<ServiceSpec, ConfigError> {
     let cfg: ServiceFile = toml::from_str(text).map_err(|e| parse_error(file, text, &e))?;
-    let invalid = |key: &str, reason: String| ConfigError::Invalid { file: file.into(), line: line_of_key(text, key), reason };
+    let invalid = |key: &str, reason: String| ConfigError::Invalid {
+        file: file.into(),
+        line: line_of_key(text, key),
+        reason,
+    };
     let Some(prog) = cfg.argv.first() else {
-        return Err(invalid("argv", "argv is empty: give the program's absolute path and its arguments".into()));
+        return Err(invalid(
+            "argv",
+            "argv is empty: give the program's absolute path and its arguments".into(),
+        ));
     };
     if !prog.starts_with('/') {
-        return Err(invalid("argv", format!("program {prog:?} is not an absolute path")));
+        return Err(invalid(
+            "argv",
+            format!("program {prog:?} is not an absolute path"),
+        ));
     }
     let on_root = root.join(prog.trim_start_matches('/'));
     match std::fs::metadata(&on_root) {
-        Ok(m) if m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0 => {}
-        Ok(_) => return Err(invalid("argv", format!("program {prog} is not an executable file"))),
+        Ok(m)
+            if m.is_file()
+                && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0 => {}
+        Ok(_) => {
+            return Err(invalid(
+                "argv",
+                format!("program {prog} is not an executable file"),
+            ))
+        }
         Err(e) => return Err(invalid("argv", format!("program {prog} is missing: {e}"))),
     }
-    let stop_signal = signal_number(&cfg.stop.signal)
-        .ok_or_else(|| invalid("signal", format!("unknown stop signal {:?}; use e.g. \"SIGTERM\"", cfg.stop.signal)))?;
+    let stop_signal = signal_number(&cfg.stop.signal).ok_or_else(|| {
+        invalid(
+            "signal",
+            format!(
+                "unknown stop signal {:?}; use e.g. \"SIGTERM\"",
+                cfg.stop.signal
+            ),
+        )
+    })?;
     if cfg.start_limit.burst == 0 {
-        return Err(invalid("burst", "start_limit.burst must be at least 1".into()));
+        return Err(invalid(
+            "burst",
+            "start_limit.burst must be at least 1".into(),
+        ));
     }
     if !(cfg.backoff.factor >= 1.0 && (0.0..=1.0).contains(&cfg.backoff.jitter)) {
-        return Err(invalid("factor", "backoff needs factor >= 1 and 0 <= jitter <= 1".into()));
+        return Err(invalid(
+            "factor",
+            "backoff needs factor >= 1 and 0 <= jitter <= 1".into(),
+        ));
     }
     if cfg.after.iter().chain(&cfg.requires).any(|d| d == name) {
-        return Err(invalid("after", format!("service {name} depends on itself")));
+        return Err(invalid(
+            "after",
+            format!("service {name} depends on itself"),
+        ));
     }
     let ids = resolve_ids(root, cfg.user.as_deref(), cfg.group.as_deref())
         .map_err(|r| invalid(if cfg.user.is_some() { "user" } else { "group" }, r))?;
-    Ok(ServiceSpec { name: name.into(), file: file.into(), cfg, stop_signal, ids })
+    Ok(ServiceSpec {
+        name: name.into(),
+        file: file.into(),
+        cfg,
+        stop_signal,
+        ids,
+    })
 }
 
 /// Maps a signal name to its number.
@@ -345,7 +415,11 @@ pub fn signal_number(name: &str) -> Option<i32> {
 
 /// Resolves user and group by reading `root`/etc/passwd and group files
 /// (no NSS: init is a static binary).
-fn resolve_ids(root: &Path, user: Option<&str>, group: Option<&str>) -> Result<Option<(u32, u32)>, String> {
+fn resolve_ids(
+    root: &Path,
+    user: Option<&str>,
+    group: Option<&str>,
+) -> Result<Option<(u32, u32)>, String> {
     if user.is_none() && group.is_none() {
         return Ok(None);
     }
@@ -354,12 +428,28 @@ fn resolve_ids(root: &Path, user: Option<&str>, group: Option<&str>) -> Result<O
             return Ok((n, n));
         }
         let path = root.join(file);
-        let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot resolve {name:?}: {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot resolve {name:?}: {}: {e}", path.display()))?;
         text.lines()
             .map(|l| l.split(':').collect::<Vec<_>>())
             .find(|f| f.first() == Some(&name))
-            .and_then(|f| Some((f.get(2)?.parse().ok()?, f.get(3).and_then(|g| g.parse().ok()).unwrap_or(0))))
-            .ok_or_else(|| format!("no such {}: {name:?} (not in {})", if file.ends_with("passwd") { "user" } else { "group" }, path.display()))
+            .and_then(|f| {
+                Some((
+                    f.get(2)?.parse().ok()?,
+                    f.get(3).and_then(|g| g.parse().ok()).unwrap_or(0),
+                ))
+            })
+            .ok_or_else(|| {
+                format!(
+                    "no such {}: {name:?} (not in {})",
+                    if file.ends_with("passwd") {
+                        "user"
+                    } else {
+                        "group"
+                    },
+                    path.display()
+                )
+            })
     };
     let (uid, user_gid) = match user {
         Some(u) => lookup("etc/passwd", u)?,
@@ -383,7 +473,10 @@ pub fn load_dir(dir: &Path, root: &Path) -> (Vec<ServiceSpec>, Vec<ConfigError>)
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) => {
-            errors.push(ConfigError::Read { file: dir.into(), reason: e.to_string() });
+            errors.push(ConfigError::Read {
+                file: dir.into(),
+                reason: e.to_string(),
+            });
             return (specs, errors);
         }
     };
@@ -393,11 +486,16 @@ pub fn load_dir(dir: &Path, root: &Path) -> (Vec<ServiceSpec>, Vec<ConfigError>)
         .collect();
     files.sort();
     for file in files {
-        let Some(name) = file.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else { continue };
+        let Some(name) = file.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else {
+            continue;
+        };
         let text = match std::fs::read_to_string(&file) {
             Ok(t) => t,
             Err(e) => {
-                errors.push(ConfigError::Read { file, reason: e.to_string() });
+                errors.push(ConfigError::Read {
+                    file,
+                    reason: e.to_string(),
+                });
                 continue;
             }
         };
@@ -500,7 +598,14 @@ pids_max = 10
 
     #[test]
     fn nasty_inputs_do_not_panic() {
-        for t in ["", "argv = 1", "[[[", "argv = [\"/bin/true\"]\n[limits]\npids_max = -1", "\u{0}", "argv=[\"/\"]"] {
+        for t in [
+            "",
+            "argv = 1",
+            "[[[",
+            "argv = [\"/bin/true\"]\n[limits]\npids_max = -1",
+            "\u{0}",
+            "argv=[\"/\"]",
+        ] {
             let _ = parse(t);
         }
     }
@@ -510,7 +615,11 @@ pids_max = 10
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("init.toml");
         assert_eq!(InitConfig::load(&p).unwrap(), InitConfig::default());
-        std::fs::write(&p, "boot_complete = \"bless\"\nboot_complete_grace_ms = 10\n").unwrap();
+        std::fs::write(
+            &p,
+            "boot_complete = \"bless\"\nboot_complete_grace_ms = 10\n",
+        )
+        .unwrap();
         let c = InitConfig::load(&p).unwrap();
         assert_eq!(c.boot_complete, BootComplete::Bless);
         assert_eq!(c.boot_complete_grace_ms, 10);

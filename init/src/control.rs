@@ -81,7 +81,8 @@ pub fn read_request(stream: &UnixStream) -> Result<Request, String> {
     let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
     let mut line = String::new();
     let mut r = BufReader::new(stream.take(MAX_REQUEST as u64));
-    r.read_line(&mut line).map_err(|e| format!("reading request: {e}"))?;
+    r.read_line(&mut line)
+        .map_err(|e| format!("reading request: {e}"))?;
     Request::parse(line.trim())
 }
 
@@ -96,12 +97,18 @@ pub fn answer(mut stream: &UnixStream, result: Result<String, String>) {
 
 /// Sends `req` to the socket at `path`: the body, or the error init gave.
 pub fn call(path: &Path, req: &Request) -> Result<String, String> {
-    let mut s = UnixStream::connect(path)
-        .map_err(|e| format!("cannot reach init at {}: {e} (is fluxnode-init running? try --socket)", path.display()))?;
-    s.write_all(format!("{}\n", req.to_line()).as_bytes()).map_err(|e| format!("sending to {}: {e}", path.display()))?;
+    let mut s = UnixStream::connect(path).map_err(|e| {
+        format!(
+            "cannot reach init at {}: {e} (is fluxnode-init running? try --socket)",
+            path.display()
+        )
+    })?;
+    s.write_all(format!("{}\n", req.to_line()).as_bytes())
+        .map_err(|e| format!("sending to {}: {e}", path.display()))?;
     let _ = s.shutdown(std::net::Shutdown::Write);
     let mut out = String::new();
-    s.read_to_string(&mut out).map_err(|e| format!("reading from {}: {e}", path.display()))?;
+    s.read_to_string(&mut out)
+        .map_err(|e| format!("reading from {}: {e}", path.display()))?;
     match out.split_once('\n') {
         Some(("ok", body)) => Ok(body.to_string()),
         Some((err, _)) => Err(err.strip_prefix("error: ").unwrap_or(err).to_string()),
@@ -149,7 +156,8 @@ OPTIONS:
 
 /// `fluxnode-init ctl ARGS`: returns the process exit code.
 pub fn ctl_main(args: &[String]) -> i32 {
-    let mut socket = std::env::var("FLUXNODE_CONTROL_SOCKET").unwrap_or_else(|_| "/run/fluxnode/control.sock".into());
+    let mut socket = std::env::var("FLUXNODE_CONTROL_SOCKET")
+        .unwrap_or_else(|_| "/run/fluxnode/control.sock".into());
     let mut words = Vec::new();
     let mut json = false;
     let mut it = args.iter();
@@ -200,11 +208,18 @@ mod tests {
     fn parses_requests() {
         assert_eq!(Request::parse("status"), Ok(Request::Status));
         assert_eq!(Request::parse("status json"), Ok(Request::StatusJson));
-        assert_eq!(Request::parse("logs netd"), Ok(Request::Logs("netd".into())));
+        assert_eq!(
+            Request::parse("logs netd"),
+            Ok(Request::Logs("netd".into()))
+        );
         assert!(Request::parse("logs").is_err());
         assert!(Request::parse("format c:").is_err());
         assert!(Request::parse("").is_err());
-        for r in [Request::Restart("a".into()), Request::Poweroff, Request::StatusJson] {
+        for r in [
+            Request::Restart("a".into()),
+            Request::Poweroff,
+            Request::StatusJson,
+        ] {
             assert_eq!(Request::parse(&r.to_line()), Ok(r));
         }
     }

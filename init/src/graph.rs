@@ -15,16 +15,27 @@ pub fn check_dependencies(
     texts: &BTreeMap<String, String>,
 ) -> (Vec<ServiceSpec>, Vec<ConfigError>) {
     let mut errors = Vec::new();
-    let mut specs: BTreeMap<String, ServiceSpec> = specs.into_iter().map(|s| (s.name.clone(), s)).collect();
+    let mut specs: BTreeMap<String, ServiceSpec> =
+        specs.into_iter().map(|s| (s.name.clone(), s)).collect();
     let line = |name: &str, key: &str| texts.get(name).map(|t| line_of_key(t, key)).unwrap_or(0);
 
     // Cycles first, over both kinds of edge among the loaded services.
     for cycle in find_cycles(&specs) {
-        let Some(first) = cycle.first().and_then(|n| specs.get(n)) else { continue };
-        let key = if first.cfg.requires.iter().any(|d| cycle.contains(d)) { "requires" } else { "after" };
+        let Some(first) = cycle.first().and_then(|n| specs.get(n)) else {
+            continue;
+        };
+        let key = if first.cfg.requires.iter().any(|d| cycle.contains(d)) {
+            "requires"
+        } else {
+            "after"
+        };
         let mut shown = cycle.clone();
         shown.push(cycle[0].clone());
-        errors.push(ConfigError::Cycle { file: first.file.clone(), line: line(&first.name, key), cycle: shown.join(" -> ") });
+        errors.push(ConfigError::Cycle {
+            file: first.file.clone(),
+            line: line(&first.name, key),
+            cycle: shown.join(" -> "),
+        });
         for n in &cycle {
             specs.remove(n);
         }
@@ -33,7 +44,13 @@ pub fn check_dependencies(
     loop {
         let missing: Vec<(String, String)> = specs
             .values()
-            .filter_map(|s| s.cfg.requires.iter().find(|d| !specs.contains_key(*d)).map(|d| (s.name.clone(), d.clone())))
+            .filter_map(|s| {
+                s.cfg
+                    .requires
+                    .iter()
+                    .find(|d| !specs.contains_key(*d))
+                    .map(|d| (s.name.clone(), d.clone()))
+            })
             .collect();
         if missing.is_empty() {
             break;
@@ -43,7 +60,9 @@ pub fn check_dependencies(
                 errors.push(ConfigError::Invalid {
                     file: s.file.clone(),
                     line: line(&name, "requires"),
-                    reason: format!("requires {dep:?}, which is not loaded (missing or invalid service file)"),
+                    reason: format!(
+                        "requires {dep:?}, which is not loaded (missing or invalid service file)"
+                    ),
                 });
             }
         }
@@ -72,7 +91,15 @@ fn find_cycles(specs: &BTreeMap<String, ServiceSpec>) -> Vec<Vec<String>> {
         while let Some((node, next)) = path.last().copied() {
             let deps: Vec<&str> = specs
                 .get(node)
-                .map(|s| s.cfg.after.iter().chain(&s.cfg.requires).map(String::as_str).filter(|d| specs.contains_key(*d)).collect())
+                .map(|s| {
+                    s.cfg
+                        .after
+                        .iter()
+                        .chain(&s.cfg.requires)
+                        .map(String::as_str)
+                        .filter(|d| specs.contains_key(*d))
+                        .collect()
+                })
                 .unwrap_or_default();
             if let Some(dep) = deps.get(next).copied() {
                 if let Some(top) = path.last_mut() {
@@ -85,7 +112,8 @@ fn find_cycles(specs: &BTreeMap<String, ServiceSpec>) -> Vec<Vec<String>> {
                     }
                     Some(Mark::OnPath) => {
                         let from = path.iter().position(|(n, _)| *n == dep).unwrap_or(0);
-                        let cycle: Vec<String> = path[from..].iter().map(|(n, _)| n.to_string()).collect();
+                        let cycle: Vec<String> =
+                            path[from..].iter().map(|(n, _)| n.to_string()).collect();
                         if cycle.iter().all(|n| !in_cycle.contains(n)) {
                             in_cycle.extend(cycle.iter().cloned());
                             cycles.push(cycle);
@@ -114,18 +142,35 @@ mod tests {
             "argv = [\"/bin/true\"]\nafter = {:?}\nrequires = {:?}\n",
             after, requires
         );
-        (parse_service(name, Path::new(&format!("/s/{name}.toml")), &text, Path::new("/")).unwrap(), text)
+        (
+            parse_service(
+                name,
+                Path::new(&format!("/s/{name}.toml")),
+                &text,
+                Path::new("/"),
+            )
+            .unwrap(),
+            text,
+        )
     }
 
     fn check(list: Vec<(ServiceSpec, String)>) -> (Vec<String>, Vec<ConfigError>) {
-        let texts = list.iter().map(|(s, t)| (s.name.clone(), t.clone())).collect();
+        let texts = list
+            .iter()
+            .map(|(s, t)| (s.name.clone(), t.clone()))
+            .collect();
         let (ok, errs) = check_dependencies(list.into_iter().map(|(s, _)| s).collect(), &texts);
         (ok.into_iter().map(|s| s.name).collect(), errs)
     }
 
     #[test]
     fn cycle_removes_only_its_members() {
-        let (ok, errs) = check(vec![spec("a", &["b"], &[]), spec("b", &[], &["c"]), spec("c", &["a"], &[]), spec("d", &[], &[])]);
+        let (ok, errs) = check(vec![
+            spec("a", &["b"], &[]),
+            spec("b", &[], &["c"]),
+            spec("c", &["a"], &[]),
+            spec("d", &[], &[]),
+        ]);
         assert_eq!(ok, vec!["d"]);
         assert_eq!(errs.len(), 1);
         let msg = errs[0].to_string();
@@ -135,9 +180,17 @@ mod tests {
 
     #[test]
     fn missing_requires_cascades_missing_after_is_ignored() {
-        let (ok, errs) = check(vec![spec("a", &[], &["ghost"]), spec("b", &[], &["a"]), spec("c", &["ghost"], &[])]);
+        let (ok, errs) = check(vec![
+            spec("a", &[], &["ghost"]),
+            spec("b", &[], &["a"]),
+            spec("c", &["ghost"], &[]),
+        ]);
         assert_eq!(ok, vec!["c"]);
         assert_eq!(errs.len(), 2);
-        assert!(errs.iter().all(|e| matches!(e, ConfigError::Invalid { line: 3, .. })), "{errs:?}");
+        assert!(
+            errs.iter()
+                .all(|e| matches!(e, ConfigError::Invalid { line: 3, .. })),
+            "{errs:?}"
+        );
     }
 }

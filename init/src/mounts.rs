@@ -29,9 +29,30 @@ const NOSUID_NODEV_NOEXEC: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV | li
 
 /// What stage 2 mounts, in order.
 pub const EARLY_MOUNTS: &[MountEntry] = &[
-    MountEntry { source: "proc", target: "/proc", fstype: "proc", flags: NOSUID_NODEV_NOEXEC, data: "", only_if: None },
-    MountEntry { source: "sysfs", target: "/sys", fstype: "sysfs", flags: NOSUID_NODEV_NOEXEC, data: "", only_if: None },
-    MountEntry { source: "devtmpfs", target: "/dev", fstype: "devtmpfs", flags: libc::MS_NOSUID, data: "mode=0755", only_if: None },
+    MountEntry {
+        source: "proc",
+        target: "/proc",
+        fstype: "proc",
+        flags: NOSUID_NODEV_NOEXEC,
+        data: "",
+        only_if: None,
+    },
+    MountEntry {
+        source: "sysfs",
+        target: "/sys",
+        fstype: "sysfs",
+        flags: NOSUID_NODEV_NOEXEC,
+        data: "",
+        only_if: None,
+    },
+    MountEntry {
+        source: "devtmpfs",
+        target: "/dev",
+        fstype: "devtmpfs",
+        flags: libc::MS_NOSUID,
+        data: "mode=0755",
+        only_if: None,
+    },
     MountEntry {
         source: "devpts",
         target: "/dev/pts",
@@ -40,9 +61,30 @@ pub const EARLY_MOUNTS: &[MountEntry] = &[
         data: "gid=5,mode=620,ptmxmode=000",
         only_if: None,
     },
-    MountEntry { source: "tmpfs", target: "/dev/shm", fstype: "tmpfs", flags: libc::MS_NOSUID | libc::MS_NODEV, data: "mode=1777", only_if: None },
-    MountEntry { source: "tmpfs", target: "/run", fstype: "tmpfs", flags: libc::MS_NOSUID | libc::MS_NODEV, data: "mode=0755", only_if: None },
-    MountEntry { source: "tmpfs", target: "/tmp", fstype: "tmpfs", flags: libc::MS_NOSUID | libc::MS_NODEV, data: "mode=1777", only_if: None },
+    MountEntry {
+        source: "tmpfs",
+        target: "/dev/shm",
+        fstype: "tmpfs",
+        flags: libc::MS_NOSUID | libc::MS_NODEV,
+        data: "mode=1777",
+        only_if: None,
+    },
+    MountEntry {
+        source: "tmpfs",
+        target: "/run",
+        fstype: "tmpfs",
+        flags: libc::MS_NOSUID | libc::MS_NODEV,
+        data: "mode=0755",
+        only_if: None,
+    },
+    MountEntry {
+        source: "tmpfs",
+        target: "/tmp",
+        fstype: "tmpfs",
+        flags: libc::MS_NOSUID | libc::MS_NODEV,
+        data: "mode=1777",
+        only_if: None,
+    },
     MountEntry {
         source: "cgroup2",
         target: "/sys/fs/cgroup",
@@ -126,14 +168,33 @@ fn unescape(s: &str) -> String {
 
 /// The current mounts (empty when /proc is not mounted).
 pub fn current(proc_root: &Path) -> Vec<MountInfo> {
-    std::fs::read_to_string(proc_root.join("self/mountinfo")).map(|t| parse_mountinfo(&t)).unwrap_or_default()
+    std::fs::read_to_string(proc_root.join("self/mountinfo"))
+        .map(|t| parse_mountinfo(&t))
+        .unwrap_or_default()
 }
 
 /// mount(2).
-pub fn mount(source: &str, target: &Path, fstype: &str, flags: libc::c_ulong, data: &str) -> std::io::Result<()> {
-    let c = |s: &str| CString::new(s).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput));
-    let (src, tgt, fs, dat) = (c(source)?, c(&target.to_string_lossy())?, c(fstype)?, c(data)?);
-    let data_ptr = if data.is_empty() { std::ptr::null() } else { dat.as_ptr().cast() };
+pub fn mount(
+    source: &str,
+    target: &Path,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: &str,
+) -> std::io::Result<()> {
+    let c = |s: &str| {
+        CString::new(s).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+    };
+    let (src, tgt, fs, dat) = (
+        c(source)?,
+        c(&target.to_string_lossy())?,
+        c(fstype)?,
+        c(data)?,
+    );
+    let data_ptr = if data.is_empty() {
+        std::ptr::null()
+    } else {
+        dat.as_ptr().cast()
+    };
     // SAFETY: all pointers are valid NUL-terminated strings for the call.
     let rc = unsafe { libc::mount(src.as_ptr(), tgt.as_ptr(), fs.as_ptr(), flags, data_ptr) };
     if rc == 0 {
@@ -159,7 +220,11 @@ pub fn mount_early() -> Vec<&'static str> {
         }
         if !Path::new(e.target).is_dir() {
             if let Err(err) = std::fs::create_dir_all(e.target) {
-                tracing::warn!("cannot mount {} ({}): no mount point, and creating it failed: {err}", e.target, e.fstype);
+                tracing::warn!(
+                    "cannot mount {} ({}): no mount point, and creating it failed: {err}",
+                    e.target,
+                    e.fstype
+                );
                 continue;
             }
         }
@@ -200,7 +265,14 @@ mod tests {
 
     #[test]
     fn nasty_lines_do_not_panic() {
-        for t in ["", " - ", "a b c d", "1 2 3 4 5 6 - ", "\\\\\\ - \\", "1 2 3 4 \\7 6 - x \\77"] {
+        for t in [
+            "",
+            " - ",
+            "a b c d",
+            "1 2 3 4 5 6 - ",
+            "\\\\\\ - \\",
+            "1 2 3 4 \\7 6 - x \\77",
+        ] {
             let _ = parse_mountinfo(t);
         }
     }

@@ -72,7 +72,10 @@ impl NotifySocket {
         if rc != 0 {
             return Err(std::io::Error::last_os_error());
         }
-        Ok(NotifySocket { sock, path: path.into() })
+        Ok(NotifySocket {
+            sock,
+            path: path.into(),
+        })
     }
 
     /// The path services are given.
@@ -89,7 +92,10 @@ impl NotifySocket {
     pub fn recv(&self) -> Option<(Option<i32>, Vec<u8>)> {
         let mut buf = vec![0u8; 4096];
         let mut cmsg = [0u64; 16];
-        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
         // SAFETY: msghdr is plain data; we point it at live buffers.
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
         msg.msg_iov = &mut iov;
@@ -97,7 +103,13 @@ impl NotifySocket {
         msg.msg_control = cmsg.as_mut_ptr().cast();
         msg.msg_controllen = std::mem::size_of_val(&cmsg);
         // SAFETY: recvmsg writes into the buffers described by `msg`.
-        let n = unsafe { libc::recvmsg(self.sock.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC) };
+        let n = unsafe {
+            libc::recvmsg(
+                self.sock.as_raw_fd(),
+                &mut msg,
+                libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
+            )
+        };
         if n < 0 {
             return None;
         }
@@ -110,11 +122,15 @@ impl NotifySocket {
                 if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_CREDENTIALS {
                     let cred = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::ucred>());
                     pid = Some(cred.pid);
-                } else if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                } else if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS
+                {
                     // Close any descriptors a service passed (FDSTORE is not supported).
-                    let n = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<i32>();
+                    let n = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize)
+                        / std::mem::size_of::<i32>();
                     for i in 0..n {
-                        libc::close(std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<i32>().add(i)));
+                        libc::close(std::ptr::read_unaligned(
+                            libc::CMSG_DATA(c).cast::<i32>().add(i),
+                        ));
                     }
                 }
                 c = libc::CMSG_NXTHDR(&msg, c);
@@ -156,7 +172,12 @@ mod tests {
         let n = parse(b"READY=1\nSTATUS=warming up\nWATCHDOG=1\nFOO=bar\nSTOPPING=1\nnonsense");
         assert_eq!(
             n,
-            vec![Notification::Ready, Notification::Status("warming up".into()), Notification::Watchdog, Notification::Stopping]
+            vec![
+                Notification::Ready,
+                Notification::Status("warming up".into()),
+                Notification::Watchdog,
+                Notification::Stopping
+            ]
         );
         assert!(parse(b"READY=0").is_empty());
         assert!(parse(&[0xff, 0xfe, b'=', 0]).is_empty());

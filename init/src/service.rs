@@ -154,7 +154,11 @@ impl Service {
 
     /// Settled: dependents ordered `after` it may start.
     pub fn is_settled(&self) -> bool {
-        self.is_ready() || matches!(self.state, State::Exited(_) | State::Failed(_) | State::Stopped)
+        self.is_ready()
+            || matches!(
+                self.state,
+                State::Exited(_) | State::Failed(_) | State::Stopped
+            )
     }
 
     /// Has a process.
@@ -182,7 +186,11 @@ impl Service {
     /// more start would exceed the limit.
     pub fn start_limit_hit(&mut self, now_ms: u64) -> bool {
         let window = self.spec.cfg.start_limit.interval_s * 1000;
-        while self.starts.front().is_some_and(|&t| now_ms.saturating_sub(t) >= window) {
+        while self
+            .starts
+            .front()
+            .is_some_and(|&t| now_ms.saturating_sub(t) >= window)
+        {
             self.starts.pop_front();
         }
         self.starts.len() >= self.spec.cfg.start_limit.burst as usize
@@ -204,7 +212,9 @@ pub struct Jitter(u64);
 impl Jitter {
     /// Seeded from the clock and pid.
     pub fn new() -> Self {
-        let seed = crate::sys::monotonic_ms() ^ (u64::from(std::process::id()) << 32) ^ 0x9E37_79B9_7F4A_7C15;
+        let seed = crate::sys::monotonic_ms()
+            ^ (u64::from(std::process::id()) << 32)
+            ^ 0x9E37_79B9_7F4A_7C15;
         Jitter(seed | 1)
     }
     /// A number in [0, 1).
@@ -228,14 +238,24 @@ mod tests {
 
     #[test]
     fn backoff_grows_and_caps() {
-        let b = Backoff { initial_ms: 100, max_ms: 1000, factor: 2.0, jitter: 0.0 };
+        let b = Backoff {
+            initial_ms: 100,
+            max_ms: 1000,
+            factor: 2.0,
+            jitter: 0.0,
+        };
         let d: Vec<u64> = (1..=6).map(|n| backoff_delay_ms(&b, n, 0.5)).collect();
         assert_eq!(d, vec![100, 200, 400, 800, 1000, 1000]);
     }
 
     #[test]
     fn jitter_stays_in_band() {
-        let b = Backoff { initial_ms: 1000, max_ms: 100_000, factor: 2.0, jitter: 0.2 };
+        let b = Backoff {
+            initial_ms: 1000,
+            max_ms: 100_000,
+            factor: 2.0,
+            jitter: 0.2,
+        };
         let mut j = Jitter::new();
         for _ in 0..1000 {
             let d = backoff_delay_ms(&b, 1, j.next01());

@@ -38,7 +38,11 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Starts `spec`'s program.
-pub fn spawn(spec: &ServiceSpec, notify_socket: &Path, cgroup_procs: Option<&Path>) -> std::io::Result<Spawned> {
+pub fn spawn(
+    spec: &ServiceSpec,
+    notify_socket: &Path,
+    cgroup_procs: Option<&Path>,
+) -> std::io::Result<Spawned> {
     let (read, write) = pipe()?;
     let write2 = write.try_clone()?;
     let argv = &spec.cfg.argv;

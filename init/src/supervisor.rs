@@ -17,10 +17,14 @@ use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 
 use crate::cgroup::Cgroups;
-use crate::config::{BootComplete, ConfigError, FailureAction, InitConfig, Restart, ServiceSpec, ServiceType};
+use crate::config::{
+    BootComplete, ConfigError, FailureAction, InitConfig, Restart, ServiceSpec, ServiceType,
+};
 use crate::control::{self, json_str, Request};
 use crate::notify::{Notification, NotifySocket};
-use crate::service::{backoff_delay_ms, AfterStop, Jitter, Service, State, MAX_LINE, STABLE_RUN_MS};
+use crate::service::{
+    backoff_delay_ms, AfterStop, Jitter, Service, State, MAX_LINE, STABLE_RUN_MS,
+};
 use crate::sys::{self, ExitStatus, Mode, SignalFd};
 use crate::watchdog::HardwareWatchdog;
 
@@ -88,8 +92,15 @@ const WATCHDOG_SEARCH_MS: u64 = 60_000;
 const WATCHDOG_SEARCH_STEP_MS: u64 = 2_000;
 
 /// Signals init handles through its signalfd.
-pub const SIGNALS: [i32; 7] =
-    [libc::SIGCHLD, libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2, libc::SIGPWR];
+pub const SIGNALS: [i32; 7] = [
+    libc::SIGCHLD,
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGHUP,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGPWR,
+];
 
 fn log_config_error(e: &ConfigError) {
     tracing::error!("{e}");
@@ -104,7 +115,10 @@ impl Supervisor {
             log_config_error(&e);
             InitConfig::default()
         });
-        let dir = paths.services_dir.clone().unwrap_or_else(|| config.services_dir.clone());
+        let dir = paths
+            .services_dir
+            .clone()
+            .unwrap_or_else(|| config.services_dir.clone());
         let (specs, errors) = crate::config::load_dir(&dir, Path::new("/"));
         errors.iter().for_each(log_config_error);
         std::fs::create_dir_all(&paths.run_dir)?;
@@ -118,7 +132,9 @@ impl Supervisor {
             // A test namespace shares the host's cgroup2 tree: a unique name.
             _ => format!(
                 "fluxnode-test-{}",
-                std::fs::metadata("/proc/self/ns/pid").map(|m| std::os::unix::fs::MetadataExt::ino(&m)).unwrap_or(0)
+                std::fs::metadata("/proc/self/ns/pid")
+                    .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+                    .unwrap_or(0)
             ),
         };
         // Where cgroup2 really is: /sys/fs/cgroup on a unified system, or
@@ -130,12 +146,27 @@ impl Supervisor {
             .unwrap_or_else(|| paths.cgroup_root.clone());
         let cgroups = Cgroups::setup(&cgroup_root, &base);
         let hw_watchdog = match mode {
-            Mode::Machine => HardwareWatchdog::open(&paths.watchdog_dev, config.hardware_watchdog_s),
+            Mode::Machine => {
+                HardwareWatchdog::open(&paths.watchdog_dev, config.hardware_watchdog_s)
+            }
             _ => None,
         };
-        let mut sup = Self::assemble(specs, config, mode, signals, notify, control, cgroups, hw_watchdog);
-        if mode == Mode::Machine && sup.hw_watchdog.is_none() && sup.config.hardware_watchdog_s > 0 {
-            sup.hw_watchdog_search = Some((paths.watchdog_dev.clone(), sys::monotonic_ms() + WATCHDOG_SEARCH_MS));
+        let mut sup = Self::assemble(
+            specs,
+            config,
+            mode,
+            signals,
+            notify,
+            control,
+            cgroups,
+            hw_watchdog,
+        );
+        if mode == Mode::Machine && sup.hw_watchdog.is_none() && sup.config.hardware_watchdog_s > 0
+        {
+            sup.hw_watchdog_search = Some((
+                paths.watchdog_dev.clone(),
+                sys::monotonic_ms() + WATCHDOG_SEARCH_MS,
+            ));
         }
         Ok(sup)
     }
@@ -152,7 +183,11 @@ impl Supervisor {
         hw_watchdog: Option<HardwareWatchdog>,
     ) -> Self {
         let services: Vec<Service> = specs.into_iter().map(Service::new).collect();
-        let index = services.iter().enumerate().map(|(i, s)| (s.name().to_string(), i)).collect();
+        let index = services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name().to_string(), i))
+            .collect();
         tracing::info!("{} services loaded", services.len());
         Supervisor {
             services,
@@ -240,9 +275,14 @@ impl Supervisor {
     fn deps_state(&self, i: usize) -> Deps {
         let cfg = &self.services[i].spec.cfg;
         for d in &cfg.requires {
-            let Some(&j) = self.index.get(d) else { return Deps::Broken(d.clone()) };
+            let Some(&j) = self.index.get(d) else {
+                return Deps::Broken(d.clone());
+            };
             let dep = &self.services[j];
-            if matches!(dep.state, State::Failed(_) | State::Exited(_) | State::Stopped) {
+            if matches!(
+                dep.state,
+                State::Failed(_) | State::Exited(_) | State::Stopped
+            ) {
                 return Deps::Broken(d.clone());
             }
             if !dep.is_ready() {
@@ -270,17 +310,27 @@ impl Supervisor {
             return;
         }
         let name = self.services[i].name().to_string();
-        let procs = self.cgroups.prepare(&name, &self.services[i].spec.cfg.limits);
+        let procs = self
+            .cgroups
+            .prepare(&name, &self.services[i].spec.cfg.limits);
         let s = &mut self.services[i];
         s.cgroup_procs = procs;
         match crate::spawn::spawn(&s.spec, self.notify.path(), s.cgroup_procs.as_deref()) {
             Ok(sp) => {
                 s.starts.push_back(now);
-                s.outputs.push(crate::service::OutputPipe { fd: sp.output, partial: Vec::new() });
+                s.outputs.push(crate::service::OutputPipe {
+                    fd: sp.output,
+                    partial: Vec::new(),
+                });
                 s.watchdog_fired = false;
-                s.watchdog_deadline = (s.spec.cfg.watchdog_ms > 0).then(|| now + s.spec.cfg.watchdog_ms);
+                s.watchdog_deadline =
+                    (s.spec.cfg.watchdog_ms > 0).then(|| now + s.spec.cfg.watchdog_ms);
                 let ready = s.ready_on_spawn();
-                s.state = State::Running { pid: sp.pid, ready, since_ms: now };
+                s.state = State::Running {
+                    pid: sp.pid,
+                    ready,
+                    since_ms: now,
+                };
                 tracing::info!("started {name} (pid {})", sp.pid);
                 if ready {
                     tracing::debug!("{name} is ready");
@@ -288,7 +338,10 @@ impl Supervisor {
             }
             Err(e) => {
                 s.starts.push_back(now);
-                let why = format!("cannot start {}: {e}", s.spec.cfg.argv.first().map(String::as_str).unwrap_or(""));
+                let why = format!(
+                    "cannot start {}: {e}",
+                    s.spec.cfg.argv.first().map(String::as_str).unwrap_or("")
+                );
                 self.after_failure(i, now, why);
             }
         }
@@ -304,8 +357,14 @@ impl Supervisor {
         s.failures += 1;
         let delay = backoff_delay_ms(&s.spec.cfg.backoff, s.failures, self.jitter.next01());
         s.restarts += 1;
-        s.state = State::Backoff { until_ms: now + delay };
-        tracing::warn!("{} {why}; restarting in {delay} ms (failure {})", s.name(), s.failures);
+        s.state = State::Backoff {
+            until_ms: now + delay,
+        };
+        tracing::warn!(
+            "{} {why}; restarting in {delay} ms (failure {})",
+            s.name(),
+            s.failures
+        );
     }
 
     /// Gives up on a service; escalates if it is required.
@@ -318,11 +377,15 @@ impl Supervisor {
             let name = s.name().to_string();
             match s.spec.cfg.failure_action {
                 FailureAction::Reboot => {
-                    tracing::error!("escalation: required service {name} failed for good ({why}); rebooting");
+                    tracing::error!(
+                        "escalation: required service {name} failed for good ({why}); rebooting"
+                    );
                     self.begin_shutdown(ShutdownKind::Reboot);
                 }
                 FailureAction::Poweroff => {
-                    tracing::error!("escalation: required service {name} failed for good ({why}); powering off");
+                    tracing::error!(
+                        "escalation: required service {name} failed for good ({why}); powering off"
+                    );
                     self.begin_shutdown(ShutdownKind::Poweroff);
                 }
                 FailureAction::None => {
@@ -335,16 +398,35 @@ impl Supervisor {
     // ---- events ---------------------------------------------------------
 
     fn poll_once(&mut self, now: u64) {
-        let timeout = self.next_deadline().map(|d| d.saturating_sub(now).min(60_000) as i32).unwrap_or(60_000);
+        let timeout = self
+            .next_deadline()
+            .map(|d| d.saturating_sub(now).min(60_000) as i32)
+            .unwrap_or(60_000);
         let mut fds = vec![
-            libc::pollfd { fd: self.signals.raw(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: self.notify.raw(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: self.control.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd {
+                fd: self.signals.raw(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.notify.raw(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.control.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
         let mut owners = Vec::new();
         for (i, s) in self.services.iter().enumerate() {
             for o in &s.outputs {
-                fds.push(libc::pollfd { fd: o.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+                fds.push(libc::pollfd {
+                    fd: o.fd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
                 owners.push((i, o.fd.as_raw_fd()));
             }
         }
@@ -374,7 +456,9 @@ impl Supervisor {
     fn on_signal(&mut self, sig: i32) {
         match sig {
             libc::SIGCHLD => self.reap(),
-            libc::SIGTERM | libc::SIGPWR => self.request_shutdown(ShutdownKind::Poweroff, "SIGTERM"),
+            libc::SIGTERM | libc::SIGPWR => {
+                self.request_shutdown(ShutdownKind::Poweroff, "SIGTERM")
+            }
             libc::SIGINT => self.request_shutdown(ShutdownKind::Reboot, "SIGINT (Ctrl-Alt-Del)"),
             libc::SIGUSR1 => {
                 for line in self.status_text().lines() {
@@ -385,7 +469,9 @@ impl Supervisor {
                 let on = crate::log::toggle_debug();
                 tracing::info!("debug logging {}", if on { "on" } else { "off" });
             }
-            libc::SIGHUP => tracing::info!("SIGHUP ignored: service files are read at boot; use ctl restart"),
+            libc::SIGHUP => {
+                tracing::info!("SIGHUP ignored: service files are read at boot; use ctl restart")
+            }
             _ => {}
         }
     }
@@ -395,7 +481,14 @@ impl Supervisor {
             tracing::info!("{why}: shutdown already in progress");
             return;
         }
-        tracing::info!("{why}: {}", if kind == ShutdownKind::Reboot { "reboot requested" } else { "poweroff requested" });
+        tracing::info!(
+            "{why}: {}",
+            if kind == ShutdownKind::Reboot {
+                "reboot requested"
+            } else {
+                "poweroff requested"
+            }
+        );
         self.begin_shutdown(kind);
     }
 
@@ -417,7 +510,11 @@ impl Supervisor {
         match self.services[i].state.clone() {
             State::Stopping { then, .. } => {
                 tracing::info!("stopped {name} ({status})");
-                self.services[i].state = if then == AfterStop::Restart { State::Waiting } else { State::Stopped };
+                self.services[i].state = if then == AfterStop::Restart {
+                    State::Waiting
+                } else {
+                    State::Stopped
+                };
             }
             State::Running { since_ms, .. } => {
                 let s = &mut self.services[i];
@@ -425,11 +522,17 @@ impl Supervisor {
                     s.failures = 0;
                 }
                 let failed = !status.success() || s.watchdog_fired;
-                let why = if s.watchdog_fired { format!("missed its watchdog ({status})") } else { format!("exited ({status})") };
+                let why = if s.watchdog_fired {
+                    format!("missed its watchdog ({status})")
+                } else {
+                    format!("exited ({status})")
+                };
                 if s.spec.cfg.kind == ServiceType::Oneshot && !failed {
                     tracing::info!("{name} finished");
                     s.state = State::Done;
-                } else if failed || (s.spec.cfg.restart == Restart::Always && self.shutdown.is_none()) {
+                } else if failed
+                    || (s.spec.cfg.restart == Restart::Always && self.shutdown.is_none())
+                {
                     self.after_failure(i, now, why);
                 } else {
                     tracing::info!("{name} {why}");
@@ -469,7 +572,11 @@ impl Supervisor {
             // The main pid, or any process of its group (systemd-notify forks).
             // SAFETY: getpgid takes a plain pid.
             let pgid = unsafe { libc::getpgid(pid) };
-            let Some(i) = self.services.iter().position(|s| s.pid() == Some(pid) || (pgid > 0 && s.pid() == Some(pgid))) else {
+            let Some(i) = self
+                .services
+                .iter()
+                .position(|s| s.pid() == Some(pid) || (pgid > 0 && s.pid() == Some(pgid)))
+            else {
                 tracing::debug!("notify from unknown pid {pid} ignored");
                 continue;
             };
@@ -510,13 +617,22 @@ impl Supervisor {
     }
 
     fn handle_request(&mut self, req: Request) -> Result<String, String> {
-        let find = |this: &Self, name: &str| this.index.get(name).copied().ok_or_else(|| format!("no service named {name:?}"));
+        let find = |this: &Self, name: &str| {
+            this.index
+                .get(name)
+                .copied()
+                .ok_or_else(|| format!("no service named {name:?}"))
+        };
         match req {
             Request::Status => Ok(self.status_text()),
             Request::StatusJson => Ok(self.status_json()),
             Request::Logs(n) => {
                 let i = find(self, &n)?;
-                Ok(self.services[i].log.iter().map(|l| format!("{l}\n")).collect())
+                Ok(self.services[i]
+                    .log
+                    .iter()
+                    .map(|l| format!("{l}\n"))
+                    .collect())
             }
             Request::Stop(n) => {
                 let i = find(self, &n)?;
@@ -576,7 +692,11 @@ impl Supervisor {
                 s.restarts,
                 if s.spec.cfg.required { " required" } else { "" },
                 extra,
-                if s.status_text.is_empty() { String::new() } else { format!(" status: {}", s.status_text) }
+                if s.status_text.is_empty() {
+                    String::new()
+                } else {
+                    format!(" status: {}", s.status_text)
+                }
             ));
         }
         o
@@ -621,7 +741,11 @@ impl Supervisor {
         for s in &self.services {
             match s.state {
                 State::Backoff { until_ms } => take(until_ms),
-                State::Stopping { deadline_ms, killed: false, .. } => take(deadline_ms),
+                State::Stopping {
+                    deadline_ms,
+                    killed: false,
+                    ..
+                } => take(deadline_ms),
                 _ => {}
             }
             if let (Some(w), State::Running { .. }) = (s.watchdog_deadline, &s.state) {
@@ -644,7 +768,10 @@ impl Supervisor {
                 self.hw_next_feed_ms = now + WATCHDOG_SEARCH_STEP_MS;
                 if self.hw_watchdog.is_some() || now >= *until {
                     if self.hw_watchdog.is_none() {
-                        tracing::info!("no hardware watchdog at {}: running without one", dev.display());
+                        tracing::info!(
+                            "no hardware watchdog at {}: running without one",
+                            dev.display()
+                        );
                     }
                     self.hw_watchdog_search = None;
                     self.hw_next_feed_ms = now;
@@ -663,10 +790,24 @@ impl Supervisor {
                 State::Backoff { until_ms } if now >= until_ms => {
                     s.state = State::Waiting;
                 }
-                State::Stopping { pid, deadline_ms, killed: false, then } if now >= deadline_ms => {
-                    tracing::warn!("{} did not stop within {} ms; sending SIGKILL", s.spec.name, s.spec.cfg.stop.timeout_ms);
+                State::Stopping {
+                    pid,
+                    deadline_ms,
+                    killed: false,
+                    then,
+                } if now >= deadline_ms => {
+                    tracing::warn!(
+                        "{} did not stop within {} ms; sending SIGKILL",
+                        s.spec.name,
+                        s.spec.cfg.stop.timeout_ms
+                    );
                     sys::kill_group(pid, libc::SIGKILL);
-                    s.state = State::Stopping { pid, deadline_ms, killed: true, then };
+                    s.state = State::Stopping {
+                        pid,
+                        deadline_ms,
+                        killed: true,
+                        then,
+                    };
                 }
                 State::Running { pid, .. } => {
                     if let Some(w) = s.watchdog_deadline {
@@ -693,15 +834,22 @@ impl Supervisor {
         if self.startup_reported || self.shutdown.is_some() {
             return;
         }
-        let pending = self
-            .services
-            .iter()
-            .any(|s| matches!(s.state, State::Waiting | State::Backoff { .. } | State::Running { ready: false, .. }));
+        let pending = self.services.iter().any(|s| {
+            matches!(
+                s.state,
+                State::Waiting | State::Backoff { .. } | State::Running { ready: false, .. }
+            )
+        });
         if pending {
             return;
         }
         self.startup_reported = true;
-        let failed: Vec<&str> = self.services.iter().filter(|s| matches!(s.state, State::Failed(_))).map(|s| s.name()).collect();
+        let failed: Vec<&str> = self
+            .services
+            .iter()
+            .filter(|s| matches!(s.state, State::Failed(_)))
+            .map(|s| s.name())
+            .collect();
         if failed.is_empty() {
             tracing::info!("all services ready ({} services)", self.services.len());
         } else {
@@ -713,17 +861,26 @@ impl Supervisor {
         if self.boot_completed || self.shutdown.is_some() {
             return;
         }
-        let ok = self.services.iter().filter(|s| s.spec.cfg.required).all(Service::is_ready);
+        let ok = self
+            .services
+            .iter()
+            .filter(|s| s.spec.cfg.required)
+            .all(Service::is_ready);
         match (ok, self.required_ready_since) {
             (false, _) => self.required_ready_since = None,
             (true, None) => self.required_ready_since = Some(now),
             (true, Some(since)) if now >= since + self.config.boot_complete_grace_ms => {
                 self.boot_completed = true;
-                tracing::info!("boot complete: required services ready for {} ms", self.config.boot_complete_grace_ms);
+                tracing::info!(
+                    "boot complete: required services ready for {} ms",
+                    self.config.boot_complete_grace_ms
+                );
                 if self.config.boot_complete == BootComplete::Bless {
                     match crate::bless::bless_current_boot() {
                         Ok(Some(path)) => tracing::info!("boot blessed: {path}"),
-                        Ok(None) => tracing::info!("nothing to bless: this boot entry has no counter"),
+                        Ok(None) => {
+                            tracing::info!("nothing to bless: this boot entry has no counter")
+                        }
                         Err(e) => tracing::error!("blessing the boot failed: {e}"),
                     }
                 }
@@ -744,11 +901,20 @@ impl Supervisor {
                 // Also the main pid itself, in case it left its group.
                 // SAFETY: kill takes plain integers.
                 unsafe { libc::kill(pid, s.spec.stop_signal) };
-                s.state = State::Stopping { pid, deadline_ms: now + s.spec.cfg.stop.timeout_ms, killed: false, then };
+                s.state = State::Stopping {
+                    pid,
+                    deadline_ms: now + s.spec.cfg.stop.timeout_ms,
+                    killed: false,
+                    then,
+                };
             }
             State::Stopping { .. } => {}
             _ => {
-                s.state = if then == AfterStop::Restart { State::Waiting } else { State::Stopped };
+                s.state = if then == AfterStop::Restart {
+                    State::Waiting
+                } else {
+                    State::Stopped
+                };
             }
         }
     }
@@ -770,7 +936,8 @@ impl Supervisor {
             }
             let name = self.services[i].name().to_string();
             let dependents_alive = self.services.iter().any(|d| {
-                d.pid().is_some() && (d.spec.cfg.after.contains(&name) || d.spec.cfg.requires.contains(&name))
+                d.pid().is_some()
+                    && (d.spec.cfg.after.contains(&name) || d.spec.cfg.requires.contains(&name))
             });
             if !dependents_alive {
                 self.stop(i, AfterStop::Stay);
@@ -810,12 +977,21 @@ fn drain_pipe(o: &mut crate::service::OutputPipe, lines: &mut Vec<String>) -> bo
             return matches!(e, Some(libc::EAGAIN) | Some(libc::EINTR));
         }
         o.partial.extend_from_slice(&buf[..n as usize]);
-        while let Some(pos) = o.partial.iter().position(|&b| b == b'\n').or((o.partial.len() >= MAX_LINE).then_some(MAX_LINE)) {
+        while let Some(pos) = o
+            .partial
+            .iter()
+            .position(|&b| b == b'\n')
+            .or((o.partial.len() >= MAX_LINE).then_some(MAX_LINE))
+        {
             let line: Vec<u8> = o.partial.drain(..pos).collect();
             if o.partial.first() == Some(&b'\n') {
                 o.partial.remove(0);
             }
-            lines.push(String::from_utf8_lossy(&line).trim_end_matches('\r').to_string());
+            lines.push(
+                String::from_utf8_lossy(&line)
+                    .trim_end_matches('\r')
+                    .to_string(),
+            );
         }
     }
 }

@@ -54,7 +54,9 @@ impl Mode {
             return Mode::Foreground;
         }
         match std::fs::metadata("/proc/self/ns/pid") {
-            Ok(m) if std::os::unix::fs::MetadataExt::ino(&m) != PROC_PID_INIT_INO => Mode::Namespace,
+            Ok(m) if std::os::unix::fs::MetadataExt::ino(&m) != PROC_PID_INIT_INO => {
+                Mode::Namespace
+            }
             // No /proc yet or the initial namespace: a machine.
             _ => Mode::Machine,
         }
@@ -86,7 +88,9 @@ impl SignalFd {
             if fd < 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            Ok(SignalFd { fd: std::os::fd::OwnedFd::from_raw_fd(fd) })
+            Ok(SignalFd {
+                fd: std::os::fd::OwnedFd::from_raw_fd(fd),
+            })
         }
     }
 
@@ -98,7 +102,13 @@ impl SignalFd {
             // SAFETY: signalfd_siginfo is plain data; read writes at most its size.
             let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
             let size = std::mem::size_of::<libc::signalfd_siginfo>();
-            let n = unsafe { libc::read(self.fd.as_raw_fd(), (&mut info as *mut libc::signalfd_siginfo).cast(), size) };
+            let n = unsafe {
+                libc::read(
+                    self.fd.as_raw_fd(),
+                    (&mut info as *mut libc::signalfd_siginfo).cast(),
+                    size,
+                )
+            };
             if n != size as isize {
                 return out;
             }
@@ -171,7 +181,10 @@ pub fn kill_all(sig: i32) {
 
 /// Wall-clock-free monotonic milliseconds, for timers and logs.
 pub fn monotonic_ms() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes into `ts`.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000

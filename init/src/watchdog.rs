@@ -26,14 +26,21 @@ impl HardwareWatchdog {
         let file = match std::fs::OpenOptions::new().write(true).open(path) {
             Ok(f) => f,
             Err(e) => {
-                tracing::warn!("cannot open {}: {e}; running without a hardware watchdog", path.display());
+                tracing::warn!(
+                    "cannot open {}: {e}; running without a hardware watchdog",
+                    path.display()
+                );
                 return None;
             }
         };
         let mut t: libc::c_int = timeout_s as libc::c_int;
         // SAFETY: WDIOC_SETTIMEOUT reads and writes one int.
         let rc = unsafe { libc::ioctl(file.as_raw_fd(), WDIOC_SETTIMEOUT as _, &mut t) };
-        let timeout_s = if rc == 0 && t > 0 { t as u32 } else { timeout_s };
+        let timeout_s = if rc == 0 && t > 0 {
+            t as u32
+        } else {
+            timeout_s
+        };
         tracing::info!("hardware watchdog {} armed: {timeout_s} s", path.display());
         Some(HardwareWatchdog { file, timeout_s })
     }

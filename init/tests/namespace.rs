@@ -26,7 +26,11 @@ fn dependencies_start_in_order() {
     let b = ns.wait_for("started b", 20);
     let c = ns.wait_for("started c", 20);
     ns.wait_for("all services ready (4 services)", 20);
-    assert!(a.at <= b.at && b.at <= c.at, "order a < b < c broken:\n{}", ns.log());
+    assert!(
+        a.at <= b.at && b.at <= c.at,
+        "order a < b < c broken:\n{}",
+        ns.log()
+    );
     // z has no dependencies: it starts without waiting for the oneshot.
     let z = ns.wait_for("started z", 5);
     assert!(z.at < a.at, "z waited for a:\n{}", ns.log());
@@ -40,20 +44,46 @@ fn notify_service_gates_its_dependents() {
     let ns = Ns::start(
         "ready",
         &[
-            ("db", sh(&format!("sleep 1; {}; exec sleep 60", notify_cmd("READY=1 STATUS=serving")), "type = \"notify\"")),
-            ("app", sh("echo app up; exec sleep 60", "requires = [\"db\"]")),
+            (
+                "db",
+                sh(
+                    &format!(
+                        "sleep 1; {}; exec sleep 60",
+                        notify_cmd("READY=1 STATUS=serving")
+                    ),
+                    "type = \"notify\"",
+                ),
+            ),
+            (
+                "app",
+                sh("echo app up; exec sleep 60", "requires = [\"db\"]"),
+            ),
         ],
         "",
     );
     let started_db = ns.wait_for("started db", 20);
     let ready = ns.wait_for("db is ready", 20);
     let app = ns.wait_for("started app", 20);
-    assert!(ready.at <= app.at, "app started before db was ready:\n{}", ns.log());
-    assert!(ready.at.duration_since(started_db.at) >= Duration::from_millis(900), "READY=1 came too early:\n{}", ns.log());
+    assert!(
+        ready.at <= app.at,
+        "app started before db was ready:\n{}",
+        ns.log()
+    );
+    assert!(
+        ready.at.duration_since(started_db.at) >= Duration::from_millis(900),
+        "READY=1 came too early:\n{}",
+        ns.log()
+    );
     let (code, out) = ns.ctl(&["status", "--json"]);
     assert_eq!(code, 0, "{out}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let db = v["services"].as_array().unwrap().iter().find(|s| s["name"] == "db").unwrap().clone();
+    let db = v["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "db")
+        .unwrap()
+        .clone();
     assert_eq!(db["ready"], true);
     assert_eq!(db["status"], "serving");
 }
@@ -75,16 +105,30 @@ fn crash_restarts_with_growing_backoff() {
     ns.wait_for("(failure 4)", 30);
     let starts: Vec<_> = ns.all("started crashy");
     assert!(starts.len() >= 4, "{}", ns.log());
-    let gaps: Vec<u128> = starts.windows(2).map(|w| w[1].at.duration_since(w[0].at).as_millis()).collect();
+    let gaps: Vec<u128> = starts
+        .windows(2)
+        .map(|w| w[1].at.duration_since(w[0].at).as_millis())
+        .collect();
     // 200, 400, 800 ms between starts (plus process time): each gap at least
     // the delay, and each longer than the one before.
     for (k, g) in gaps.iter().take(3).enumerate() {
         let want = 200u128 << k;
-        assert!(*g >= want, "gap {k} was {g} ms, want >= {want}:\n{}", ns.log());
+        assert!(
+            *g >= want,
+            "gap {k} was {g} ms, want >= {want}:\n{}",
+            ns.log()
+        );
     }
-    assert!(gaps[0] < gaps[1] && gaps[1] < gaps[2], "backoff not growing {gaps:?}:\n{}", ns.log());
+    assert!(
+        gaps[0] < gaps[1] && gaps[1] < gaps[2],
+        "backoff not growing {gaps:?}:\n{}",
+        ns.log()
+    );
     let (_, logs) = ns.ctl(&["logs", "crashy"]);
-    assert!(logs.lines().filter(|l| *l == "crashing").count() >= 4, "{logs}");
+    assert!(
+        logs.lines().filter(|l| *l == "crashing").count() >= 4,
+        "{logs}"
+    );
 }
 
 #[test]
@@ -122,7 +166,10 @@ fn double_forked_orphans_are_reaped() {
             "forker",
             // Each loop leaves a grandchild whose parent exits at once: it is
             // re-parented to init, which must reap it when it dies.
-            sh("for i in 1 2 3 4 5; do ( sleep 0.2 & ) ; done; echo forked; exec sleep 60", ""),
+            sh(
+                "for i in 1 2 3 4 5; do ( sleep 0.2 & ) ; done; echo forked; exec sleep 60",
+                "",
+            ),
         )],
         "",
     );
@@ -134,11 +181,19 @@ fn double_forked_orphans_are_reaped() {
         .into_iter()
         .filter(|p| {
             std::fs::read_to_string(format!("/proc/{p}/stat"))
-                .map(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().starts_with('Z')).unwrap_or(false))
+                .map(|s| {
+                    s.rsplit_once(')')
+                        .map(|(_, r)| r.trim_start().starts_with('Z'))
+                        .unwrap_or(false)
+                })
                 .unwrap_or(false)
         })
         .collect();
-    assert!(zombies.is_empty(), "zombies {zombies:?} under init {init}:\n{}", ns.log());
+    assert!(
+        zombies.is_empty(),
+        "zombies {zombies:?} under init {init}:\n{}",
+        ns.log()
+    );
     // The orphans existed and went: only forker's sleep is left.
     assert_eq!(ns.descendants().len(), 1, "{}", ns.log());
 }
@@ -149,10 +204,19 @@ fn missed_software_watchdog_restarts() {
     let ns = Ns::start(
         "watchdog",
         &[
-            ("hung", sh("echo hung starting; exec sleep 60", "watchdog_ms = 300\n[backoff]\ninitial_ms = 10")),
+            (
+                "hung",
+                sh(
+                    "echo hung starting; exec sleep 60",
+                    "watchdog_ms = 300\n[backoff]\ninitial_ms = 10",
+                ),
+            ),
             (
                 "healthy",
-                sh(&format!("while :; do {}; sleep 0.1; done", notify_cmd("WATCHDOG=1")), "watchdog_ms = 600\n[backoff]\ninitial_ms = 10"),
+                sh(
+                    &format!("while :; do {}; sleep 0.1; done", notify_cmd("WATCHDOG=1")),
+                    "watchdog_ms = 600\n[backoff]\ninitial_ms = 10",
+                ),
             ),
         ],
         "",
@@ -165,7 +229,11 @@ fn missed_software_watchdog_restarts() {
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(1000));
-    assert!(ns.all("healthy missed its watchdog").is_empty(), "a pinging service was killed:\n{}", ns.log());
+    assert!(
+        ns.all("healthy missed its watchdog").is_empty(),
+        "a pinging service was killed:\n{}",
+        ns.log()
+    );
     assert_eq!(ns.all("started healthy").len(), 1, "{}", ns.log());
 }
 
@@ -201,15 +269,27 @@ fn sigterm_stops_in_reverse_order_and_kills_stragglers() {
     ns.signal(libc::SIGTERM);
     assert_eq!(ns.wait_exit(30), 0, "{}", ns.log());
     let took = t.elapsed();
-    let pos = |p: &str| ns.lines().iter().position(|l| l.text.contains(p)).unwrap_or_else(|| panic!("no {p:?}:\n{}", ns.log()));
+    let pos = |p: &str| {
+        ns.lines()
+            .iter()
+            .position(|l| l.text.contains(p))
+            .unwrap_or_else(|| panic!("no {p:?}:\n{}", ns.log()))
+    };
     assert!(pos("stopping c") < pos("stopping b"), "{}", ns.log());
     assert!(pos("stopped b") < pos("stopping a"), "{}", ns.log());
     let kill = ns.wait_for("c did not stop within 500 ms; sending SIGKILL", 1);
     let stop_c = ns.wait_for("stopping c", 1);
     let waited = kill.at.duration_since(stop_c.at);
-    assert!(waited >= Duration::from_millis(450) && waited < Duration::from_millis(3000), "timeout honoured? {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(450) && waited < Duration::from_millis(3000),
+        "timeout honoured? {waited:?}"
+    );
     ns.wait_for("terminating remaining processes", 1);
-    assert!(marker.exists(), "the straggler never got SIGTERM:\n{}", ns.log());
+    assert!(
+        marker.exists(),
+        "the straggler never got SIGTERM:\n{}",
+        ns.log()
+    );
     assert!(took < Duration::from_secs(10), "shutdown took {took:?}");
 }
 
@@ -218,7 +298,13 @@ fn cgroup_limits_written_or_reason_printed() {
     need_namespaces!();
     let ns = Ns::start(
         "cgroup",
-        &[("limited", sh("echo up; exec sleep 60", "[limits]\nmemory_max = \"64M\"\npids_max = 32\ncpu_max = \"50000 100000\""))],
+        &[(
+            "limited",
+            sh(
+                "echo up; exec sleep 60",
+                "[limits]\nmemory_max = \"64M\"\npids_max = 32\ncpu_max = \"50000 100000\"",
+            ),
+        )],
         "",
     );
     ns.wait_for("limited: up", 20);
@@ -228,10 +314,20 @@ fn cgroup_limits_written_or_reason_printed() {
     let cg = std::fs::read_to_string(format!("/proc/{}/cgroup", ns.descendants()[0])).unwrap();
     // Joining the cgroup needs no controller: it always happens.
     let rel = cg.lines().find_map(|l| l.strip_prefix("0::")).unwrap_or("");
-    assert!(rel.ends_with("/limited"), "service not in its own cgroup: {cg}");
-    for (file, want) in [("memory.max", "67108864"), ("pids.max", "32"), ("cpu.max", "50000 100000")] {
+    assert!(
+        rel.ends_with("/limited"),
+        "service not in its own cgroup: {cg}"
+    );
+    for (file, want) in [
+        ("memory.max", "67108864"),
+        ("pids.max", "32"),
+        ("cpu.max", "50000 100000"),
+    ] {
         let refused = format!("limited: {file}=");
-        if let Some(l) = log.lines().find(|l| l.contains(&refused) && l.contains("not applied")) {
+        if let Some(l) = log
+            .lines()
+            .find(|l| l.contains(&refused) && l.contains("not applied"))
+        {
             // The kernel holds this controller elsewhere; init said why.
             assert!(l.contains("controller"), "{l}");
             eprintln!("SKIPPED {file}: the kernel refuses it here; init printed: {l}");
@@ -251,9 +347,18 @@ fn bad_service_files_are_reported_and_the_rest_start() {
         "badcfg",
         &[
             ("good", sh("echo good up; exec sleep 60", "")),
-            ("badtoml", "argv = [\"/bin/true\"\ntype = \"simple\"\n".into()),
-            ("unknownkey", "argv = [\"/bin/true\"]\n\ncolour = \"blue\"\n".into()),
-            ("missingbin", "# comment\nargv = [\"/no/such/program\"]\n".into()),
+            (
+                "badtoml",
+                "argv = [\"/bin/true\"\ntype = \"simple\"\n".into(),
+            ),
+            (
+                "unknownkey",
+                "argv = [\"/bin/true\"]\n\ncolour = \"blue\"\n".into(),
+            ),
+            (
+                "missingbin",
+                "# comment\nargv = [\"/no/such/program\"]\n".into(),
+            ),
             ("cyc1", sh("sleep 60", "after = [\"cyc2\"]")),
             ("cyc2", sh("sleep 60", "requires = [\"cyc1\"]")),
         ],
@@ -261,10 +366,20 @@ fn bad_service_files_are_reported_and_the_rest_start() {
     );
     ns.wait_for("good: good up", 20);
     let dir = ns.services.display().to_string();
-    ns.wait_for(&format!("{dir}/unknownkey.toml:3: unknown field `colour`"), 5);
-    ns.wait_for(&format!("{dir}/missingbin.toml:2: program /no/such/program is missing"), 5);
+    ns.wait_for(
+        &format!("{dir}/unknownkey.toml:3: unknown field `colour`"),
+        5,
+    );
+    ns.wait_for(
+        &format!("{dir}/missingbin.toml:2: program /no/such/program is missing"),
+        5,
+    );
     ns.wait_for(&format!("{dir}/badtoml.toml:"), 5);
     let cyc = ns.wait_for("dependency cycle: cyc1 -> cyc2 -> cyc1", 5);
-    assert!(cyc.text.contains(&format!("{dir}/cyc1.toml:")), "{}", cyc.text);
+    assert!(
+        cyc.text.contains(&format!("{dir}/cyc1.toml:")),
+        "{}",
+        cyc.text
+    );
     ns.wait_for("all services ready (1 services)", 10);
 }

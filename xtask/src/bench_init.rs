@@ -20,14 +20,21 @@ pub fn crash_probe(file: &Path) -> ! {
     let start = monotonic_ns();
     use std::io::Write;
     let end = monotonic_ns();
-    if let Ok(mut f) = std::fs::OpenOptions::new().append(true).create(true).open(file) {
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(file)
+    {
         let _ = writeln!(f, "{start} {end}");
     }
     std::process::exit(1)
 }
 
 fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes into `ts`.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -69,7 +76,10 @@ impl Peer<'_> {
                     ""
                 };
                 for i in 0..n {
-                    std::fs::write(dir.join("services").join(format!("svc{i:03}.toml")), format!("argv = {argv:?}\n{restart}"))?;
+                    std::fs::write(
+                        dir.join("services").join(format!("svc{i:03}.toml")),
+                        format!("argv = {argv:?}\n{restart}"),
+                    )?;
                 }
             }
             Peer::Systemd => {
@@ -77,7 +87,11 @@ impl Peer<'_> {
                 let wants = units.join("bench.target.wants");
                 std::fs::create_dir_all(&wants)?;
                 std::fs::write(units.join("bench.target"), "[Unit]\nDescription=bench\n")?;
-                let restart = if always { "Restart=always\nRestartSec=0\n" } else { "" };
+                let restart = if always {
+                    "Restart=always\nRestartSec=0\n"
+                } else {
+                    ""
+                };
                 for i in 0..n {
                     let name = format!("svc{i:03}.service");
                     std::fs::write(
@@ -136,10 +150,24 @@ fn measure(peer: Peer, xtask: &Path) -> Result<Figures> {
     // 2. Restart latency.
     let dir = scratch(&format!("bench-{tag}-restart"))?;
     let probe_log = dir.join("probe.log");
-    peer.write(&dir, 1, &[xtask.display().to_string(), "__crash-probe".into(), probe_log.display().to_string()], true)?;
+    peer.write(
+        &dir,
+        1,
+        &[
+            xtask.display().to_string(),
+            "__crash-probe".into(),
+            probe_log.display().to_string(),
+        ],
+        true,
+    )?;
     let ns = peer.start(&dir)?;
     let end = Instant::now() + Duration::from_secs(60);
-    while std::fs::read_to_string(&probe_log).map(|t| t.lines().count()).unwrap_or(0) < 201 && Instant::now() < end {
+    while std::fs::read_to_string(&probe_log)
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+        < 201
+        && Instant::now() < end
+    {
         std::thread::sleep(Duration::from_millis(50));
     }
     peer.stop(ns)?;
@@ -151,12 +179,20 @@ fn measure(peer: Peer, xtask: &Path) -> Result<Figures> {
             Some((w.next()??, w.next()??))
         })
         .collect();
-    let mut lat: Vec<f64> = rows.windows(2).map(|w| (w[1].0.saturating_sub(w[0].1)) as f64 / 1e6).collect();
+    let mut lat: Vec<f64> = rows
+        .windows(2)
+        .map(|w| (w[1].0.saturating_sub(w[0].1)) as f64 / 1e6)
+        .collect();
     if lat.len() < 20 {
         bail!("{tag}: only {} restarts measured", lat.len());
     }
     lat.sort_by(f64::total_cmp);
-    let restart_ms = (percentile(&lat, 0.5), percentile(&lat, 0.9), percentile(&lat, 0.99), lat.len());
+    let restart_ms = (
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.9),
+        percentile(&lat, 0.99),
+        lat.len(),
+    );
 
     // 3. 200 services: exec of the namespace -> 200 service processes running.
     let mut start200_ms = Vec::new();
@@ -170,7 +206,11 @@ fn measure(peer: Peer, xtask: &Path) -> Result<Figures> {
         peer.stop(ns)?;
     }
     start200_ms.sort_by(f64::total_cmp);
-    Ok(Figures { rss_mib: rss, restart_ms, start200_ms })
+    Ok(Figures {
+        rss_mib: rss,
+        restart_ms,
+        start200_ms,
+    })
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -188,7 +228,11 @@ pub fn run(_rest: &[String]) -> Result<()> {
     println!("==> building fluxnode-init (static release, as in the appliance)");
     let init = build_init(true)?;
     let size = std::fs::metadata(&init)?.len();
-    println!("binary: {} ({:.2} MiB)", init.display(), size as f64 / 1048576.0);
+    println!(
+        "binary: {} ({:.2} MiB)",
+        init.display(),
+        size as f64 / 1048576.0
+    );
     let xtask = std::env::current_exe()?;
     let mut peers = vec![Peer::Fluxnode(&init)];
     if Path::new(SYSTEMD).exists() {
@@ -198,11 +242,20 @@ pub fn run(_rest: &[String]) -> Result<()> {
     }
     let mut rows = Vec::new();
     for p in &peers {
-        println!("==> measuring {} as PID 1 of a fresh PID namespace", p.name());
-        rows.push((p.name(), measure(*p, &xtask).with_context(|| format!("measuring {}", p.name()))?));
+        println!(
+            "==> measuring {} as PID 1 of a fresh PID namespace",
+            p.name()
+        );
+        rows.push((
+            p.name(),
+            measure(*p, &xtask).with_context(|| format!("measuring {}", p.name()))?,
+        ));
     }
     println!();
-    println!("{:<14} {:>10} {:>26} {:>22}", "PID 1", "RSS 20svc", "restart median/p90/p99", "200 services (median)");
+    println!(
+        "{:<14} {:>10} {:>26} {:>22}",
+        "PID 1", "RSS 20svc", "restart median/p90/p99", "200 services (median)"
+    );
     for (name, f) in &rows {
         println!(
             "{:<14} {:>7.2} MiB {:>9.2}/{:.2}/{:.2} ms (n={}) {:>10.0} ms ({})",
@@ -213,7 +266,11 @@ pub fn run(_rest: &[String]) -> Result<()> {
             f.restart_ms.2,
             f.restart_ms.3,
             percentile(&f.start200_ms, 0.5),
-            f.start200_ms.iter().map(|t| format!("{t:.0}")).collect::<Vec<_>>().join(", ")
+            f.start200_ms
+                .iter()
+                .map(|t| format!("{t:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     if let [(_, ours), (_, sd)] = rows.as_slice() {

@@ -40,7 +40,10 @@ pub fn run() -> Result<()> {
     for (name, text) in &services {
         std::fs::write(dir.join("services").join(format!("{name}.toml")), text)?;
     }
-    println!("==> starting init as PID 1 of a new PID + mount namespace with {} services:", services.len());
+    println!(
+        "==> starting init as PID 1 of a new PID + mount namespace with {} services:",
+        services.len()
+    );
     println!("    database (notify: ready after 1.5 s), api (requires database), migrate (oneshot after database),");
     println!("    flaky (crashes every run: restarted with growing backoff)");
     let mut ns = NsInit::start(&init, &dir, true)?;
@@ -50,9 +53,14 @@ pub fn run() -> Result<()> {
     if t_api < t_ready {
         bail!("api started before database was ready");
     }
-    ns.wait_for("all services ready", Duration::from_secs(10)).or_else(|_| ns.wait_for("startup finished", Duration::from_secs(1)))?;
-    ns.wait_for("(failure 3)", Duration::from_secs(15)).context("flaky should have crashed three times")?;
-    println!("==> readiness: api started {:.2} s after database, only once it sent READY=1", t_api.duration_since(t_db).as_secs_f64());
+    ns.wait_for("all services ready", Duration::from_secs(10))
+        .or_else(|_| ns.wait_for("startup finished", Duration::from_secs(1)))?;
+    ns.wait_for("(failure 3)", Duration::from_secs(15))
+        .context("flaky should have crashed three times")?;
+    println!(
+        "==> readiness: api started {:.2} s after database, only once it sent READY=1",
+        t_api.duration_since(t_db).as_secs_f64()
+    );
     println!("==> `fluxnode-init ctl status` over the control socket:");
     let status = std::process::Command::new(&init)
         .args(["ctl", "--socket"])
@@ -64,7 +72,10 @@ pub fn run() -> Result<()> {
         println!("    {l}");
     }
     if !status.status.success() {
-        bail!("ctl status failed: {}", String::from_utf8_lossy(&status.stderr));
+        bail!(
+            "ctl status failed: {}",
+            String::from_utf8_lossy(&status.stderr)
+        );
     }
     println!("==> SIGTERM to init: ordered shutdown (reverse dependency order)");
     ns.signal(libc::SIGTERM)?;
@@ -77,6 +88,8 @@ pub fn run() -> Result<()> {
     if code != 0 {
         bail!("init exited with {code}");
     }
-    println!("==> init stopped api before database, killed what was left, and exited 0: demo passed");
+    println!(
+        "==> init stopped api before database, killed what was left, and exited 0: demo passed"
+    );
     Ok(())
 }

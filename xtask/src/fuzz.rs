@@ -43,7 +43,11 @@ pub fn run(args: Args) -> Result<()> {
             .current_dir(crate_dir)
             .output()
             .with_context(|| format!("listing fuzz targets in {}", fuzz_dir.display()))?;
-        for target in String::from_utf8_lossy(&list.stdout).lines().map(str::trim).filter(|t| !t.is_empty()) {
+        for target in String::from_utf8_lossy(&list.stdout)
+            .lines()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+        {
             if args.filter.as_deref().is_some_and(|f| !target.contains(f)) {
                 continue;
             }
@@ -68,8 +72,14 @@ pub fn run(args: Args) -> Result<()> {
         bail!("no fuzz target found");
     }
     if !failed.is_empty() {
-        bail!("fuzz targets found crashes (see the artifacts/ folders): {}", failed.join(", "));
+        bail!(
+            "fuzz targets found crashes (see the artifacts/ folders): {}",
+            failed.join(", ")
+        );
     }
-    println!("==> {ran} fuzz targets ran {} s each without a crash", args.seconds);
+    println!(
+        "==> {ran} fuzz targets ran {} s each without a crash",
+        args.seconds
+    );
     Ok(())
 }

@@ -27,16 +27,30 @@ impl NsInit {
         let run = dir.join("run");
         std::fs::create_dir_all(&run)?;
         let mut cmd = Command::new(init);
-        cmd.arg("--services").arg(dir.join("services")).arg("--run-dir").arg(&run).arg("--config").arg(dir.join("init.toml"));
+        cmd.arg("--services")
+            .arg(dir.join("services"))
+            .arg("--run-dir")
+            .arg(&run)
+            .arg("--config")
+            .arg(dir.join("init.toml"));
         Self::start_cmd(&cmd, run, echo)
     }
 
     /// Starts any program as PID 1 of a fresh namespace (e.g. systemd, for comparison).
     pub fn start_cmd(inner: &Command, run: PathBuf, echo: bool) -> Result<Self> {
         let mut child = Command::new("unshare")
-            .args(["--pid", "--fork", "--mount", "--mount-proc", "--uts", "--kill-child"])
+            .args([
+                "--pid",
+                "--fork",
+                "--mount",
+                "--mount-proc",
+                "--uts",
+                "--kill-child",
+            ])
             .arg("env")
-            .args(inner.get_envs().filter_map(|(k, v)| v.map(|v| format!("{}={}", k.to_string_lossy(), v.to_string_lossy()))))
+            .args(inner.get_envs().filter_map(|(k, v)| {
+                v.map(|v| format!("{}={}", k.to_string_lossy(), v.to_string_lossy()))
+            }))
             .arg(inner.get_program())
             .args(inner.get_args())
             .stdin(Stdio::null())
@@ -57,7 +71,13 @@ impl NsInit {
                 }
             });
         }
-        Ok(NsInit { child, rx, lines: Vec::new(), run, echo })
+        Ok(NsInit {
+            child,
+            rx,
+            lines: Vec::new(),
+            run,
+            echo,
+        })
     }
 
     /// Waits for a line containing `pat`.
@@ -67,7 +87,10 @@ impl NsInit {
         }
         let end = Instant::now() + timeout;
         loop {
-            match self.rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
+            match self
+                .rx
+                .recv_timeout(end.saturating_duration_since(Instant::now()))
+            {
                 Ok((t, l)) => {
                     if self.echo {
                         println!("  | {l}");
@@ -78,7 +101,9 @@ impl NsInit {
                         return Ok(t);
                     }
                 }
-                Err(RecvTimeoutError::Timeout) => bail!("init did not print {pat:?} within {timeout:?}"),
+                Err(RecvTimeoutError::Timeout) => {
+                    bail!("init did not print {pat:?} within {timeout:?}")
+                }
                 Err(RecvTimeoutError::Disconnected) => bail!("init ended before printing {pat:?}"),
             }
         }
@@ -100,7 +125,9 @@ impl NsInit {
 
     /// How many direct children init has now.
     pub fn children(&self, pid: i32) -> usize {
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).map(|c| c.split_whitespace().count()).unwrap_or(0)
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .map(|c| c.split_whitespace().count())
+            .unwrap_or(0)
     }
 
     /// Waits until init has `n` children; when that was reached.
@@ -112,7 +139,10 @@ impl NsInit {
                 return Ok(Instant::now());
             }
             if Instant::now() > end {
-                bail!("init had {} of {n} children after {timeout:?}", self.children(pid));
+                bail!(
+                    "init had {} of {n} children after {timeout:?}",
+                    self.children(pid)
+                );
             }
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -168,7 +198,8 @@ pub fn build_init(static_link: bool) -> Result<PathBuf> {
     let mut c = crate::util::cargo();
     c.args(["build", "--release", "--quiet", "-p", "fluxnode-init"]);
     let dir = if static_link {
-        c.args(["--target", "x86_64-unknown-linux-gnu"]).env("RUSTFLAGS", "-C target-feature=+crt-static");
+        c.args(["--target", "x86_64-unknown-linux-gnu"])
+            .env("RUSTFLAGS", "-C target-feature=+crt-static");
         "target/x86_64-unknown-linux-gnu/release"
     } else {
         "target/release"

@@ -30,10 +30,14 @@ struct Tally {
 
 impl Tally {
     fn add_line(&mut self, line: &str) {
-        let Some(rest) = line.trim().strip_prefix("test result: ") else { return };
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
         for part in rest.split(';') {
             let mut words = part.split_whitespace().rev();
-            let (Some(what), Some(n)) = (words.next(), words.next()) else { continue };
+            let (Some(what), Some(n)) = (words.next(), words.next()) else {
+                continue;
+            };
             let Ok(n) = n.parse::<u64>() else { continue };
             match what {
                 "passed" => self.passed += n,
@@ -95,8 +99,17 @@ mod tests {
     fn tally_sums_libtest_lines() {
         let mut t = Tally::default();
         t.add_line("test result: ok. 5 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.00s");
-        t.add_line("test result: FAILED. 2 passed; 3 failed; 0 ignored; 0 measured; 0 filtered out");
+        t.add_line(
+            "test result: FAILED. 2 passed; 3 failed; 0 ignored; 0 measured; 0 filtered out",
+        );
         t.add_line("running 7 tests");
-        assert_eq!(t, Tally { passed: 7, failed: 3, ignored: 1 });
+        assert_eq!(
+            t,
+            Tally {
+                passed: 7,
+                failed: 3,
+                ignored: 1
+            }
+        );
     }
 }

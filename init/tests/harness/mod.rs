@@ -15,7 +15,11 @@ pub const INIT: &str = env!("CARGO_BIN_EXE_fluxnode-init");
 pub fn cannot_run() -> Option<String> {
     let uid = std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string()));
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string())
+        });
     if uid.as_deref() != Some("0") {
         return Some("not root: PID namespaces and mounts need root".into());
     }
@@ -56,7 +60,8 @@ pub struct Ns {
 pub fn scratch(name: &str) -> PathBuf {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("ns-{name}-{}-{n}", std::process::id()));
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("ns-{name}-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("services")).unwrap();
     std::fs::create_dir_all(dir.join("run")).unwrap();
@@ -90,18 +95,34 @@ impl Ns {
             .spawn()
             .expect("spawning unshare");
         let lines = Arc::new(Mutex::new(Vec::new()));
-        for pipe in [child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>), child.stderr.take().map(|p| Box::new(p) as _)]
-            .into_iter()
-            .flatten()
+        for pipe in [
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+            child.stderr.take().map(|p| Box::new(p) as _),
+        ]
+        .into_iter()
+        .flatten()
         {
             let lines = lines.clone();
             std::thread::spawn(move || {
                 for l in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    lines.lock().unwrap().push(Line { at: Instant::now(), text: l });
+                    lines.lock().unwrap().push(Line {
+                        at: Instant::now(),
+                        text: l,
+                    });
                 }
             });
         }
-        Ns { services: dir.join("services"), run: dir.join("run"), dir, child, lines, t0: Instant::now() }
+        Ns {
+            services: dir.join("services"),
+            run: dir.join("run"),
+            dir,
+            child,
+            lines,
+            t0: Instant::now(),
+        }
     }
 
     pub fn lines(&self) -> Vec<Line> {
@@ -109,7 +130,16 @@ impl Ns {
     }
 
     pub fn log(&self) -> String {
-        self.lines().iter().map(|l| format!("{:>6} ms  {}\n", l.at.duration_since(self.t0).as_millis(), l.text)).collect()
+        self.lines()
+            .iter()
+            .map(|l| {
+                format!(
+                    "{:>6} ms  {}\n",
+                    l.at.duration_since(self.t0).as_millis(),
+                    l.text
+                )
+            })
+            .collect()
     }
 
     /// Waits until a line contains `pat`; panics with the log after `secs`.
@@ -120,7 +150,10 @@ impl Ns {
                 return l;
             }
             if Instant::now() > end {
-                panic!("no line with {pat:?} within {secs} s; init printed:\n{}", self.log());
+                panic!(
+                    "no line with {pat:?} within {secs} s; init printed:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -128,7 +161,10 @@ impl Ns {
 
     /// Every line containing `pat`.
     pub fn all(&self, pat: &str) -> Vec<Line> {
-        self.lines().into_iter().filter(|l| l.text.contains(pat)).collect()
+        self.lines()
+            .into_iter()
+            .filter(|l| l.text.contains(pat))
+            .collect()
     }
 
     /// The host pid of init (the child of `unshare`).
@@ -160,7 +196,14 @@ impl Ns {
             .args(args)
             .output()
             .unwrap();
-        (out.status.code().unwrap_or(-1), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+        (
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
     }
 
     /// Waits for init (through unshare) to exit; its exit code.
@@ -173,7 +216,10 @@ impl Ns {
                 return st.code().unwrap_or(-1);
             }
             if Instant::now() > end {
-                panic!("init did not exit within {secs} s; it printed:\n{}", self.log());
+                panic!(
+                    "init did not exit within {secs} s; it printed:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
