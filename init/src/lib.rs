@@ -94,7 +94,11 @@ fn parse_args(args: &[String]) -> Result<Option<(supervisor::Paths, bool)>, Stri
     let mut debug = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        let mut val = |flag: &str| it.next().map(PathBuf::from).ok_or_else(|| format!("{flag} needs a value"));
+        let mut val = |flag: &str| {
+            it.next()
+                .map(PathBuf::from)
+                .ok_or_else(|| format!("{flag} needs a value"))
+        };
         match a.as_str() {
             "--services" => paths.services_dir = Some(val(a)?),
             "--config" => paths.init_config = val(a)?,
@@ -132,7 +136,9 @@ pub fn stage2(mode: Mode, mut paths: supervisor::Paths, debug: bool) {
     tracing::info!("stage 2 starting ({mode:?} mode)");
     let mut sup = match supervisor::Supervisor::new(&paths, mode) {
         Ok(s) => s,
-        Err(e) if mode == Mode::Machine => sys::fatal_reboot(&format!("cannot start the supervisor: {e}")),
+        Err(e) if mode == Mode::Machine => {
+            sys::fatal_reboot(&format!("cannot start the supervisor: {e}"))
+        }
         Err(e) => {
             tracing::error!("cannot start the supervisor: {e}");
             std::process::exit(1);
