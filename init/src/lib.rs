@@ -126,6 +126,7 @@ pub fn stage2(mode: Mode, mut paths: supervisor::Paths, debug: bool) {
         paths.services_dir = Some(dir.into());
     }
     if mode == Mode::Machine {
+        log::set_console_nonblocking(true);
         // Ctrl-Alt-Del then arrives as SIGINT instead of an instant reboot.
         // SAFETY: reboot with a plain command.
         unsafe { libc::reboot(libc::RB_DISABLE_CAD) };
@@ -150,7 +151,10 @@ pub fn stage2(mode: Mode, mut paths: supervisor::Paths, debug: bool) {
     let kind = sup.run();
     sup.finish();
     match mode {
-        Mode::Machine => shutdown::final_step(kind),
+        Mode::Machine => {
+            log::set_console_nonblocking(false);
+            shutdown::final_step(kind)
+        }
         _ => {
             tracing::info!("{kind:?} requested outside PID 1 of a machine: exiting 0");
             std::process::exit(0);

@@ -30,12 +30,39 @@ pub fn toggle_debug() -> bool {
     !DEBUG.fetch_xor(true, Ordering::Relaxed)
 }
 
+static DROPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Makes console writes non-blocking (or blocking again). PID 1 must not
+/// stall behind a slow serial console because a service is chatty: when
+/// the console cannot take a line, the line is dropped from the console
+/// (it stays in the service's ring buffer) and counted.
+pub fn set_console_nonblocking(on: bool) {
+    // SAFETY: fcntl on fd 2, which the kernel opened for PID 1.
+    unsafe {
+        let flags = libc::fcntl(2, libc::F_GETFL);
+        if flags >= 0 {
+            let flags = if on { flags | libc::O_NONBLOCK } else { flags & !libc::O_NONBLOCK };
+            libc::fcntl(2, libc::F_SETFL, flags);
+        }
+    }
+    if !on {
+        let n = DROPPED.swap(0, Ordering::Relaxed);
+        if n > 0 {
+            write_line(&format!("{PREFIX}{n} console lines were dropped (console too slow)"));
+        }
+    }
+}
+
 /// Writes `line` (no newline) to stderr in one call.
 pub fn write_line(line: &str) {
     let mut buf = String::with_capacity(line.len() + 1);
     buf.push_str(line);
     buf.push('\n');
-    let _ = std::io::stderr().write_all(buf.as_bytes());
+    if let Err(e) = std::io::stderr().write_all(buf.as_bytes()) {
+        if e.kind() == std::io::ErrorKind::WouldBlock {
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 struct ConsoleLog;
