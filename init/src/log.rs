@@ -41,14 +41,20 @@ pub fn set_console_nonblocking(on: bool) {
     unsafe {
         let flags = libc::fcntl(2, libc::F_GETFL);
         if flags >= 0 {
-            let flags = if on { flags | libc::O_NONBLOCK } else { flags & !libc::O_NONBLOCK };
+            let flags = if on {
+                flags | libc::O_NONBLOCK
+            } else {
+                flags & !libc::O_NONBLOCK
+            };
             libc::fcntl(2, libc::F_SETFL, flags);
         }
     }
     if !on {
         let n = DROPPED.swap(0, Ordering::Relaxed);
         if n > 0 {
-            write_line(&format!("{PREFIX}{n} console lines were dropped (console too slow)"));
+            write_line(&format!(
+                "{PREFIX}{n} console lines were dropped (console too slow)"
+            ));
         }
     }
 }
