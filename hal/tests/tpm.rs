@@ -1,0 +1,365 @@
+//! The TPM against a real swtpm (with an EK certificate from swtpm's local
+//! CA), checked by independent tools: openssl for the certificate chain,
+//! tpm2-tools for quotes (`tpm2_checkquote`) and credentials
+//! (`tpm2_makecredential`).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fluxnode_hal::inventory::{self, ProbeOptions, Roots};
+use fluxnode_hal::tpm::credential::CredentialBlob;
+use fluxnode_hal::tpm::pcr::PcrSelection;
+use fluxnode_hal::tpm::{keys, AkBlob, Tpm};
+
+/// A swtpm with its own state and its own local CA, killed on drop.
+struct Swtpm {
+    dir: tempfile::TempDir,
+    child: Child,
+    tcti: String,
+}
+
+fn free_port_pair() -> u16 {
+    for _ in 0..50 {
+        let a = TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = a.local_addr().unwrap().port();
+        if p < 65535 && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no free pair of TCP ports");
+}
+
+impl Swtpm {
+    /// Manufactures a TPM (EK + EK certificate + platform certificate) and
+    /// starts it. `None` (after saying why) when swtpm is not available.
+    fn start() -> Option<Self> {
+        for (prog, pkg) in [
+            ("swtpm", "swtpm"),
+            ("swtpm_setup", "swtpm-tools"),
+            ("tpm2_checkquote", "tpm2-tools"),
+            ("openssl", "openssl"),
+        ] {
+            if !common::ensure_tool(prog, pkg) {
+                return None;
+            }
+        }
+        let dir = common::scratch();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("ca")).unwrap();
+        std::fs::create_dir_all(d.join("state")).unwrap();
+        let ca = d.join("ca");
+        std::fs::write(
+            d.join("localca.conf"),
+            format!(
+                "statedir = {0}\nsigningkey = {0}/signkey.pem\nissuercert = {0}/issuercert.pem\ncertserial = {0}/certserial\n",
+                ca.display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("localca.options"),
+            "--platform-manufacturer fluxnode\n--platform-version 2.1\n--platform-model test\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("setup.conf"),
+            format!(
+                "create_certs_tool = /usr/bin/swtpm_localca\ncreate_certs_tool_config = {0}/localca.conf\ncreate_certs_tool_options = {0}/localca.options\nactive_pcr_banks = sha256\n",
+                d.display()
+            ),
+        )
+        .unwrap();
+        let out = Command::new("swtpm_setup")
+            .args([
+                "--tpm2",
+                "--create-ek-cert",
+                "--create-platform-cert",
+                "--overwrite",
+                "--tpmstate",
+            ])
+            .arg(d.join("state"))
+            .arg("--config")
+            .arg(d.join("setup.conf"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "swtpm_setup failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = free_port_pair();
+        let child = Command::new("swtpm")
+            .args([
+                "socket",
+                "--tpm2",
+                "--server",
+                &format!("type=tcp,port={port}"),
+                "--ctrl",
+                &format!("type=tcp,port={}", port + 1),
+            ])
+            .args(["--flags", "not-need-init,startup-clear", "--tpmstate"])
+            .arg(format!("dir={}", d.join("state").display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "swtpm did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(Swtpm {
+            dir,
+            child,
+            tcti: format!("swtpm:host=127.0.0.1,port={port}"),
+        })
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn tpm(&self) -> Tpm {
+        Tpm::open(&self.tcti).unwrap()
+    }
+}
+
+impl Drop for Swtpm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run_ok(cmd: &mut Command) -> (bool, String) {
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn ek_certificate_parses_and_chains_to_the_swtpm_local_ca() {
+    let Some(sw) = Swtpm::start() else { return };
+    let der = sw
+        .tpm()
+        .ek_certificate()
+        .unwrap()
+        .expect("swtpm_setup --create-ek-cert wrote one");
+    let summary = keys::describe_certificate(&der).unwrap();
+    assert!(summary.issuer.contains("swtpm-localca"), "{summary:?}");
+    let ek = sw.path("ek.der");
+    std::fs::write(&ek, &der).unwrap();
+    let pem = sw.path("ek.pem");
+    assert!(
+        run_ok(
+            Command::new("openssl")
+                .args(["x509", "-inform", "der", "-in"])
+                .arg(&ek)
+                .arg("-out")
+                .arg(&pem)
+        )
+        .0
+    );
+    let verify = |root: &Path| {
+        run_ok(
+            Command::new("openssl")
+                .arg("verify")
+                .arg("-CAfile")
+                .arg(root)
+                .arg("-untrusted")
+                .arg(sw.path("ca/issuercert.pem"))
+                .arg(&pem),
+        )
+    };
+    let (ok, text) = verify(&sw.path("ca/swtpm-localca-rootca-cert.pem"));
+    assert!(ok, "EK certificate does not chain to the local CA: {text}");
+    // And it does not chain to an unrelated root (the check can fail).
+    let other = sw.path("other-root.pem");
+    let (ok, _) = run_ok(
+        Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=not-the-ca",
+                "-days",
+                "1",
+                "-keyout",
+            ])
+            .arg(sw.path("other.key"))
+            .arg("-out")
+            .arg(&other),
+    );
+    assert!(ok);
+    assert!(
+        !verify(&other).0,
+        "EK certificate chained to an unrelated root"
+    );
+}
+
+#[test]
+fn ak_is_a_restricted_signing_key_and_reloads_from_its_blob() {
+    let Some(sw) = Swtpm::start() else { return };
+    let blob_path = sw.path("ak.json");
+    let name = {
+        let mut t = sw.tpm();
+        let blob = t.create_ak().unwrap();
+        blob.save(&blob_path).unwrap();
+        let info = t.ak_info(&blob).unwrap();
+        let a = info.attributes;
+        assert!(
+            a.restricted
+                && a.sign
+                && a.fixed_tpm
+                && a.fixed_parent
+                && a.sensitive_data_origin
+                && !a.decrypt,
+            "{a:?}"
+        );
+        assert!(a.is_attestation_key());
+        info.name
+    };
+    // "Reboot": a new context, the blob from disk, the same key.
+    let again = sw
+        .tpm()
+        .ak_info(&AkBlob::load(&blob_path).unwrap())
+        .unwrap();
+    assert_eq!(again.name, name);
+    // Repeated loads must not leak transient handles (swtpm has 3 slots).
+    let mut t = sw.tpm();
+    let blob = AkBlob::load(&blob_path).unwrap();
+    for _ in 0..5 {
+        t.ak_info(&blob).unwrap();
+    }
+}
+
+#[test]
+fn quote_is_accepted_by_tpm2_checkquote_and_rejected_with_a_wrong_nonce() {
+    let Some(sw) = Swtpm::start() else { return };
+    let mut t = sw.tpm();
+    let blob = t.create_ak().unwrap();
+    let info = t.ak_info(&blob).unwrap();
+    std::fs::write(sw.path("ak.pem"), &info.pem).unwrap();
+    // Make the PCRs non-trivial first (tpm2-tools talks to the same swtpm).
+    let port = sw.tcti.rsplit('=').next().unwrap();
+    let (ok, text) = run_ok(Command::new("tpm2_pcrextend").args([
+        "-T",
+        &format!("swtpm:port={port}"),
+        &format!("16:sha256={}", "ab".repeat(32)),
+    ]));
+    assert!(ok, "tpm2_pcrextend: {text}");
+    let nonce = b"fluxnode-test-nonce-0123456789";
+    let sel: PcrSelection = "sha256:0,7,16".parse().unwrap();
+    let q = t.quote(&blob, &sel, nonce).unwrap();
+    assert_eq!(q.extra_data, nonce);
+    assert_eq!(q.pcrs.len(), 3);
+    assert_ne!(q.pcrs[2].value, vec![0u8; 32], "PCR 16 was extended");
+    for (name, bytes) in [
+        ("quote.msg", &q.attest),
+        ("quote.sig", &q.signature),
+        ("quote.pcrs", &q.pcr_values),
+    ] {
+        std::fs::write(sw.path(name), bytes).unwrap();
+    }
+    let check = |nonce_hex: &str, pcrs: &str| {
+        run_ok(
+            Command::new("tpm2_checkquote")
+                .arg("-u")
+                .arg(sw.path("ak.pem"))
+                .arg("-m")
+                .arg(sw.path("quote.msg"))
+                .arg("-s")
+                .arg(sw.path("quote.sig"))
+                .arg("-f")
+                .arg(sw.path(pcrs))
+                .args(["-l", &q.selection, "-g", "sha256", "-q", nonce_hex]),
+        )
+    };
+    let (ok, text) = check(&hex::encode(nonce), "quote.pcrs");
+    assert!(ok, "tpm2_checkquote rejected our quote: {text}");
+    let mut wrong = nonce.to_vec();
+    wrong[0] ^= 1;
+    assert!(
+        !check(&hex::encode(&wrong), "quote.pcrs").0,
+        "tpm2_checkquote accepted a wrong nonce"
+    );
+    let mut bad_pcrs = q.pcr_values.clone();
+    bad_pcrs[0] ^= 1;
+    std::fs::write(sw.path("bad.pcrs"), &bad_pcrs).unwrap();
+    assert!(
+        !check(&hex::encode(nonce), "bad.pcrs").0,
+        "tpm2_checkquote accepted tampered PCR values"
+    );
+}
+
+#[test]
+fn activate_credential_round_trips_a_tpm2_makecredential_blob() {
+    let Some(sw) = Swtpm::start() else { return };
+    let mut t = sw.tpm();
+    let blob = t.create_ak().unwrap();
+    let info = t.ak_info(&blob).unwrap();
+    let (_, ek_tpm2b) = t.ek_public().unwrap();
+    std::fs::write(sw.path("ek.pub"), ek_tpm2b).unwrap();
+    let secret: Vec<u8> = (0..32u8).map(|i| i.wrapping_mul(37) ^ 0x5a).collect();
+    std::fs::write(sw.path("secret.bin"), &secret).unwrap();
+    let make = |name_hex: &str, out: &str| {
+        run_ok(
+            Command::new("tpm2_makecredential")
+                .args(["-T", "none", "-u"])
+                .arg(sw.path("ek.pub"))
+                .arg("-s")
+                .arg(sw.path("secret.bin"))
+                .args(["-n", name_hex, "-o"])
+                .arg(sw.path(out)),
+        )
+    };
+    let (ok, text) = make(&info.name, "cred.out");
+    assert!(ok, "tpm2_makecredential: {text}");
+    let cred =
+        CredentialBlob::from_tpm2_tools(&std::fs::read(sw.path("cred.out")).unwrap()).unwrap();
+    assert_eq!(t.activate_credential(&blob, &cred).unwrap(), secret);
+    // A credential bound to another key's name must not open with this AK.
+    let mut other = hex::decode(&info.name).unwrap();
+    let last = other.len() - 1;
+    other[last] ^= 1;
+    assert!(make(&hex::encode(other), "other.out").0);
+    let cred =
+        CredentialBlob::from_tpm2_tools(&std::fs::read(sw.path("other.out")).unwrap()).unwrap();
+    let err = t.activate_credential(&blob, &cred).unwrap_err().to_string();
+    assert!(err.contains("ActivateCredential"), "{err}");
+}
+
+#[test]
+fn probe_reports_the_swtpm() {
+    let Some(sw) = Swtpm::start() else { return };
+    let empty = tempfile::tempdir().unwrap();
+    let inv = inventory::probe(&ProbeOptions {
+        roots: Roots::under(empty.path()),
+        tcti: Some(sw.tcti.clone()),
+        skip_gpu: true,
+    });
+    assert!(inv.tpm.present);
+    assert_eq!(inv.tpm.version.as_deref(), Some("2.0"));
+    assert_eq!(inv.tpm.manufacturer.as_deref(), Some("IBM"));
+    assert_eq!(inv.tpm.vendor.as_deref(), Some("SWTPM"));
+    assert!(
+        inv.tpm.firmware.is_some() && inv.tpm.error.is_none(),
+        "{:?}",
+        inv.tpm
+    );
+}
