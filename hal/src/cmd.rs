@@ -137,6 +137,9 @@ struct BenchArgs {
     /// Memory: MiB of the swept buffer.
     #[arg(long, default_value_t = 512)]
     mem_mib: u64,
+    /// Memory: refuse when read passes vary by more than this CV, percent.
+    #[arg(long, default_value_t = 20.0)]
+    mem_max_cv: f64,
     /// GPU: matrix order.
     #[arg(long, default_value_t = 8192)]
     gpu_n: u64,
@@ -294,6 +297,7 @@ fn bench(a: BenchArgs) -> Result<ExitCode> {
     if a.mem || none {
         let mut p = bench::mem::MemParams::default_with(seed);
         p.bytes = a.mem_mib << 20;
+        p.max_cv_pct = a.mem_max_cv;
         let r = bench::mem::run(&p).context("memory benchmark")?;
         save_chunks(chunks, "memory", r.chunks.as_ref())?;
         report.memory = Some(r);

@@ -3,7 +3,7 @@
 //!
 //! The bus is told by the kernel name (`nvme*`, `vd*`, `mmcblk*`) and, for
 //! SCSI-style `sd*` names, by the sysfs device path (`/ata` → SATA, `/usb` →
-//! USB, `virtio` → virtio-scsi).
+//! USB, `virtio` → virtio-scsi) or the SCSI vendor libata reports ("ATA").
 
 use std::path::Path;
 
@@ -145,13 +145,13 @@ fn bus_of(name: &str, dir: &Path) -> Bus {
         let real = std::fs::canonicalize(dir)
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let hint = read_trimmed(&dir.join("device/bus")).unwrap_or_default();
-        let text = format!("{real} {hint}");
-        return if text.contains("/usb") || hint == "usb" {
+        // libata reports its disks with SCSI vendor "ATA".
+        let vendor = read_trimmed(&dir.join("device/vendor")).unwrap_or_default();
+        return if real.contains("/usb") {
             Bus::Usb
-        } else if text.contains("/ata") || hint == "ata" {
+        } else if real.contains("/ata") || vendor == "ATA" {
             Bus::Sata
-        } else if text.contains("virtio") {
+        } else if real.contains("virtio") {
             Bus::VirtioScsi
         } else {
             Bus::Scsi
