@@ -155,11 +155,18 @@ impl Net {
 
     /// dnsmasq on the server side: lease 2 min (its minimum), T1 5 s, T2 8 s.
     fn dnsmasq(&self) -> Proc {
-        self.dnsmasq_with((10, 50), &[], "dnsmasq.log")
+        self.dnsmasq_with((10, 50), (5, 8), &[], "dnsmasq.log")
     }
 
-    /// dnsmasq handing out 10.213.N.lo-hi, with `extra` arguments, logging to `log`.
-    fn dnsmasq_with(&self, (lo, hi): (u8, u8), extra: &[&str], log: &str) -> Proc {
+    /// dnsmasq handing out 10.213.N.lo-hi with renewal/rebinding times
+    /// `t1`/`t2` (s), `extra` arguments, logging to `log`.
+    fn dnsmasq_with(
+        &self,
+        (lo, hi): (u8, u8),
+        (t1, t2): (u32, u32),
+        extra: &[&str],
+        log: &str,
+    ) -> Proc {
         let s = self.subnet;
         let log = self.path(log);
         let child = Command::new("ip")
@@ -179,8 +186,8 @@ impl Net {
             ))
             .arg(format!("--dhcp-option=3,10.213.{s}.1"))
             .arg(format!("--dhcp-option=6,10.213.{s}.53"))
-            .arg("--dhcp-option=58,5")
-            .arg("--dhcp-option=59,8")
+            .arg(format!("--dhcp-option=58,{t1}"))
+            .arg(format!("--dhcp-option=59,{t2}"))
             .arg(format!(
                 "--dhcp-leasefile={}",
                 self.path("leases").display()
@@ -575,7 +582,12 @@ fn nak_on_renewal_drops_the_address_and_rediscovers() {
     let _ = std::fs::remove_file(net.path("leases"));
     // Authoritative, with a range that no longer holds the old address: the
     // renewal at T1 (5 s) gets "address not available".
-    let _second = net.dnsmasq_with((100, 150), &["--dhcp-authoritative"], "dnsmasq2.log");
+    let _second = net.dnsmasq_with(
+        (100, 150),
+        (5, 8),
+        &["--dhcp-authoritative"],
+        "dnsmasq2.log",
+    );
     wait_for(
         Duration::from_secs(25),
         "a new address from the second range",
@@ -603,6 +615,70 @@ fn nak_on_renewal_drops_the_address_and_rediscovers() {
             .any(|m| m.contains("gone; discovering again")),
         "{:?}",
         notify.seen
+    );
+    let st = sigterm_and_wait(&mut netd, Duration::from_secs(10));
+    assert_eq!(st.code(), Some(0), "{st:?}");
+}
+
+/// The server goes silent after the lease: the renewal at T1 (unicast)
+/// goes unanswered, and at T2 netd rebinds by broadcast with ciaddr set;
+/// a server that knows the lease (same lease file) acknowledges it, and the
+/// address never changes nor disappears.
+#[test]
+fn rebinding_at_t2_when_the_server_is_silent() {
+    if !can_run("rebinding_at_t2_when_the_server_is_silent", true) {
+        return;
+    }
+    let net = Net::new();
+    let sniffer = Sniffer::start(&net.server, &net.server_if);
+    let mut notify = Notify::bind(&net.path("notify"));
+    let first = net.dnsmasq_with((10, 50), (4, 14), &[], "dnsmasq.log");
+    let mut netd = net.netd(
+        &format!("fluxnode.net.iface={}", net.client_if),
+        &net.path("notify"),
+    );
+    assert!(
+        notify.until("READY=1", Duration::from_secs(20)),
+        "no READY=1: {:?}",
+        notify.seen
+    );
+    let leased = leased_address(&net.client_addrs()).unwrap();
+    drop(first);
+    let request_to = |dst: Ipv4Addr| {
+        let msgs = sniffer.messages();
+        msgs.iter().any(|(d, m)| {
+            *d == dst && m.ciaddr == leased && m.message_type() == Some(MessageType::Request)
+        })
+    };
+    wait_for(
+        Duration::from_secs(10),
+        "the unanswered unicast renewal at T1",
+        || request_to(net.gw()),
+    );
+    // The same lease file: the new server knows the lease.
+    let _second = net.dnsmasq_with((10, 50), (4, 14), &[], "dnsmasq2.log");
+    assert!(!request_to(Ipv4Addr::BROADCAST), "rebinding before T2");
+    wait_for(
+        Duration::from_secs(15),
+        "the broadcast rebinding REQUEST at T2",
+        || request_to(Ipv4Addr::BROADCAST),
+    );
+    wait_for(
+        Duration::from_secs(5),
+        "the new server to ACK the rebinding",
+        || {
+            read(&net.path("dnsmasq2.log"))
+                .contains(&format!("DHCPACK({}) {leased}", net.server_if))
+        },
+    );
+    let log = read(&net.path("dnsmasq2.log"));
+    assert!(
+        !log.contains("DHCPDISCOVER("),
+        "netd rediscovered instead of rebinding: {log}"
+    );
+    assert!(
+        net.client_addrs().contains(&format!("inet {leased}/24")),
+        "address changed or lost"
     );
     let st = sigterm_and_wait(&mut netd, Duration::from_secs(10));
     assert_eq!(st.code(), Some(0), "{st:?}");
