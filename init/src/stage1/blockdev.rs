@@ -25,10 +25,16 @@ impl BlockDev {
 /// Looks in `sys`/class/block for the partition whose PARTNAME is `name`.
 pub fn find_by_partname(sys: &Path, name: &str) -> Option<BlockDev> {
     let dir = sys.join("class/block");
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(&dir).ok()?.flatten().map(|e| e.path()).collect();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     entries.sort();
     for e in entries {
-        let Ok(uevent) = std::fs::read_to_string(e.join("uevent")) else { continue };
+        let Ok(uevent) = std::fs::read_to_string(e.join("uevent")) else {
+            continue;
+        };
         let mut devname = None;
         let mut partname = None;
         for line in uevent.lines() {
@@ -40,9 +46,20 @@ pub fn find_by_partname(sys: &Path, name: &str) -> Option<BlockDev> {
         }
         if partname.as_deref() == Some(name) {
             let devname = devname?;
-            let majmin = std::fs::read_to_string(e.join("dev")).ok()?.trim().to_string();
-            let sectors = std::fs::read_to_string(e.join("size")).ok()?.trim().parse().ok()?;
-            return Some(BlockDev { devname, majmin, sectors });
+            let majmin = std::fs::read_to_string(e.join("dev"))
+                .ok()?
+                .trim()
+                .to_string();
+            let sectors = std::fs::read_to_string(e.join("size"))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()?;
+            return Some(BlockDev {
+                devname,
+                majmin,
+                sectors,
+            });
         }
     }
     None
@@ -82,7 +99,11 @@ mod tests {
     #[test]
     fn finds_partition_in_fake_sysfs() {
         let d = tempfile::tempdir().unwrap();
-        for (dev, part, mm) in [("vda", None, "254:0"), ("vda1", Some("esp"), "254:1"), ("vda2", Some("root_a"), "254:2")] {
+        for (dev, part, mm) in [
+            ("vda", None, "254:0"),
+            ("vda1", Some("esp"), "254:1"),
+            ("vda2", Some("root_a"), "254:2"),
+        ] {
             let p = d.path().join("class/block").join(dev);
             std::fs::create_dir_all(&p).unwrap();
             let mut u = format!("MAJOR=254\nDEVNAME={dev}\nDEVTYPE=partition\n");
@@ -94,7 +115,14 @@ mod tests {
             std::fs::write(p.join("size"), "2048\n").unwrap();
         }
         let b = find_by_partname(d.path(), "root_a").unwrap();
-        assert_eq!(b, BlockDev { devname: "vda2".into(), majmin: "254:2".into(), sectors: 2048 });
+        assert_eq!(
+            b,
+            BlockDev {
+                devname: "vda2".into(),
+                majmin: "254:2".into(),
+                sectors: 2048
+            }
+        );
         assert!(find_by_partname(d.path(), "root_b").is_none());
         assert!(wait_for_partname(d.path(), "nope", Duration::from_millis(30)).is_none());
     }

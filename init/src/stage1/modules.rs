@@ -52,7 +52,9 @@ pub fn kernel_release() -> String {
         return String::new();
     }
     // SAFETY: the kernel NUL-terminates release.
-    unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }.to_string_lossy().into_owned()
+    unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// Module name → (path relative to the modules dir, dependency names).
@@ -67,10 +69,18 @@ fn name_of(path: &str) -> String {
 pub fn parse_dep(text: &str) -> DepMap {
     let mut m = DepMap::new();
     for line in text.lines() {
-        let Some((path, deps)) = line.split_once(':') else { continue };
+        let Some((path, deps)) = line.split_once(':') else {
+            continue;
+        };
         let path = path.trim();
         if !path.is_empty() {
-            m.insert(name_of(path), (path.to_string(), deps.split_whitespace().map(name_of).collect()));
+            m.insert(
+                name_of(path),
+                (
+                    path.to_string(),
+                    deps.split_whitespace().map(name_of).collect(),
+                ),
+            );
         }
     }
     m
@@ -79,23 +89,111 @@ pub fn parse_dep(text: &str) -> DepMap {
 /// Reads the list file (one module name per line, `#` comments) and loads
 /// its modules from `root`/lib/modules/`uname -r`.
 pub fn load_list(root: &Path, list: &Path) -> Result<LoadReport, ModuleError> {
-    let text = std::fs::read_to_string(list).map_err(|source| ModuleError::Read { path: list.into(), source })?;
-    let names: Vec<String> =
-        text.lines().map(|l| l.split('#').next().unwrap_or("").trim()).filter(|l| !l.is_empty()).map(String::from).collect();
-    load_modules(&names, root)
+    let names = read_list(list)?;
+    Loader::new(root)?.load(&names)
+}
+
+/// Reads a module list file (one name per line, `#` comments).
+pub fn read_list(list: &Path) -> Result<Vec<String>, ModuleError> {
+    let text = std::fs::read_to_string(list).map_err(|source| ModuleError::Read {
+        path: list.into(),
+        source,
+    })?;
+    Ok(text
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect())
 }
 
 /// Loads `names` and their dependencies from `root`/lib/modules/`uname -r`.
 pub fn load_modules(names: &[String], root: &Path) -> Result<LoadReport, ModuleError> {
-    let dir = root.join("lib/modules").join(kernel_release());
-    let dep_path = dir.join("modules.dep");
-    let text = std::fs::read_to_string(&dep_path).map_err(|source| ModuleError::Read { path: dep_path, source })?;
-    let deps = parse_dep(&text);
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 8);
-    run_parallel(names, &deps, workers, &|name| {
-        let (rel, _) = deps.get(name).ok_or_else(|| "not in modules.dep".to_string())?;
-        finit(&dir.join(rel))
-    })
+    Loader::new(root)?.load(names)
+}
+
+/// Modules already in the kernel, from /proc/modules.
+pub fn loaded_now() -> BTreeSet<String> {
+    std::fs::read_to_string("/proc/modules")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(String::from))
+        .collect()
+}
+
+/// A module loader that remembers what is loaded: the kernel checks a
+/// module's signature before it notices the module is already there, so
+/// asking again is not free.
+#[derive(Debug)]
+pub struct Loader {
+    dir: PathBuf,
+    deps: DepMap,
+    loaded: BTreeSet<String>,
+}
+
+impl Loader {
+    /// Reads `root`/lib/modules/`uname -r`/modules.dep and /proc/modules.
+    pub fn new(root: &Path) -> Result<Loader, ModuleError> {
+        let dir = root.join("lib/modules").join(kernel_release());
+        let dep_path = dir.join("modules.dep");
+        let text = std::fs::read_to_string(&dep_path).map_err(|source| ModuleError::Read {
+            path: dep_path,
+            source,
+        })?;
+        Ok(Loader {
+            dir,
+            deps: parse_dep(&text),
+            loaded: loaded_now(),
+        })
+    }
+
+    /// The modules directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// True when `name` is loaded (by us or before).
+    pub fn is_loaded(&self, name: &str) -> bool {
+        self.loaded.contains(&name.replace('-', "_"))
+    }
+
+    /// Treats `name` as loaded from now on (a failed driver is not retried).
+    pub fn mark_loaded(&mut self, name: &str) {
+        self.loaded.insert(name.replace('-', "_"));
+    }
+
+    /// Loads `names` and their dependencies, skipping what is loaded.
+    pub fn load(&mut self, names: &[String]) -> Result<LoadReport, ModuleError> {
+        let workers = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .clamp(1, 8);
+        let mut deps = self.deps.clone();
+        // Loaded modules become leaves that need no loading.
+        for l in &self.loaded {
+            if let Some(e) = deps.get_mut(l) {
+                e.1.clear();
+            }
+        }
+        let already = self.loaded.clone();
+        let dir = self.dir.clone();
+        let table = self.deps.clone();
+        let r = run_parallel(names, &deps, workers, &|name| {
+            if already.contains(name) {
+                return Ok(());
+            }
+            let (rel, _) = table
+                .get(name)
+                .ok_or_else(|| "not in modules.dep".to_string())?;
+            finit(&dir.join(rel))
+        })?;
+        for (n, _) in &r.loaded {
+            self.loaded.insert(n.clone());
+        }
+        let mut r = r;
+        r.loaded.retain(|(n, _)| !already.contains(n));
+        Ok(r)
+    }
 }
 
 /// Loads one module file; an already loaded module counts as success.
@@ -104,7 +202,12 @@ pub fn finit(path: &Path) -> Result<(), String> {
     let params = CString::default();
     // SAFETY: a valid fd and a NUL-terminated empty parameter string.
     let r = unsafe {
-        libc::syscall(libc::SYS_finit_module, std::os::fd::AsRawFd::as_raw_fd(&f), params.as_ptr(), 0)
+        libc::syscall(
+            libc::SYS_finit_module,
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            params.as_ptr(),
+            0,
+        )
     };
     if r == 0 {
         return Ok(());
@@ -135,11 +238,18 @@ pub fn run_parallel(
     // The closure, dependencies first.
     let mut order = Vec::new();
     let mut seen = BTreeSet::new();
-    fn visit(n: &str, deps: &DepMap, seen: &mut BTreeSet<String>, order: &mut Vec<String>) -> Result<(), ModuleError> {
+    fn visit(
+        n: &str,
+        deps: &DepMap,
+        seen: &mut BTreeSet<String>,
+        order: &mut Vec<String>,
+    ) -> Result<(), ModuleError> {
         if !seen.insert(n.to_string()) {
             return Ok(());
         }
-        let (_, ds) = deps.get(n).ok_or_else(|| ModuleError::Unknown(n.to_string()))?;
+        let (_, ds) = deps
+            .get(n)
+            .ok_or_else(|| ModuleError::Unknown(n.to_string()))?;
         for d in ds {
             visit(d, deps, seen, order)?;
         }
@@ -149,7 +259,12 @@ pub fn run_parallel(
     for n in names {
         visit(&n.replace('-', "_"), deps, &mut seen, &mut order)?;
     }
-    let state = Mutex::new(State { pending: order, done: BTreeSet::new(), failed: BTreeMap::new(), running: 0 });
+    let state = Mutex::new(State {
+        pending: order,
+        done: BTreeSet::new(),
+        failed: BTreeMap::new(),
+        running: 0,
+    });
     let cv = Condvar::new();
     let loaded = Mutex::new(Vec::new());
     std::thread::scope(|s| {
@@ -162,7 +277,9 @@ pub fn run_parallel(
                         let mut i = 0;
                         while i < st.pending.len() {
                             let n = st.pending[i].clone();
-                            let bad = deps.get(&n).and_then(|(_, ds)| ds.iter().find(|d| st.failed.contains_key(*d)).cloned());
+                            let bad = deps.get(&n).and_then(|(_, ds)| {
+                                ds.iter().find(|d| st.failed.contains_key(*d)).cloned()
+                            });
                             if let Some(d) = bad {
                                 st.pending.remove(i);
                                 st.failed.insert(n, format!("dependency {d} failed"));
@@ -171,7 +288,9 @@ pub fn run_parallel(
                             }
                         }
                         let ready = st.pending.iter().position(|n| {
-                            deps.get(n).map(|(_, ds)| ds.iter().all(|d| st.done.contains(d))).unwrap_or(true)
+                            deps.get(n)
+                                .map(|(_, ds)| ds.iter().all(|d| st.done.contains(d)))
+                                .unwrap_or(true)
                         });
                         if let Some(i) = ready {
                             st.running += 1;
@@ -248,12 +367,25 @@ mod tests {
     #[test]
     fn failed_dependency_fails_dependents_only() {
         let deps = parse_dep(DEP);
-        let r = run_parallel(&["e".into(), "c".into()], &deps, 2, &|n| if n == "f" { Err("boom".into()) } else { Ok(()) }).unwrap();
+        let r = run_parallel(&["e".into(), "c".into()], &deps, 2, &|n| {
+            if n == "f" {
+                Err("boom".into())
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap();
         assert_eq!(r.loaded.len(), 1);
         let failed: BTreeMap<_, _> = r.failed.into_iter().collect();
         assert_eq!(failed.get("f").map(String::as_str), Some("boom"));
-        assert_eq!(failed.get("e").map(String::as_str), Some("dependency f failed"));
-        assert!(matches!(run_parallel(&["zz".into()], &deps, 1, &|_| Ok(())), Err(ModuleError::Unknown(_))));
+        assert_eq!(
+            failed.get("e").map(String::as_str),
+            Some("dependency f failed")
+        );
+        assert!(matches!(
+            run_parallel(&["zz".into()], &deps, 1, &|_| Ok(())),
+            Err(ModuleError::Unknown(_))
+        ));
     }
 
     #[test]

@@ -52,12 +52,19 @@ pub struct VerityParams {
 impl VerityParams {
     /// The dm table line (without start and length).
     pub fn table(&self) -> Result<String, VerityError> {
-        let hex = |s: &str| !s.is_empty() && s.len() % 2 == 0 && s.bytes().all(|b| b.is_ascii_hexdigit());
+        let hex =
+            |s: &str| !s.is_empty() && s.len() % 2 == 0 && s.bytes().all(|b| b.is_ascii_hexdigit());
         if self.root_hash.len() != 64 || !hex(&self.root_hash) {
-            return Err(VerityError::Params(format!("root hash {:?} is not 64 hex digits", self.root_hash)));
+            return Err(VerityError::Params(format!(
+                "root hash {:?} is not 64 hex digits",
+                self.root_hash
+            )));
         }
         if self.salt != "-" && !hex(&self.salt) {
-            return Err(VerityError::Params(format!("salt {:?} is not hex", self.salt)));
+            return Err(VerityError::Params(format!(
+                "salt {:?} is not hex",
+                self.salt
+            )));
         }
         if self.data_blocks == 0 {
             return Err(VerityError::Params("zero data blocks".into()));
@@ -112,11 +119,21 @@ pub fn add_target(b: &mut [u8], sectors: u64, target: &str, params: &str) {
     b[p..p + params.len()].copy_from_slice(params.as_bytes());
 }
 
-fn ioctl(fd: i32, req: u64, buf: &mut [u8], op: &'static str, name: &str) -> Result<(), VerityError> {
+fn ioctl(
+    fd: i32,
+    req: u64,
+    buf: &mut [u8],
+    op: &'static str,
+    name: &str,
+) -> Result<(), VerityError> {
     // SAFETY: buf is a dm_ioctl buffer of data_size bytes that we own.
     let r = unsafe { libc::ioctl(fd, req as _, buf.as_mut_ptr()) };
     if r < 0 {
-        return Err(VerityError::Ioctl { op, name: name.into(), source: std::io::Error::last_os_error() });
+        return Err(VerityError::Ioctl {
+            op,
+            name: name.into(),
+            source: std::io::Error::last_os_error(),
+        });
     }
     Ok(())
 }
@@ -128,7 +145,10 @@ pub fn create(control: &Path, name: &str, p: &VerityParams) -> Result<(u32, u32)
         .read(true)
         .write(true)
         .open(control)
-        .map_err(|source| VerityError::Control { path: control.display().to_string(), source })?;
+        .map_err(|source| VerityError::Control {
+            path: control.display().to_string(),
+            source,
+        })?;
     let fd = std::os::fd::AsRawFd::as_raw_fd(&ctl);
     let mut b = header(name, 0, 0, 0);
     ioctl(fd, DM_DEV_CREATE, &mut b, "DM_DEV_CREATE", name)?;
@@ -140,7 +160,10 @@ pub fn create(control: &Path, name: &str, p: &VerityParams) -> Result<(u32, u32)
     ioctl(fd, DM_TABLE_LOAD, &mut b, "DM_TABLE_LOAD (verity)", name)?;
     let mut b = header(name, 0, 0, 0);
     ioctl(fd, DM_DEV_SUSPEND, &mut b, "DM_DEV_SUSPEND (resume)", name)?;
-    Ok((libc::major(dev as libc::dev_t), libc::minor(dev as libc::dev_t)))
+    Ok((
+        libc::major(dev as libc::dev_t),
+        libc::minor(dev as libc::dev_t),
+    ))
 }
 
 #[cfg(test)]
@@ -158,9 +181,20 @@ mod tests {
 
     #[test]
     fn table_and_buffer_layout() {
-        let p = VerityParams { dev: "254:2".into(), data_blocks: 100, root_hash: "ab".repeat(32), salt: "00ff".into() };
+        let p = VerityParams {
+            dev: "254:2".into(),
+            data_blocks: 100,
+            root_hash: "ab".repeat(32),
+            salt: "00ff".into(),
+        };
         let t = p.table().unwrap();
-        assert_eq!(t, format!("1 254:2 254:2 4096 4096 100 100 sha256 {} 00ff", "ab".repeat(32)));
+        assert_eq!(
+            t,
+            format!(
+                "1 254:2 254:2 4096 4096 100 100 sha256 {} 00ff",
+                "ab".repeat(32)
+            )
+        );
         let mut b = header("root", DM_READONLY_FLAG, 1, t.len() + 64);
         add_target(&mut b, 800, "verity", &t);
         assert_eq!(&b[48..52], b"root");
@@ -168,7 +202,17 @@ mod tests {
         assert_eq!(u64::from_ne_bytes(b[320..328].try_into().unwrap()), 800);
         assert_eq!(&b[352..352 + t.len()], t.as_bytes());
         assert_eq!(b[352 + t.len()], 0);
-        assert!(VerityParams { root_hash: "xyz".into(), ..p.clone() }.table().is_err());
-        assert!(VerityParams { salt: "0".into(), ..p }.table().is_err());
+        assert!(VerityParams {
+            root_hash: "xyz".into(),
+            ..p.clone()
+        }
+        .table()
+        .is_err());
+        assert!(VerityParams {
+            salt: "0".into(),
+            ..p
+        }
+        .table()
+        .is_err());
     }
 }

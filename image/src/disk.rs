@@ -1,0 +1,172 @@
+//! The GPT disk: `esp`, `root_a`, `root_b`, `data`, with Discoverable
+//! Partitions type GUIDs and fixed disk and partition GUIDs (so the table is
+//! reproducible), written by `sfdisk` into a sparse file.
+
+use std::fs::OpenOptions;
+use std::io::{Seek, SeekFrom, Write};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{io, ImageError, Result};
+use crate::spec::Sizes;
+use crate::tools;
+
+const MIB: u64 = 1024 * 1024;
+
+/// One partition of the layout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Part {
+    /// GPT partition name (what stage 1 looks for).
+    pub name: String,
+    /// Partition type GUID.
+    pub type_guid: String,
+    /// Partition GUID (fixed, derived from the name).
+    pub uuid: String,
+    /// Byte offset in the image.
+    pub offset: u64,
+    /// Byte size.
+    pub size: u64,
+}
+
+/// ESP type.
+pub const TYPE_ESP: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
+/// Root (x86-64) type.
+pub const TYPE_ROOT_X86_64: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
+/// /var type.
+pub const TYPE_VAR: &str = "4D21B016-B534-45C2-A9FB-5C16E091FD2D";
+
+/// A GUID derived from a label, stable across builds.
+pub fn fixed_guid(label: &str) -> String {
+    let h = Sha256::digest(format!("fluxnode-guid:{label}").as_bytes());
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&h[..16]);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let x = hex::encode_upper(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &x[0..8],
+        &x[8..12],
+        &x[12..16],
+        &x[16..20],
+        &x[20..32]
+    )
+}
+
+/// The partition layout for `sizes`, and the total image size.
+pub fn layout(sizes: &Sizes) -> (Vec<Part>, u64) {
+    let mut off = MIB;
+    let mut parts = Vec::new();
+    for (name, ty, mib) in [
+        ("esp", TYPE_ESP, sizes.esp_mib),
+        ("root_a", TYPE_ROOT_X86_64, sizes.root_mib),
+        ("root_b", TYPE_ROOT_X86_64, sizes.root_mib),
+        ("data", TYPE_VAR, sizes.data_mib),
+    ] {
+        parts.push(Part {
+            name: name.into(),
+            type_guid: ty.into(),
+            uuid: fixed_guid(name),
+            offset: off,
+            size: mib * MIB,
+        });
+        off += mib * MIB;
+    }
+    (parts, off + MIB)
+}
+
+/// The sfdisk script for `parts`.
+pub fn sfdisk_script(parts: &[Part]) -> String {
+    let mut s = format!(
+        "label: gpt\nlabel-id: {}\nunit: sectors\nfirst-lba: 2048\n",
+        fixed_guid("disk")
+    );
+    for p in parts {
+        s.push_str(&format!(
+            "start={}, size={}, type={}, uuid={}, name=\"{}\"\n",
+            p.offset / 512,
+            p.size / 512,
+            p.type_guid,
+            p.uuid,
+            p.name
+        ));
+    }
+    s
+}
+
+/// Creates the image at `out` with the partition table and the given contents.
+pub fn write(out: &Path, parts: &[Part], total: u64, contents: &[(&str, &Path)]) -> Result<()> {
+    {
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(out)
+            .map_err(io("creating", out))?;
+        f.set_len(total).map_err(io("sizing", out))?;
+    }
+    tools::run_with_input(
+        tools::cmd("sfdisk")?
+            .args(["--quiet", "--no-reread", "--no-tell-kernel"])
+            .arg(out),
+        Some(sfdisk_script(parts).as_bytes()),
+    )?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .open(out)
+        .map_err(io("opening", out))?;
+    for (name, src) in contents {
+        let p = parts
+            .iter()
+            .find(|p| p.name == *name)
+            .ok_or_else(|| ImageError::Format {
+                path: out.into(),
+                msg: format!("no partition named {name}"),
+            })?;
+        let data = std::fs::read(src).map_err(io("reading", *src))?;
+        if data.len() as u64 > p.size {
+            return Err(ImageError::TooBig {
+                what: format!("{} ({})", name, src.display()),
+                need_mib: data.len() as f64 / MIB as f64,
+                have_mib: p.size / MIB,
+                key: if name.starts_with("root") {
+                    "sizes.root_mib"
+                } else {
+                    "sizes.esp_mib"
+                },
+            });
+        }
+        // Only non-zero blocks are written: the image stays sparse.
+        for (i, block) in data.chunks(64 * 1024).enumerate() {
+            if block.iter().all(|&b| b == 0) {
+                continue;
+            }
+            f.seek(SeekFrom::Start(p.offset + (i as u64) * 64 * 1024))
+                .map_err(io("seeking", out))?;
+            f.write_all(block).map_err(io("writing", out))?;
+        }
+    }
+    f.sync_all().map_err(io("syncing", out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_is_aligned_and_fixed() {
+        let (parts, total) = layout(&Sizes {
+            esp_mib: 64,
+            root_mib: 128,
+            data_mib: 64,
+        });
+        assert_eq!(parts.len(), 4);
+        assert!(parts.iter().all(|p| p.offset % MIB == 0));
+        assert_eq!(total, (1 + 64 + 256 + 64 + 1) * MIB);
+        assert_eq!(fixed_guid("esp"), fixed_guid("esp"));
+        assert_ne!(fixed_guid("esp"), fixed_guid("data"));
+        assert!(sfdisk_script(&parts).contains("name=\"root_b\""));
+    }
+}

@@ -1,0 +1,200 @@
+//! The JSON manifest written next to the image: what was built, from what,
+//! with sizes, root hashes and sha256 of every payload, plus 4 MiB chunk
+//! hashes of the whole image (the flasher checks each chunk before writing).
+
+use std::io::Read;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{io, ImageError, Result};
+
+/// Chunk size of the image hashes.
+pub const CHUNK: u64 = 4 * 1024 * 1024;
+
+/// A file and its digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payload {
+    /// File name in the output directory.
+    pub file: String,
+    /// Bytes.
+    pub size: u64,
+    /// Hex sha256.
+    pub sha256: String,
+}
+
+/// The root filesystem of a slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootInfo {
+    /// The payload (erofs + verity tree).
+    pub payload: Payload,
+    /// dm-verity root hash (hex).
+    pub root_hash: String,
+    /// dm-verity salt (hex).
+    pub salt: String,
+    /// 4 KiB data blocks; the hash tree starts right after them.
+    pub data_blocks: u64,
+}
+
+/// One slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotInfo {
+    /// IMAGE_VERSION of this slot's UKI.
+    pub version: String,
+    /// The UKI's name in the ESP's EFI/Linux (with its boot counter, if any).
+    pub esp_name: String,
+    /// The UKI payload.
+    pub uki: Payload,
+    /// The root payload.
+    pub root: RootInfo,
+    /// The kernel command line baked into the UKI.
+    pub cmdline: String,
+}
+
+/// The kernel used.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelInfo {
+    /// Debian package.
+    pub package: String,
+    /// Package version.
+    pub package_version: String,
+    /// `uname -r`.
+    pub release: String,
+}
+
+/// The whole image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageInfo {
+    /// The disk image payload.
+    pub payload: Payload,
+    /// Chunk size of `chunks`.
+    pub chunk_size: u64,
+    /// Hex sha256 of each chunk (the last one may be short).
+    pub chunks: Vec<String>,
+}
+
+/// The manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Manifest format.
+    pub format: u32,
+    /// IMAGE_VERSION of slot a.
+    pub version: String,
+    /// SOURCE_DATE_EPOCH of the build.
+    pub source_date_epoch: u64,
+    /// The kernel.
+    pub kernel: KernelInfo,
+    /// The disk image.
+    pub image: ImageInfo,
+    /// GPT partitions.
+    pub partitions: Vec<crate::disk::Part>,
+    /// Populated slots, `a` first.
+    pub slots: Vec<(String, SlotInfo)>,
+    /// Modules stage 1 loads, in order.
+    pub initrd_modules: Vec<String>,
+    /// Modules loaded after switch_root.
+    pub late_modules: Vec<String>,
+    /// Size of the initramfs (gzip) in bytes.
+    pub initramfs_size: u64,
+}
+
+impl Manifest {
+    /// Reads a manifest file.
+    pub fn read(path: &Path) -> Result<Manifest> {
+        let text = std::fs::read_to_string(path).map_err(io("reading", path))?;
+        Manifest::parse(&text).map_err(|msg| ImageError::Format {
+            path: path.into(),
+            msg,
+        })
+    }
+
+    /// Parses manifest JSON.
+    pub fn parse(text: &str) -> std::result::Result<Manifest, String> {
+        let m: Manifest = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        if m.image.chunk_size == 0
+            || m.image.chunks.len() as u64 != m.image.payload.size.div_ceil(m.image.chunk_size)
+        {
+            return Err("chunk list does not match the image size".into());
+        }
+        Ok(m)
+    }
+}
+
+/// sha256 and size of a file.
+pub fn payload(path: &Path) -> Result<Payload> {
+    let (size, sha256, _) = hash_file(path, 0)?;
+    let file = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok(Payload { file, size, sha256 })
+}
+
+/// (size, sha256, chunk hashes when `chunk` > 0) of a file.
+pub fn hash_file(path: &Path, chunk: u64) -> Result<(u64, String, Vec<String>)> {
+    let mut f = std::fs::File::open(path).map_err(io("opening", path))?;
+    let mut whole = Sha256::new();
+    let mut part = Sha256::new();
+    let mut in_part = 0u64;
+    let mut chunks = Vec::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(io("reading", path))?;
+        if n == 0 {
+            break;
+        }
+        whole.update(&buf[..n]);
+        size += n as u64;
+        if chunk > 0 {
+            let mut rest = &buf[..n];
+            while !rest.is_empty() {
+                let take = rest.len().min((chunk - in_part) as usize);
+                part.update(&rest[..take]);
+                in_part += take as u64;
+                rest = &rest[take..];
+                if in_part == chunk {
+                    chunks.push(hex::encode(std::mem::take(&mut part).finalize()));
+                    in_part = 0;
+                }
+            }
+        }
+    }
+    if chunk > 0 && in_part > 0 {
+        chunks.push(hex::encode(part.finalize()));
+    }
+    Ok((size, hex::encode(whole.finalize()), chunks))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn chunks_cover_the_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        std::fs::write(&p, vec![7u8; 10]).unwrap();
+        let (size, sum, chunks) = hash_file(&p, 4).unwrap();
+        assert_eq!(size, 10);
+        assert_eq!(chunks.len(), 3);
+        assert_eq!(sum, hex::encode(Sha256::digest([7u8; 10])));
+        assert_eq!(chunks[2], hex::encode(Sha256::digest([7u8; 2])));
+    }
+
+    #[test]
+    fn nasty_manifests_are_rejected() {
+        for t in [
+            "",
+            "{}",
+            "[]",
+            "{\"format\":1}",
+            "null",
+            "{\"image\":{\"chunk_size\":0}}",
+        ] {
+            assert!(Manifest::parse(t).is_err(), "{t}");
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! `fluxnode-probe`: a test-only oneshot service baked into the TEST image.
+//! It prints in-guest facts as `PROBE key=value` lines on its stdout, which
+//! stage 2 forwards to the serial console as `probe: PROBE ...`, where the
+//! QEMU boot tests read them. There is no shell in the image; this is the
+//! tests' eyes inside it.
+
+use std::io::Write;
+use std::path::Path;
+
+fn say(k: &str, v: &str) {
+    let v = v.replace('\n', " ");
+    println!("PROBE {k}={v}");
+    let _ = std::io::stdout().flush();
+}
+
+fn read(p: &str) -> String {
+    std::fs::read_to_string(p)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|e| format!("<{e}>"))
+}
+
+/// (source, fstype, options) of the mount at `target`, from mountinfo.
+fn mount_of(target: &str) -> Option<(String, String, String)> {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mi.lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let f: Vec<&str> = pre.split_whitespace().collect();
+            let g: Vec<&str> = post.split_whitespace().collect();
+            (f.get(4) == Some(&target)).then(|| {
+                (
+                    g.get(1).unwrap_or(&"").to_string(),
+                    g.first().unwrap_or(&"").to_string(),
+                    f.get(5).unwrap_or(&"").to_string(),
+                )
+            })
+        })
+        .last()
+}
+
+fn efivar_usec(name: &str) -> String {
+    let p = format!("/sys/firmware/efi/efivars/{name}-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f");
+    match std::fs::read(&p) {
+        Ok(raw) if raw.len() > 4 => {
+            let units: Vec<u16> = raw[4..]
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .take_while(|&u| u != 0)
+                .collect();
+            String::from_utf16_lossy(&units)
+        }
+        _ => "-".into(),
+    }
+}
+
+fn main() {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    say(
+        "uptime",
+        &format!("{:.3}", ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9),
+    );
+    say("pid1_comm", &read("/proc/1/comm"));
+    say(
+        "pid1_exe",
+        &std::fs::read_link("/proc/1/exe")
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+    );
+    say("cmdline", &read("/proc/cmdline"));
+    if let Some((src, fs, opts)) = mount_of("/") {
+        let ro = opts.split(',').any(|o| o == "ro");
+        say(
+            "root",
+            &format!("{src} {fs} {}", if ro { "ro" } else { "rw" }),
+        );
+        let dm = src.trim_start_matches("/dev/");
+        say("root_dm_name", &read(&format!("/sys/block/{dm}/dm/name")));
+        let slaves: Vec<String> = std::fs::read_dir(format!("/sys/block/{dm}/slaves"))
+            .map(|r| {
+                r.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        say("root_slaves", &slaves.join(","));
+    }
+    let tables = std::fs::read_dir("/sys/block")
+        .map(|r| r.count())
+        .unwrap_or(0);
+    say("block_devices", &tables.to_string());
+    match std::fs::write("/probe-write-test", b"x") {
+        Ok(()) => say("root_write", "allowed"),
+        Err(e) => say(
+            "root_write",
+            &format!("refused {}", e.raw_os_error().unwrap_or(0)),
+        ),
+    }
+    if let Some((src, fs, opts)) = mount_of("/var") {
+        let rw = opts.split(',').any(|o| o == "rw");
+        let label = std::fs::read_dir("/sys/class/block")
+            .ok()
+            .and_then(|r| {
+                r.flatten().find_map(|e| {
+                    let u = std::fs::read_to_string(e.path().join("uevent")).ok()?;
+                    (u.contains(&format!("DEVNAME={}", src.trim_start_matches("/dev/")))).then(
+                        || {
+                            u.lines()
+                                .find_map(|l| l.strip_prefix("PARTNAME="))
+                                .unwrap_or("")
+                                .to_string()
+                        },
+                    )
+                })
+            })
+            .unwrap_or_default();
+        say(
+            "var",
+            &format!("{src} {fs} {} part={label}", if rw { "rw" } else { "ro" }),
+        );
+    } else {
+        say("var", "not-mounted");
+    }
+    // Persistence: count boots in a file on /var.
+    let dir = Path::new("/var/lib/fluxnode-probe");
+    let file = dir.join("boots");
+    let n: u64 = std::fs::read_to_string(&file)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+        + 1;
+    let res = std::fs::create_dir_all(dir).and_then(|_| {
+        let mut f = std::fs::File::create(&file)?;
+        f.write_all(format!("{n}\n").as_bytes())?;
+        f.sync_all()
+    });
+    match res {
+        Ok(()) => say("var_boots", &n.to_string()),
+        Err(e) => say("var_boots", &format!("error {e}")),
+    }
+    say("loader_time_init_usec", &efivar_usec("LoaderTimeInitUSec"));
+    say("loader_time_exec_usec", &efivar_usec("LoaderTimeExecUSec"));
+    say("loader_entry", &efivar_usec("LoaderEntrySelected"));
+    say("boot_count_path", &efivar_usec("LoaderBootCountPath"));
+    let route = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+    say(
+        "default_route",
+        if route
+            .lines()
+            .skip(1)
+            .any(|l| l.split_whitespace().nth(1) == Some("00000000"))
+        {
+            "yes"
+        } else {
+            "no"
+        },
+    );
+    say(
+        "input_devices",
+        &std::fs::read_dir("/dev/input")
+            .map(|r| r.count())
+            .unwrap_or(0)
+            .to_string(),
+    );
+    let hal = Path::new("/usr/bin/fluxnode-hal");
+    if hal.exists() {
+        match std::process::Command::new(hal)
+            .args(["probe", "--json"])
+            .output()
+        {
+            Ok(o) => {
+                let text = String::from_utf8_lossy(&o.stdout);
+                let one_line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+                say("hal_status", &o.status.to_string());
+                say("hal_json", &one_line);
+                if !o.status.success() {
+                    say(
+                        "hal_stderr",
+                        String::from_utf8_lossy(&o.stderr)
+                            .lines()
+                            .last()
+                            .unwrap_or(""),
+                    );
+                }
+            }
+            Err(e) => say("hal_status", &format!("could not run: {e}")),
+        }
+    } else {
+        say("hal_status", "absent");
+    }
+    say("done", "1");
+}

@@ -1,0 +1,160 @@
+//! Builds what the boot tests share, once per test process: the static
+//! appliance binaries (cargo, `+crt-static`, into
+//! target/x86_64-unknown-linux-gnu/release), hal (dynamic, into
+//! target/release, when it builds), and the test images under
+//! target/fluxnode-tests/. A plain `cargo test --workspace` on a fresh clone
+//! thus builds everything it boots.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+
+use fluxnode_image::{BuildOptions, Built, SlotB};
+
+/// SOURCE_DATE_EPOCH of the test images.
+pub const EPOCH: u64 = 1_700_000_000;
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    here.parent().map(Path::to_path_buf).unwrap_or(here)
+}
+
+/// The cargo target directory.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"))
+}
+
+/// Where the static binaries land.
+pub fn static_dir() -> PathBuf {
+    target_dir().join("x86_64-unknown-linux-gnu/release")
+}
+
+/// Where host (dynamic) release binaries land.
+pub fn host_release_dir() -> PathBuf {
+    target_dir().join("release")
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(workspace())
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTFLAGS");
+    c
+}
+
+/// The packages whose static binaries go into the image.
+pub const STATIC_PACKAGES: &[&str] = &["fluxnode-init", "fluxnode-netd", "fluxnode-tests"];
+
+/// Builds the static binaries (and hal, best effort). Once per process.
+pub fn binaries() -> Result<(), String> {
+    static DONE: OnceLock<Result<(), String>> = OnceLock::new();
+    DONE.get_or_init(|| {
+        if std::env::var_os("FLUXNODE_TESTS_PREBUILT").is_some() {
+            return Ok(());
+        }
+        let mut c = cargo();
+        c.args(["build", "--release", "--target", "x86_64-unknown-linux-gnu"])
+            .env("RUSTFLAGS", "-C target-feature=+crt-static");
+        for p in STATIC_PACKAGES {
+            c.args(["-p", p]);
+        }
+        eprintln!("fixture: building the static appliance binaries ({})", STATIC_PACKAGES.join(", "));
+        let st = c.status().map_err(|e| format!("running cargo: {e}"))?;
+        if !st.success() {
+            return Err(format!("building the static binaries failed ({st})"));
+        }
+        eprintln!("fixture: building fluxnode-hal (dynamic, links libtss2)");
+        match cargo().args(["build", "--release", "-p", "fluxnode-hal"]).status() {
+            Ok(s) if s.success() => {}
+            other => eprintln!("fixture: warning: fluxnode-hal did not build ({other:?}); the image goes without it"),
+        }
+        Ok(())
+    })
+    .clone()
+}
+
+/// Options for a test image named `name` under target/fluxnode-tests/images.
+pub fn options(name: &str, spec: &str) -> BuildOptions {
+    BuildOptions {
+        spec: workspace().join("image/spec").join(spec),
+        out: target_dir().join("fluxnode-tests/images").join(name),
+        bin_dirs: vec![static_dir(), host_release_dir()],
+        cache_dir: target_dir().join("fluxnode-image/cache"),
+        source_date_epoch: EPOCH,
+        kernel_deb: None,
+        slot_a_tries: None,
+        slot_b: None,
+        extra_cmdline: String::new(),
+    }
+}
+
+/// Builds an image with a progress line per step on stderr.
+pub fn build(opts: &BuildOptions) -> Result<Built, String> {
+    // Builds share the kernel cache: one at a time.
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _g = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let name = opts
+        .out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    fluxnode_image::build(opts, &mut |l| eprintln!("fixture: image {name}: {l}"))
+        .map_err(|e| format!("building image {name}: {e}"))
+}
+
+/// The "main" test image: slot a unblessed (`+3`), slot b newer but broken
+/// (`+3`, wrong root hash). One boot sequence of it shows the rollback
+/// (b fails three times), then a boot of a, its blessing, and every
+/// in-guest fact; a second boot of the same disk shows persistence.
+pub fn main_image() -> Result<Built, String> {
+    static IMG: OnceLock<Result<Built, String>> = OnceLock::new();
+    IMG.get_or_init(|| {
+        binaries()?;
+        let mut o = options("main", "test.toml");
+        o.slot_a_tries = Some(3);
+        o.slot_b = Some(SlotB {
+            version: "0.2.0".into(),
+            tries: Some(3),
+            corrupt_root_hash: true,
+        });
+        build(&o)
+    })
+    .clone()
+}
+
+/// The "plain" test image: slot a only, blessed.
+pub fn plain_image() -> Result<Built, String> {
+    static IMG: OnceLock<Result<Built, String>> = OnceLock::new();
+    IMG.get_or_init(|| {
+        binaries()?;
+        build(&options("plain", "test.toml"))
+    })
+    .clone()
+}
+
+/// A fresh copy of `image` in `dir` (boots write to their disk).
+pub fn copy_disk(image: &Path, dir: &Path) -> Result<PathBuf, String> {
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let dst = dir.join("disk.img");
+    // cp --sparse keeps the 400 MiB image's holes.
+    let st = Command::new("cp")
+        .args(["--sparse=always", "--reflink=auto"])
+        .arg(image)
+        .arg(&dst)
+        .status()
+        .map_err(|e| format!("cp: {e}"))?;
+    if !st.success() {
+        return Err(format!("copying {} failed", image.display()));
+    }
+    Ok(dst)
+}
+
+/// A run directory for one boot under target/fluxnode-tests/runs (emptied).
+pub fn run_dir(name: &str) -> PathBuf {
+    let d = target_dir().join("fluxnode-tests/runs").join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}

@@ -1,0 +1,12 @@
+//! # fluxnode-tests
+//!
+//! The QEMU harness of the boot tests: it builds the static appliance
+//! binaries and the test images on demand ([`fixture`]), and boots them
+//! under QEMU (TCG, q35, OVMF, swtpm, user networking) with the serial
+//! console captured to a file ([`qemu`]). The boot tests themselves are in
+//! `tests/boot.rs`, one test binary, so that all tests share the images and
+//! independent boots run in parallel.
+#![deny(missing_docs)]
+
+pub mod fixture;
+pub mod qemu;
