@@ -18,6 +18,7 @@ use fluxnode_hal::seed::Seed;
 /// One sysbench run: (events per second, events per CPU-second). The CPU
 /// time is the child's own (wait4's rusage), so time stolen by other work on
 /// the machine does not count against it.
+#[allow(clippy::zombie_processes)] // reaped by wait4 below, which also gives its rusage
 fn sysbench(threads: usize, secs: u64) -> (f64, f64) {
     use std::io::Read;
     let mut child = Command::new("sysbench")
@@ -162,7 +163,7 @@ fn disk_write_agrees_with_dd() {
     // the build just wrote) and is not counted.
     for r in 0..10u8 {
         let seed = Seed([r; 32]);
-        let mut one = || {
+        let one = || {
             let s =
                 disk::write_once(&path, &seed, disk::DiskData::Sparse, 64 * 1024, count).unwrap();
             let _ = std::fs::remove_file(&path);

@@ -93,6 +93,7 @@ pub struct CpuResult {
 /// The trial-division loop of one event over `3+shift .. max_prime+shift`.
 /// Returns (primes found, sum of the divisors where each test stopped).
 #[inline(never)]
+#[allow(clippy::manual_is_multiple_of)] // `%` exactly as sysbench's C: is_multiple_of adds a branch
 pub fn event(max_prime: u64, shift: u64) -> (u64, u64) {
     let (mut n, mut stops) = (0u64, 0u64);
     let mut c = 3 + shift;
@@ -128,8 +129,11 @@ pub fn chunk_output(seed: &Seed, max_prime: u64, index: u64) -> Vec<u8> {
     out
 }
 
+/// A finished event: index, output, seconds since start.
+type Done = (u64, Vec<u8>, f64);
+
 struct Run {
-    outputs: Vec<(u64, Vec<u8>, f64)>,
+    outputs: Vec<Done>,
     elapsed: f64,
     cpu_s: f64,
 }
@@ -151,7 +155,7 @@ fn run_for(p: &CpuParams, duration: Duration) -> Run {
     let next = AtomicU64::new(0);
     let start = Instant::now();
     let deadline = start + duration;
-    let per_thread: Vec<(Vec<(u64, Vec<u8>, f64)>, f64)> = std::thread::scope(|s| {
+    let per_thread: Vec<(Vec<Done>, f64)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..p.threads)
             .map(|_| {
                 s.spawn(|| {

@@ -81,7 +81,7 @@ fn fold(words: &[u64]) -> u64 {
 
 /// The committed output of chunk `index` of `chunk_bytes` bytes.
 pub fn chunk_output(seed: &Seed, chunk_bytes: u64, index: u64) -> Result<Vec<u8>> {
-    if chunk_bytes == 0 || chunk_bytes % 8 != 0 || chunk_bytes > 64 << 20 {
+    if chunk_bytes == 0 || !chunk_bytes.is_multiple_of(8) || chunk_bytes > 64 << 20 {
         return Err(Error::Invalid(format!(
             "memory chunk size {chunk_bytes} out of range"
         )));
@@ -114,7 +114,7 @@ fn write_pass(buf: &mut [u64], v: u64) {
 
 /// Runs the benchmark.
 pub fn run(p: &MemParams) -> Result<MemResult> {
-    if p.bytes == 0 || p.bytes % CHUNK_BYTES != 0 || p.passes == 0 {
+    if p.bytes == 0 || !p.bytes.is_multiple_of(CHUNK_BYTES) || p.passes == 0 {
         return Err(Error::Invalid(format!(
             "memory: buffer {} bytes must be a positive multiple of 1 MiB, passes > 0",
             p.bytes
