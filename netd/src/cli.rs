@@ -39,7 +39,7 @@ OPTIONS:
     --resolv-conf PATH  resolver file to write        [/run/fluxnode/resolv.conf]
     --print-config      print the effective configuration and exit
     --json              with --print-config: as JSON
-    -v, --verbose       debug logging
+    -v, --verbose       debug logging (also RUST_LOG=debug)
     -h, --help          this text
     -V, --version       the version
 

@@ -14,7 +14,10 @@ fn run() -> anyhow::Result<()> {
             println!("{}", cli::render_config(&cfg, json));
         }
         Command::Run { paths, verbose } => {
-            fluxnode_netd::log::init(verbose);
+            // `-v`, or RUST_LOG=debug/trace as other services take it.
+            let env_debug =
+                std::env::var("RUST_LOG").is_ok_and(|v| v.contains("debug") || v.contains("trace"));
+            fluxnode_netd::log::init(verbose || env_debug);
             let notify = fluxnode_netd::notify::Notifier::from_env()
                 .context("reading the sd_notify environment")?;
             fluxnode_netd::run(&paths, &notify)?;
