@@ -17,6 +17,13 @@ use crate::error::{Error, Result};
 use crate::merkle::{self, Hash, Tree};
 use crate::seed::Seed;
 
+/// Largest `max_prime` a verifier recomputes (one event at 10^6 is ~0.3 s).
+pub const MAX_PRIME_LIMIT: u64 = 1_000_000;
+/// Largest GPU matrix order a verifier recomputes a band of.
+pub const GPU_N_LIMIT: u64 = 16_384;
+/// Most rows per GPU chunk a verifier recomputes.
+pub const GPU_ROWS_LIMIT: u64 = 256;
+
 /// Which work a commitment covers, with the parameters needed to redo a chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "workload", rename_all = "lowercase")]
@@ -60,8 +67,17 @@ impl Workload {
     }
 
     /// Recomputes the output of chunk `index` from the seed alone.
+    ///
+    /// The parameters come from the node: they are bounded here so that a
+    /// hostile opening cannot make the verifier work for hours.
     pub fn recompute(&self, seed: &Seed, index: u64) -> Result<Vec<u8>> {
         match *self {
+            Workload::Cpu { max_prime } if !(4..=MAX_PRIME_LIMIT).contains(&max_prime) => {
+                Err(Error::Rejected(format!("cpu max_prime {max_prime} outside 4..={MAX_PRIME_LIMIT}")))
+            }
+            Workload::Gpu { n, rows } if n > GPU_N_LIMIT || rows > GPU_ROWS_LIMIT => {
+                Err(Error::Rejected(format!("gpu chunk of {rows} rows of order {n} is over the limits ({GPU_ROWS_LIMIT}, {GPU_N_LIMIT})")))
+            }
             Workload::Cpu { max_prime } => {
                 Ok(crate::bench::cpu::chunk_output(seed, max_prime, index))
             }
@@ -273,4 +289,39 @@ pub fn check(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nasty_openings_are_errors_not_panics() {
+        let seed = "00".repeat(32);
+        let root = "11".repeat(32);
+        for t in [
+            String::new(),
+            "{}".into(),
+            "[]".into(),
+            format!(
+                r#"{{"commitment":{{"workload":"cpu","max_prime":99999999999,"seed":"{seed}","chunks":1,"root":"{root}"}},"openings":[{{"index":0,"output":"","path":[]}}]}}"#
+            ),
+            format!(
+                r#"{{"commitment":{{"workload":"gpu","n":1000000,"rows":1000000,"seed":"{seed}","chunks":1,"root":"{root}"}},"openings":[{{"index":0,"output":"","path":[]}}]}}"#
+            ),
+            format!(
+                r#"{{"commitment":{{"workload":"memory","chunk_bytes":18446744073709551615,"seed":"{seed}","chunks":1,"root":"{root}"}},"openings":[{{"index":0,"output":"","path":[]}}]}}"#
+            ),
+            format!(
+                r#"{{"commitment":{{"workload":"disk","block_bytes":0,"seed":"{seed}","chunks":0,"root":"{root}"}},"openings":[{{"index":5,"output":"zz","path":["00"]}}]}}"#
+            ),
+            format!(
+                r#"{{"commitment":{{"workload":"cpu","max_prime":100,"seed":"{seed}","chunks":1,"root":"{root}"}},"openings":[{{"index":0,"output":"00","path":["00"]}}]}}"#
+            ),
+        ] {
+            if let Ok(o) = Openings::from_json(t.as_bytes()) {
+                assert!(check(&o, None, None).is_err(), "{t} accepted");
+            }
+        }
+    }
 }

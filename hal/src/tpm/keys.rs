@@ -295,3 +295,21 @@ pub fn describe_certificate(der: &[u8]) -> Result<CertSummary> {
         not_after: cert.validity().not_after.to_string(),
     })
 }
+
+#[cfg(test)]
+mod cert_tests {
+    use super::*;
+
+    #[test]
+    fn junk_certificates_are_errors() {
+        for junk in [
+            &[][..],
+            &[0x30],
+            &[0x30, 0x82, 0xff, 0xff],
+            &[0u8; 64],
+            b"-----BEGIN CERTIFICATE-----",
+        ] {
+            assert!(describe_certificate(junk).is_err());
+        }
+    }
+}
