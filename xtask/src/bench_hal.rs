@@ -1,7 +1,251 @@
-//! `cargo xtask bench hal`.
+//! `cargo xtask bench hal [--quick] [--dir DIR]`: the hardware layer against
+//! the reference tools, side by side on this machine in one run:
+//!
+//! - CPU: `sysbench cpu --cpu-max-prime=60000 --time=T --threads=N` events
+//!   per second vs ours (same T, N);
+//! - disk write: `dd if=/dev/zero bs=64k count=16k conv=fdatasync`, three
+//!   runs, lowest dropped, mean of two vs ours (same rule, same directory);
+//! - 4 KiB random-write IOPS: `fio --rw=randwrite --bs=4k --direct=1
+//!   --ioengine=psync --iodepth=1 --size=256M --runtime=5 --time_based` vs ours;
+//! - the wall time of a full `fluxnode-hal bench --cpu --mem --disk DIR`.
+//!
+//! Each comparison prints both figures and ours/theirs. The release binary
+//! is measured (the appliance's build).
 
-use anyhow::{bail, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
 
-pub fn run(_rest: &[String]) -> Result<()> {
-    bail!("bench hal is not wired yet")
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::util;
+
+struct Opts {
+    quick: bool,
+    dir: PathBuf,
+}
+
+fn parse(rest: &[String]) -> Result<Opts> {
+    let mut o = Opts {
+        quick: false,
+        dir: util::root().join("target/bench-hal"),
+    };
+    let mut it = rest.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--quick" => o.quick = true,
+            "--dir" => o.dir = PathBuf::from(it.next().context("--dir needs a directory")?),
+            other => bail!("bench hal: unknown argument {other:?} (use --quick, --dir DIR)"),
+        }
+    }
+    Ok(o)
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let shown = format!("{cmd:?}");
+    let out = cmd.output().with_context(|| format!("starting {shown}"))?;
+    if !out.status.success() {
+        bail!(
+            "{shown} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    ))
+}
+
+fn hal(bin: &Path, args: &[&str]) -> Result<Value> {
+    let text = output(Command::new(bin).args(args))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("fluxnode-hal {args:?} printed no JSON: {text}"))
+}
+
+fn num(v: &Value, path: &[&str]) -> Result<f64> {
+    let mut cur = v;
+    for p in path {
+        cur = &cur[*p];
+    }
+    cur.as_f64()
+        .with_context(|| format!("no number at {path:?} in {v}"))
+}
+
+fn line(what: &str, ours: f64, theirs: f64, unit: &str, tool: &str) {
+    println!(
+        "{what:<28} ours {ours:>10.2} {unit:<6} {tool:<9} {theirs:>10.2} {unit:<6} ratio {:.3}",
+        ours / theirs
+    );
+}
+
+pub fn run(rest: &[String]) -> Result<()> {
+    let o = parse(rest)?;
+    crate::deps::ensure(&["sysbench", "fio", "coreutils"])?;
+    util::run(util::cargo().args(["build", "--release", "-p", "fluxnode-hal"]))?;
+    let bin = util::root().join("target/release/fluxnode-hal");
+    std::fs::create_dir_all(&o.dir).with_context(|| format!("creating {}", o.dir.display()))?;
+    let dir = o.dir.to_string_lossy().to_string();
+    let threads = std::thread::available_parallelism()
+        .map(usize::from)
+        .unwrap_or(1);
+    let cpu_time = if o.quick { 5 } else { 20 };
+    println!("machine: {threads} threads; directory {dir}; cpu runs {cpu_time} s each");
+
+    // CPU: ours then sysbench, same duration and threads.
+    let ours = hal(
+        &bin,
+        &[
+            "bench",
+            "--cpu",
+            "--single-time",
+            "0",
+            "--cpu-max-cv",
+            "100",
+            "--json",
+            "--cpu-time",
+            &cpu_time.to_string(),
+        ],
+    )?;
+    let sb = output(Command::new("sysbench").args([
+        "cpu",
+        "--cpu-max-prime=60000",
+        &format!("--threads={threads}"),
+        &format!("--time={cpu_time}"),
+        "run",
+    ]))?;
+    let sb_eps: f64 = sb
+        .lines()
+        .find_map(|l| {
+            l.split_once("events per second:")
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .context("sysbench printed no events per second")?
+        .parse()?;
+    line(
+        "cpu events/s (all threads)",
+        num(&ours, &["cpu", "eps"])?,
+        sb_eps,
+        "EPS",
+        "sysbench",
+    );
+    println!(
+        "    (our threads got {:.0}% of the machine)",
+        100.0 * num(&ours, &["cpu", "cpu_share"])?
+    );
+
+    // Disk write: dd three times (Flux's rule), ours three times.
+    let mut dd = Vec::new();
+    for _ in 0..3 {
+        let file = o.dir.join("dd.out");
+        let text = output(
+            Command::new("dd")
+                .arg("if=/dev/zero")
+                .arg(format!("of={}", file.display()))
+                .args(["bs=64k", "count=16k", "conv=fdatasync"]),
+        )?;
+        let _ = std::fs::remove_file(&file);
+        let l = text
+            .lines()
+            .find(|l| l.contains(" copied, "))
+            .context("dd printed no summary")?;
+        let bytes: f64 = l.split_whitespace().next().context("dd summary")?.parse()?;
+        let secs: f64 = l
+            .split(" copied, ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .context("dd summary")?
+            .parse()?;
+        dd.push(bytes / secs / 1e6);
+    }
+    dd.sort_by(f64::total_cmp);
+    let dd_figure = (dd[1] + dd[2]) / 2.0;
+    let ours = hal(
+        &bin,
+        &[
+            "bench",
+            "--disk",
+            &dir,
+            "--iops-mib",
+            "0",
+            "--disk-max-range",
+            "1000",
+            "--json",
+        ],
+    )?;
+    line(
+        "disk write MB/s (1 GiB x3)",
+        num(&ours, &["disk", "write_mbps"])?,
+        dd_figure,
+        "MB/s",
+        "dd",
+    );
+    println!("    dd runs {dd:.1?}, ours {}", ours["disk"]["runs_mbps"]);
+
+    // 4 KiB random writes, O_DIRECT, QD1, 256 MiB file, 5 s.
+    let fio_file = o.dir.join("fio.dat");
+    let fio = output(
+        Command::new("fio")
+            .args([
+                "--name=randwrite",
+                "--rw=randwrite",
+                "--bs=4k",
+                "--size=256M",
+                "--direct=1",
+                "--ioengine=psync",
+                "--iodepth=1",
+            ])
+            .args(["--runtime=5", "--time_based", "--output-format=json"])
+            .arg(format!("--filename={}", fio_file.display())),
+    )?;
+    let _ = std::fs::remove_file(&fio_file);
+    let json_start = fio.find('{').context("fio printed no JSON")?;
+    let fio: Value = serde_json::Deserializer::from_str(&fio[json_start..])
+        .into_iter::<Value>()
+        .next()
+        .context("fio JSON")??;
+    let fio_iops = fio["jobs"][0]["write"]["iops"]
+        .as_f64()
+        .context("no write iops in fio output")?;
+    let ours = hal(
+        &bin,
+        &[
+            "bench",
+            "--disk",
+            &dir,
+            "--disk-count",
+            "16",
+            "--disk-max-range",
+            "1000",
+            "--iops-mib",
+            "256",
+            "--iops-time",
+            "5",
+            "--json",
+        ],
+    )?;
+    line(
+        "4k randwrite IOPS (QD1)",
+        num(&ours, &["disk", "iops_4k"])?,
+        fio_iops,
+        "IOPS",
+        "fio",
+    );
+
+    // A full bench at default sizes, timed.
+    let start = Instant::now();
+    let full = output(Command::new(&bin).args(["bench", "--cpu", "--mem", "--disk", &dir]));
+    let wall = start.elapsed().as_secs_f64();
+    match full {
+        Ok(text) => {
+            println!("full `fluxnode-hal bench --cpu --mem --disk {dir}`: {wall:.1} s wall (goal <= 60 s)");
+            for l in text.lines() {
+                println!("    {l}");
+            }
+        }
+        Err(e) => println!("full bench refused a figure after {wall:.1} s: {e:#}"),
+    }
+    Ok(())
 }
