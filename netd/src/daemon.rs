@@ -6,6 +6,7 @@
 //! ordered after netd can then connect out at once.
 
 use std::net::Ipv4Addr;
+use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -63,12 +64,12 @@ fn in_subnet(a: Ipv4Addr, b: Ipv4Addr, prefix: u8) -> bool {
 
 impl Service<'_> {
     /// Waits for a signal or `deadline`, pinging the watchdog meanwhile.
-    /// `extra` is polled too; returns (stop requested, extra readable).
+    /// `extra` are polled too; returns (stop requested, which of `extra` are readable).
     fn wait(
         &mut self,
-        extra: Option<i32>,
+        extra: &[RawFd],
         deadline: Option<Instant>,
-    ) -> Result<(bool, bool), Error> {
+    ) -> Result<(bool, Vec<bool>), Error> {
         let now = Instant::now();
         if self.next_watchdog.is_some_and(|w| now >= w) {
             self.notify.ping_watchdog();
@@ -77,15 +78,15 @@ impl Service<'_> {
         let until = [deadline, self.next_watchdog].into_iter().flatten().min();
         let timeout = until.map(|u| u.saturating_duration_since(now));
         let mut fds = vec![self.signals.fd()];
-        fds.extend(extra);
+        fds.extend_from_slice(extra);
         let ready = poll_readable(&fds, timeout).map_err(Error::Poll)?;
         if ready[0] {
             if let Some(sig) = self.signals.read().map_err(Error::Poll)? {
                 tracing::info!(signal = sig, "stop requested");
-                return Ok((true, false));
+                return Ok((true, vec![false; extra.len()]));
             }
         }
-        Ok((false, ready.get(1).copied().unwrap_or(false)))
+        Ok((false, ready[1..].to_vec()))
     }
 
     /// True when the link holds `address` and a default route leaves through it.
@@ -189,7 +190,7 @@ impl Service<'_> {
                 told = true;
             }
             if self
-                .wait(None, Some(Instant::now() + Duration::from_secs(1)))?
+                .wait(&[], Some(Instant::now() + Duration::from_secs(1)))?
                 .0
             {
                 return Ok(None);
@@ -218,7 +219,7 @@ impl Service<'_> {
                 return Ok(Some(l));
             }
             if self
-                .wait(None, Some(Instant::now() + Duration::from_millis(100)))?
+                .wait(&[], Some(Instant::now() + Duration::from_millis(100)))?
                 .0
             {
                 return Ok(None);
@@ -236,7 +237,7 @@ impl Service<'_> {
         );
         tracing::info!("{status}");
         self.check_ready(link.index, s.address, &status)?;
-        while !self.wait(None, None)?.0 {}
+        while !self.wait(&[], None)?.0 {}
         Ok(())
     }
 
@@ -316,6 +317,13 @@ impl Service<'_> {
             iface: link.name.clone(),
             source,
         })?;
+        // Subscribed before the first message, so no carrier change is missed.
+        let monitor = Netlink::open_link_monitor()?;
+        let mut carrier = self
+            .nl
+            .links()?
+            .iter()
+            .any(|l| l.index == link.index && l.flags & IFF_RUNNING != 0);
         let mut client = Client::new(mac, cfg.hostname.clone(), random_u64());
         self.notify
             .status(&format!("dhcp: discovering on {}", link.name));
@@ -324,12 +332,34 @@ impl Service<'_> {
             self.apply(link, &sock, a)?;
         }
         loop {
-            let (stop, readable) = self.wait(Some(sock.fd()), client.deadline())?;
+            let (stop, readable) = self.wait(&[sock.fd(), monitor.fd()], client.deadline())?;
             if stop {
                 break;
             }
             let now = Instant::now();
-            if readable {
+            if readable[1] {
+                for l in monitor
+                    .link_events()?
+                    .iter()
+                    .filter(|l| l.index == link.index)
+                {
+                    let up = l.flags & IFF_RUNNING != 0;
+                    if up == carrier {
+                        continue;
+                    }
+                    carrier = up;
+                    if up {
+                        tracing::info!(link = %link.name, "carrier back");
+                        for a in client.on_carrier_up(now) {
+                            self.apply(link, &sock, a)?;
+                        }
+                    } else {
+                        tracing::warn!(link = %link.name, "carrier lost");
+                        self.notify.status(&format!("no carrier on {}", link.name));
+                    }
+                }
+            }
+            if readable[0] {
                 while let Some(m) = sock.recv().map_err(|source| Error::DhcpSocket {
                     iface: link.name.clone(),
                     source,
@@ -377,7 +407,7 @@ pub fn run(paths: &Paths, notify: &Notifier) -> Result<(), Error> {
     match &cfg.mode {
         Mode::Off => {
             notify.ready("loopback only (fluxnode.net=off)");
-            while !svc.wait(None, None)?.0 {}
+            while !svc.wait(&[], None)?.0 {}
         }
         Mode::Static(s) => {
             if let Some(link) = svc.find_link(cfg.interface.as_deref())? {

@@ -307,6 +307,16 @@ fn broadcast(a: Ipv4Addr, prefix: u8) -> Ipv4Addr {
 impl Netlink {
     /// Opens a `NETLINK_ROUTE` socket.
     pub fn open() -> Result<Self, NetlinkError> {
+        Self::open_with(0, 0)
+    }
+
+    /// Opens a non-blocking socket subscribed to link changes
+    /// (`RTMGRP_LINK`): read them with [`Netlink::link_events`].
+    pub fn open_link_monitor() -> Result<Self, NetlinkError> {
+        Self::open_with(libc::SOCK_NONBLOCK, libc::RTMGRP_LINK as u32)
+    }
+
+    fn open_with(flags: i32, groups: u32) -> Result<Self, NetlinkError> {
         let err = |source| NetlinkError {
             op: "open socket".into(),
             source,
@@ -315,7 +325,7 @@ impl Netlink {
         let fd = unsafe {
             libc::socket(
                 libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC | flags,
                 libc::NETLINK_ROUTE,
             )
         };
@@ -327,6 +337,7 @@ impl Netlink {
         // SAFETY: sockaddr_nl is plain data; zero is a valid value.
         let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         sa.nl_family = libc::AF_NETLINK as u16;
+        sa.nl_groups = groups;
         let sa_ptr = &sa as *const libc::sockaddr_nl as *const libc::sockaddr;
         let sa_len = std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
         // SAFETY: sa is a valid sockaddr_nl for its length.
@@ -403,6 +414,42 @@ impl Netlink {
                     }
                     t if t == want => out.push(p.to_vec()),
                     _ => {}
+                }
+            }
+        }
+    }
+
+    /// The descriptor to poll (for a link monitor).
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// The link changes waiting on a monitor socket (empty when none).
+    /// An overrun (ENOBUFS: the kernel dropped events) ends the batch;
+    /// later events still come.
+    pub fn link_events(&self) -> Result<Vec<Link>, NetlinkError> {
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut out = Vec::new();
+        loop {
+            match self.recv(&mut buf) {
+                Ok(n) => {
+                    let msgs = split_messages(&buf[..n]).map_err(|source| NetlinkError {
+                        op: "read link events".into(),
+                        source,
+                    })?;
+                    out.extend(
+                        msgs.iter()
+                            .filter(|m| m.kind == RTM_NEWLINK)
+                            .filter_map(|m| parse_link(m.payload)),
+                    );
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(out),
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => return Ok(out),
+                Err(source) => {
+                    return Err(NetlinkError {
+                        op: "read link events".into(),
+                        source,
+                    })
                 }
             }
         }

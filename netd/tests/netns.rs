@@ -684,6 +684,80 @@ fn rebinding_at_t2_when_the_server_is_silent() {
     assert_eq!(st.code(), Some(0), "{st:?}");
 }
 
+/// Carrier loss and return: netd verifies its lease at once (INIT-REBOOT:
+/// broadcast REQUEST with requested-ip, no ciaddr) instead of waiting for
+/// T1 (60 s here). The same server ACKs it; after the network "changes"
+/// (another, authoritative server with another range) the next flap gets
+/// a NAK and netd moves to an address of the new network.
+#[test]
+fn carrier_back_verifies_the_lease() {
+    if !can_run("carrier_back_verifies_the_lease", true) {
+        return;
+    }
+    let net = Net::new();
+    let sniffer = Sniffer::start(&net.server, &net.server_if);
+    let mut notify = Notify::bind(&net.path("notify"));
+    let first = net.dnsmasq_with((10, 50), (60, 100), &[], "dnsmasq.log");
+    let mut netd = net.netd(
+        &format!("fluxnode.net.iface={}", net.client_if),
+        &net.path("notify"),
+    );
+    assert!(
+        notify.until("READY=1", Duration::from_secs(20)),
+        "no READY=1: {:?}",
+        notify.seen
+    );
+    let leased = leased_address(&net.client_addrs()).unwrap();
+    let flap = || {
+        ip(&["-n", &net.server, "link", "set", &net.server_if, "down"]);
+        // Long enough for the kernel's link watcher to report the loss:
+        // a shorter flap is folded into one "still up" event.
+        std::thread::sleep(Duration::from_secs(2));
+        ip(&["-n", &net.server, "link", "set", &net.server_if, "up"]);
+    };
+    flap();
+    wait_for(
+        Duration::from_secs(10),
+        "the INIT-REBOOT REQUEST after the carrier came back",
+        || {
+            sniffer.messages().iter().any(|(_, m)| {
+                m.message_type() == Some(MessageType::Request)
+                    && m.ciaddr.is_unspecified()
+                    && m.option_ip(opt::REQUESTED_IP) == Some(leased)
+                    && m.option_ip(opt::SERVER_ID).is_none()
+            })
+        },
+    );
+    wait_for(Duration::from_secs(5), "the same server to ACK it", || {
+        read(&net.path("dnsmasq.log"))
+            .matches(&format!("DHCPACK({}) {leased}", net.server_if))
+            .count()
+            >= 2
+    });
+    assert!(net.client_addrs().contains(&format!("inet {leased}/24")));
+    drop(first);
+    let _ = std::fs::remove_file(net.path("leases"));
+    let _second = net.dnsmasq_with(
+        (100, 150),
+        (60, 100),
+        &["--dhcp-authoritative"],
+        "dnsmasq2.log",
+    );
+    flap();
+    wait_for(
+        Duration::from_secs(15),
+        "an address of the new network after the NAK",
+        || leased_address(&net.client_addrs()).is_some_and(|a| a.octets()[3] >= 100),
+    );
+    let log = read(&net.path("dnsmasq2.log"));
+    assert!(
+        log.contains(&format!("DHCPNAK({}) {leased}", net.server_if)),
+        "no NAK for {leased}: {log}"
+    );
+    let st = sigterm_and_wait(&mut netd, Duration::from_secs(10));
+    assert_eq!(st.code(), Some(0), "{st:?}");
+}
+
 /// Static mode: the given address, route and DNS, READY=1 with no DHCP server.
 #[test]
 fn static_mode_ready_without_a_server() {

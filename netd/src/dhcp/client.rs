@@ -101,6 +101,14 @@ enum State {
         next: Instant,
         sent: Instant,
     },
+    /// Carrier came back while holding a lease: verify it (RFC 2131 §3.2,
+    /// INIT-REBOOT) with a broadcast REQUEST for the same address.
+    Rebooting {
+        lease: Lease,
+        attempt: u32,
+        next: Instant,
+        sent: Instant,
+    },
     /// After a NAK: wait a little before discovering again.
     Backoff { until: Instant },
     /// Released: the daemon is stopping.
@@ -109,6 +117,9 @@ enum State {
 
 /// Retransmissions of a REQUEST in `Requesting` before starting over.
 const MAX_REQUEST_ATTEMPTS: u32 = 4;
+/// REQUESTs sent to verify a lease after the carrier came back; with no
+/// answer the lease is kept (RFC 2131 §3.2 allows it) until T1.
+const MAX_REBOOT_ATTEMPTS: u32 = 3;
 /// RFC 2131 §4.4.5: while renewing or rebinding, retransmit no faster than this.
 const MIN_RENEW_RETRY: Duration = Duration::from_secs(60);
 /// Pause after a NAK before discovering again.
@@ -158,7 +169,8 @@ impl Client {
         match &self.state {
             State::Bound { lease }
             | State::Renewing { lease, .. }
-            | State::Rebinding { lease, .. } => Some(lease),
+            | State::Rebinding { lease, .. }
+            | State::Rebooting { lease, .. } => Some(lease),
             _ => None,
         }
     }
@@ -172,6 +184,7 @@ impl Client {
             State::Bound { .. } => "bound",
             State::Renewing { .. } => "renewing",
             State::Rebinding { .. } => "rebinding",
+            State::Rebooting { .. } => "rebooting",
             State::Backoff { .. } => "backoff",
             State::Stopped => "stopped",
         }
@@ -184,6 +197,7 @@ impl Client {
             State::Selecting { next, .. } | State::Requesting { next, .. } => Some(*next),
             State::Bound { lease } => lease.duration.map(|_| lease.at(lease.t1)),
             State::Renewing { next, .. } | State::Rebinding { next, .. } => Some(*next),
+            State::Rebooting { next, .. } => Some(*next),
             State::Backoff { until } => Some(*until),
         }
     }
@@ -255,6 +269,48 @@ impl Client {
         Action::Send(m, to)
     }
 
+    /// INIT-REBOOT's REQUEST: broadcast, requested-ip set, no ciaddr, no server id.
+    fn request_reboot(&self, now: Instant, lease: &Lease) -> Action {
+        let mut m = self.base(MessageType::Request);
+        m.flags = FLAG_BROADCAST;
+        m.secs = self.secs(now);
+        m.set(opt::REQUESTED_IP, lease.address.octets());
+        Action::Send(m, Destination::Broadcast)
+    }
+
+    /// The link's carrier came back after a loss: the machine may have
+    /// been moved to another network. A held lease is verified at once
+    /// (INIT-REBOOT); a client still looking for one starts over now
+    /// instead of waiting out its backoff.
+    pub fn on_carrier_up(&mut self, now: Instant) -> Vec<Action> {
+        match self.state.clone() {
+            State::Init | State::Stopped => Vec::new(),
+            State::Selecting { .. } | State::Requesting { .. } | State::Backoff { .. } => {
+                self.discover(now)
+            }
+            State::Bound { lease }
+            | State::Renewing { lease, .. }
+            | State::Rebinding { lease, .. }
+            | State::Rebooting { lease, .. } => {
+                if lease.expiry().is_some_and(|e| now >= e) {
+                    return self.renew_or_rebind(now, lease);
+                }
+                tracing::info!(address = %lease.address, "carrier back: verifying the lease");
+                self.xid = self.random() as u32;
+                self.started = Some(now);
+                let next = now + self.backoff(0);
+                let action = self.request_reboot(now, &lease);
+                self.state = State::Rebooting {
+                    lease,
+                    attempt: 0,
+                    next,
+                    sent: now,
+                };
+                vec![action]
+            }
+        }
+    }
+
     /// Starts discovery.
     pub fn start(&mut self, now: Instant) -> Vec<Action> {
         self.discover(now)
@@ -316,6 +372,37 @@ impl Client {
                     return Vec::new();
                 }
                 self.renew_or_rebind(now, lease)
+            }
+            State::Rebooting {
+                lease,
+                attempt,
+                next,
+                sent,
+            } => {
+                if now < next {
+                    return Vec::new();
+                }
+                let due = lease.duration.is_some() && now >= lease.at(lease.t1);
+                if attempt + 1 >= MAX_REBOOT_ATTEMPTS || due {
+                    tracing::info!(address = %lease.address, "no answer verifying the lease; keeping it");
+                    self.state = State::Bound {
+                        lease: lease.clone(),
+                    };
+                    return if due {
+                        self.renew_or_rebind(now, lease)
+                    } else {
+                        Vec::new()
+                    };
+                }
+                let next = now + self.backoff(attempt + 1);
+                let action = self.request_reboot(now, &lease);
+                self.state = State::Rebooting {
+                    lease,
+                    attempt: attempt + 1,
+                    next,
+                    sent,
+                };
+                vec![action]
             }
         }
     }
@@ -393,13 +480,15 @@ impl Client {
                 self.bind(m, server, sent, None)
             }
             (State::Renewing { lease, sent, .. }, MessageType::Ack)
-            | (State::Rebinding { lease, sent, .. }, MessageType::Ack) => {
+            | (State::Rebinding { lease, sent, .. }, MessageType::Ack)
+            | (State::Rebooting { lease, sent, .. }, MessageType::Ack) => {
                 let server = m.option_ip(opt::SERVER_ID).unwrap_or(lease.server);
                 self.bind(m, server, sent, Some(lease))
             }
             (State::Requesting { .. }, MessageType::Nak) => self.nak(now, m, None),
             (State::Renewing { lease, .. }, MessageType::Nak)
-            | (State::Rebinding { lease, .. }, MessageType::Nak) => self.nak(now, m, Some(lease)),
+            | (State::Rebinding { lease, .. }, MessageType::Nak)
+            | (State::Rebooting { lease, .. }, MessageType::Nak) => self.nak(now, m, Some(lease)),
             _ => Vec::new(),
         }
     }
@@ -760,6 +849,63 @@ mod tests {
         );
         assert!(matches!(acts.last(), Some(Action::Deconfigure(_))));
         assert_eq!(c.deadline(), None);
+    }
+
+    #[test]
+    fn carrier_back_verifies_the_lease_init_reboot() {
+        let t0 = Instant::now();
+        let mut c = Client::new(MAC, None, 23);
+        bound(&mut c, t0, 100, None);
+        let t = t0 + Duration::from_secs(3);
+        let (m, d) = sent(&c.on_carrier_up(t));
+        assert_eq!(c.state_name(), "rebooting");
+        assert_eq!(
+            (d, m.ciaddr, m.flags),
+            (
+                Destination::Broadcast,
+                Ipv4Addr::UNSPECIFIED,
+                FLAG_BROADCAST
+            )
+        );
+        assert_eq!(m.option_ip(opt::REQUESTED_IP), Some(ADDR));
+        assert_eq!(
+            m.option_ip(opt::SERVER_ID),
+            None,
+            "INIT-REBOOT carries no server id"
+        );
+        // ACK: bound again, the lease restarted from this REQUEST.
+        match c
+            .on_message(t, &answer(&m, MessageType::Ack, 100, None))
+            .as_slice()
+        {
+            [Action::Configure(l)] => assert_eq!(l.start, t),
+            other => panic!("{other:?}"),
+        }
+        // NAK after another flap: the address goes.
+        let (m, _) = sent(&c.on_carrier_up(t));
+        let acts = c.on_message(t, &answer(&m, MessageType::Nak, 0, None));
+        assert!(matches!(acts.as_slice(), [Action::Deconfigure(l)] if l.address == ADDR));
+    }
+
+    #[test]
+    fn carrier_back_with_no_answer_keeps_the_lease() {
+        let t0 = Instant::now();
+        let mut c = Client::new(MAC, None, 29);
+        bound(&mut c, t0, 1000, None);
+        c.on_carrier_up(t0);
+        for _ in 0..MAX_REBOOT_ATTEMPTS - 1 {
+            let (m, _) = sent(&c.on_timer(c.deadline().unwrap()));
+            assert_eq!(m.option_ip(opt::REQUESTED_IP), Some(ADDR));
+        }
+        assert!(c.on_timer(c.deadline().unwrap()).is_empty());
+        assert_eq!(c.state_name(), "bound");
+        assert_eq!(c.lease().map(|l| l.address), Some(ADDR));
+        // While discovering, carrier back restarts discovery at once.
+        let mut d = Client::new(MAC, None, 31);
+        let (first, _) = sent(&d.start(t0));
+        let (again, _) = sent(&d.on_carrier_up(t0 + Duration::from_secs(1)));
+        assert_eq!(again.message_type(), Some(MessageType::Discover));
+        assert_ne!(again.xid, first.xid);
     }
 
     #[test]
