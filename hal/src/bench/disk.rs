@@ -14,10 +14,10 @@
 //! reached the filesystem.
 //!
 //! IOPS, as `fio --rw=randwrite --bs=4k --direct=1 --ioengine=psync
-//! --iodepth=1` measures it: the file is first laid out in full (fio does
-//! the same before its timed phase, so no write extends the file or
-//! allocates blocks), then 4 KiB `pwrite(2)`s at random aligned offsets
-//! through O_DIRECT, one at a time, for the given time.
+//! --iodepth=1` measures it: a fresh file with its space reserved by
+//! `fallocate(2)` (what fio does for a write job), then 4 KiB `pwrite(2)`s
+//! through O_DIRECT, one at a time, at random aligned offsets that visit
+//! every block once before any twice (fio's random map), for the given time.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -270,26 +270,24 @@ pub fn random_write_iops(
             "random-write file of {file_bytes} bytes is smaller than 4 KiB"
         )));
     }
-    // Lay the file out, as fio does before its timed phase.
+    // Prepare the file as fio does for a write job without `overwrite`:
+    // a fresh file, space reserved with fallocate(2), no data written. The
+    // timed writes then land in allocated but unwritten extents, as fio's do.
+    let _ = std::fs::remove_file(path);
     {
-        let mut f = OpenOptions::new()
+        let f = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .open(path)
             .map_err(|e| Error::io("creating", path, e))?;
-        let mut buf = vec![0u8; 1 << 20];
-        let mut left = blocks * BS;
-        let mut i = 0;
-        while left > 0 {
-            let n = left.min(buf.len() as u64) as usize;
-            seed.rng("iops-layout", i).fill_bytes(&mut buf[..n]);
-            f.write_all(&buf[..n])
-                .map_err(|e| Error::io("laying out", path, e))?;
-            left -= n as u64;
-            i += 1;
+        let len = i64::try_from(blocks * BS).map_err(|e| Error::Invalid(e.to_string()))?;
+        // SAFETY: a valid open fd and a non-negative length.
+        if unsafe { libc::fallocate(std::os::fd::AsRawFd::as_raw_fd(&f), 0, 0, len) } != 0 {
+            // Filesystems without fallocate: fio falls back to ftruncate.
+            f.set_len(blocks * BS)
+                .map_err(|e| Error::io("sizing", path, e))?;
         }
-        f.sync_all().map_err(|e| Error::io("fsync", path, e))?;
     }
     let f = OpenOptions::new()
         .write(true)
