@@ -263,6 +263,12 @@ impl Service<'_> {
             let left = e.saturating_duration_since(Instant::now()).as_secs();
             u32::try_from(left).unwrap_or(u32::MAX - 1).max(1)
         });
+        if let Some(mtu) = lease.mtu {
+            // Not fatal: the link works at its old MTU.
+            if let Err(e) = self.nl.set_mtu(link.index, mtu) {
+                tracing::warn!(error = %e, "setting the mtu from the lease");
+            }
+        }
         let gateway = lease.routers.first().copied();
         self.install(
             link,

@@ -31,6 +31,7 @@ const RTM_GETROUTE: u16 = 26;
 
 const IFLA_ADDRESS: u16 = 1;
 const IFLA_IFNAME: u16 = 3;
+const IFLA_MTU: u16 = 4;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
 const IFA_BROADCAST: u16 = 4;
@@ -476,6 +477,20 @@ impl Netlink {
         self.request(RTM_NEWLINK, 0, &b)
             .map_err(|source| NetlinkError {
                 op: format!("set ifindex {index} up"),
+                source,
+            })
+    }
+
+    /// Sets a link's MTU.
+    pub fn set_mtu(&mut self, index: u32, mtu: u16) -> Result<(), NetlinkError> {
+        let mut b = vec![libc::AF_UNSPEC as u8, 0, 0, 0];
+        b.extend_from_slice(&index.to_ne_bytes());
+        b.extend_from_slice(&0u32.to_ne_bytes()); // flags
+        b.extend_from_slice(&0u32.to_ne_bytes()); // change mask: none
+        nla(&mut b, IFLA_MTU, &u32::from(mtu).to_ne_bytes());
+        self.request(RTM_NEWLINK, 0, &b)
+            .map_err(|source| NetlinkError {
+                op: format!("set mtu {mtu} on ifindex {index}"),
                 source,
             })
     }

@@ -153,9 +153,9 @@ impl Net {
         ip(&["-n", &self.client, "-4", "route", "show", "default"])
     }
 
-    /// dnsmasq on the server side: lease 2 min (its minimum), T1 5 s, T2 8 s.
+    /// dnsmasq on the server side: lease 2 min (its minimum), T1 5 s, T2 8 s, MTU 1400.
     fn dnsmasq(&self) -> Proc {
-        self.dnsmasq_with((10, 50), (5, 8), &[], "dnsmasq.log")
+        self.dnsmasq_with((10, 50), (5, 8), &["--dhcp-option=26,1400"], "dnsmasq.log")
     }
 
     /// dnsmasq handing out 10.213.N.lo-hi with renewal/rebinding times
@@ -477,6 +477,11 @@ fn dhcp_ready_renewal_and_clean_stop() {
     assert!(
         route.contains(&format!("default via {}", net.gw())),
         "READY=1 but no default route: {route:?}"
+    );
+    let link = ip(&["-n", &net.client, "link", "show", "dev", &net.client_if]);
+    assert!(
+        link.contains("mtu 1400"),
+        "the lease's MTU (option 26) was not applied: {link}"
     );
     let resolv = read(&net.path("resolv.conf"));
     assert!(

@@ -30,6 +30,8 @@ pub struct Lease {
     pub dns: Vec<Ipv4Addr>,
     /// Domain name (search), if any.
     pub domain: Option<String>,
+    /// Link MTU (option 26), only when within [`MTU_RANGE`].
+    pub mtu: Option<u16>,
     /// The server that granted it (option 54).
     pub server: Ipv4Addr,
     /// Lease duration; `None` = infinite.
@@ -122,6 +124,10 @@ const MAX_REQUEST_ATTEMPTS: u32 = 4;
 const MAX_REBOOT_ATTEMPTS: u32 = 3;
 /// RFC 2131 §4.4.5: while renewing or rebinding, retransmit no faster than this.
 const MIN_RENEW_RETRY: Duration = Duration::from_secs(60);
+/// MTUs taken from a server: IPv4's 576-byte minimum datagram up to jumbo
+/// frames. A smaller value would cripple the link; a server sending one is
+/// wrong or hostile.
+pub const MTU_RANGE: std::ops::RangeInclusive<u16> = 576..=9216;
 /// Pause after a NAK before discovering again.
 const NAK_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -216,6 +222,7 @@ impl Client {
                     opt::ROUTER,
                     opt::DNS,
                     opt::DOMAIN_NAME,
+                    opt::MTU,
                     opt::LEASE_TIME,
                     opt::RENEWAL_TIME,
                     opt::REBINDING_TIME,
@@ -539,6 +546,12 @@ impl Client {
             routers: m.option_ips(opt::ROUTER),
             dns: m.option_ips(opt::DNS),
             domain: m.option_text(opt::DOMAIN_NAME).filter(|d| !d.is_empty()),
+            mtu: match m.options.get(&opt::MTU).map(Vec::as_slice) {
+                Some([a, b]) => {
+                    Some(u16::from_be_bytes([*a, *b])).filter(|v| MTU_RANGE.contains(v))
+                }
+                _ => None,
+            },
             server,
             duration,
             t1,
@@ -681,6 +694,26 @@ mod tests {
         );
         assert_eq!(c.state_name(), "bound");
         assert_eq!(c.deadline(), Some(t0 + Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn mtu_is_taken_only_when_sane() {
+        for (sent_mtu, want) in [
+            (&[5u8, 0x78][..], Some(1400)),
+            (&[0, 68][..], None),
+            (&[5, 0x78, 0][..], None),
+        ] {
+            let t0 = Instant::now();
+            let mut c = Client::new(MAC, None, 37);
+            let (disc, _) = sent(&c.start(t0));
+            let (req, _) = sent(&c.on_message(t0, &answer(&disc, MessageType::Offer, 60, None)));
+            let mut ack = answer(&req, MessageType::Ack, 60, None);
+            ack.set(opt::MTU, sent_mtu);
+            match c.on_message(t0, &ack).as_slice() {
+                [Action::Configure(l)] => assert_eq!(l.mtu, want, "{sent_mtu:?}"),
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]

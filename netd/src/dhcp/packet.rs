@@ -37,6 +37,8 @@ pub mod opt {
     pub const HOST_NAME: u8 = 12;
     /// Domain name.
     pub const DOMAIN_NAME: u8 = 15;
+    /// Interface MTU.
+    pub const MTU: u8 = 26;
     /// Requested IP address.
     pub const REQUESTED_IP: u8 = 50;
     /// Lease time in seconds.
