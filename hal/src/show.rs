@@ -120,8 +120,14 @@ pub fn bench(r: &BenchReport) {
     ] {
         if let Some(c) = c {
             println!(
-                "{label}: {:.2} events/s ({} events in {:.2} s, {} thread(s), max prime {}; per-interval CV {:.1}%)",
-                c.eps, c.events, c.duration_s, c.threads, c.max_prime, c.intervals.cv_pct
+                "{label}: {:.2} events/s ({} events in {:.2} s, {} thread(s), max prime {}; per-interval CV {:.1}%; got {:.0}% of the CPU)",
+                c.eps,
+                c.events,
+                c.duration_s,
+                c.threads,
+                c.max_prime,
+                c.intervals.cv_pct,
+                c.cpu_share * 100.0
             );
             println!(
                 "    commitment {} over {} chunks",

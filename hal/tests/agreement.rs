@@ -15,6 +15,9 @@ use std::time::Duration;
 use fluxnode_hal::bench::{cpu, disk, stats::median};
 use fluxnode_hal::seed::Seed;
 
+/// The two comparisons take turns: each would be the other's noise.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// One sysbench run: (events per second, events per CPU-second). The CPU
 /// time is the child's own (wait4's rusage), so time stolen by other work on
 /// the machine does not count against it.
@@ -71,6 +74,7 @@ fn sysbench(threads: usize, secs: u64) -> (f64, f64) {
 
 #[test]
 fn cpu_eps_agrees_with_sysbench() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     if !common::ensure_tool("sysbench", "sysbench") {
         return;
     }
@@ -155,6 +159,7 @@ fn dd_mbps(dir: &std::path::Path, count: u64) -> f64 {
 
 #[test]
 fn disk_write_agrees_with_dd() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = common::scratch();
     let count = 4096; // 256 MiB: 1 GiB runs vary too much on a shared virtio disk
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());

@@ -160,3 +160,34 @@ fn help_documents_every_subcommand() {
         assert!(text.contains(sub), "tpm --help lacks {sub}: {text}");
     }
 }
+
+#[test]
+fn eventlog_is_copied_raw_and_a_missing_log_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("binary_bios_measurements");
+    let bytes: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+    std::fs::write(&log, &bytes).unwrap();
+    let out = dir.path().join("copy.bin");
+    let r = Command::new(common::hal_bin())
+        .args(["tpm", "eventlog", "--path"])
+        .arg(&log)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(std::fs::read(&out).unwrap(), bytes);
+    let r = Command::new(common::hal_bin())
+        .args(["tpm", "eventlog", "--path"])
+        .arg(dir.path().join("nope"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(r.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("no firmware event log"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+}
