@@ -49,8 +49,7 @@ impl Archive {
     /// The archive's bytes, every entry stamped with `mtime`.
     pub fn write(&self, mtime: u32) -> Vec<u8> {
         let mut out = Vec::new();
-        let mut ino = 1u32;
-        for (path, (node, perm)) in &self.entries {
+        for (ino, (path, (node, perm))) in (1u32..).zip(self.entries.iter()) {
             let (kind, data, nlink, rdev): (u32, &[u8], u32, (u32, u32)) = match node {
                 Node::Dir => (0o040000, &[], 2, (0, 0)),
                 Node::File(d) => (0o100000, d, 1, (0, 0)),
@@ -69,7 +68,6 @@ impl Archive {
             );
             out.extend_from_slice(data);
             pad4(&mut out);
-            ino += 1;
         }
         header(&mut out, 0, 0, 1, 0, 0, (0, 0), "TRAILER!!!");
         out
@@ -112,7 +110,7 @@ fn header(
 }
 
 fn pad4(out: &mut Vec<u8>) {
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
 }

@@ -42,7 +42,7 @@ pub fn parse_ldd(text: &str) -> std::result::Result<Vec<PathBuf>, String> {
             return Err(format!("needs a library the host lacks: {line}"));
         }
         let path = match line.split_once("=>") {
-            Some((_, rhs)) => rhs.trim().split_whitespace().next().unwrap_or(""),
+            Some((_, rhs)) => rhs.split_whitespace().next().unwrap_or(""),
             None => line.split_whitespace().next().unwrap_or(""),
         };
         if path.starts_with('/') {

@@ -120,6 +120,10 @@ pub fn assemble(
     }
     write(&mdir.join("modules.dep"), db.dep_lines(&late).as_bytes())?;
     write(
+        &mdir.join("modules.alias"),
+        db.alias_lines(&late).as_bytes(),
+    )?;
+    write(
         &tree.join("etc/fluxnode/modules.late"),
         (late.join("\n") + "\n").as_bytes(),
     )?;

@@ -12,6 +12,7 @@ use crate::tools;
 pub const STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
 
 /// Builds a UKI at `out` from the parts.
+#[allow(clippy::too_many_arguments)]
 pub fn build(
     stub: &Path,
     osrel: &str,

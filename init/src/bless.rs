@@ -144,7 +144,7 @@ pub fn bless_with(p: &BlessPaths) -> Result<Option<String>, BlessError> {
         .split(['\\', '/'])
         .filter(|c| !c.is_empty())
         .collect();
-    if rel.is_empty() || rel.iter().any(|c| *c == "..") {
+    if rel.is_empty() || rel.contains(&"..") {
         return Err(BlessError::Variable {
             path: var,
             msg: format!("odd path {esp_path:?}"),

@@ -48,12 +48,45 @@ fn cargo() -> Command {
 /// The packages whose static binaries go into the image.
 pub const STATIC_PACKAGES: &[&str] = &["fluxnode-init", "fluxnode-netd", "fluxnode-tests"];
 
-/// Builds the static binaries (and hal, best effort). Once per process.
+/// Where the fixture keeps its own copies of the binaries: the target
+/// directory is shared with other builds, and an image must be built from
+/// inputs that do not change under it (two builds must be comparable).
+pub fn staged_dir() -> PathBuf {
+    target_dir().join("fluxnode-tests/bin")
+}
+
+/// The binaries the images take (`bin:` names of the specs).
+pub const IMAGE_BINARIES: &[&str] = &[
+    "fluxnode-init",
+    "fluxnode-modload",
+    "fluxnode-netd",
+    "fluxnode-probe",
+    "fluxnode-hal",
+];
+
+fn stage() -> Result<(), String> {
+    let dir = staged_dir();
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    for name in IMAGE_BINARIES {
+        let src = [static_dir(), host_release_dir()]
+            .into_iter()
+            .map(|d| d.join(name))
+            .find(|p| p.is_file());
+        if let Some(src) = src {
+            std::fs::copy(&src, dir.join(name))
+                .map_err(|e| format!("copying {}: {e}", src.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Builds the static binaries (and hal, best effort) and stages them. Once per process.
 pub fn binaries() -> Result<(), String> {
     static DONE: OnceLock<Result<(), String>> = OnceLock::new();
     DONE.get_or_init(|| {
         if std::env::var_os("FLUXNODE_TESTS_PREBUILT").is_some() {
-            return Ok(());
+            return stage();
         }
         let mut c = cargo();
         c.args(["build", "--release", "--target", "x86_64-unknown-linux-gnu"])
@@ -71,7 +104,7 @@ pub fn binaries() -> Result<(), String> {
             Ok(s) if s.success() => {}
             other => eprintln!("fixture: warning: fluxnode-hal did not build ({other:?}); the image goes without it"),
         }
-        Ok(())
+        stage()
     })
     .clone()
 }
@@ -81,7 +114,7 @@ pub fn options(name: &str, spec: &str) -> BuildOptions {
     BuildOptions {
         spec: workspace().join("image/spec").join(spec),
         out: target_dir().join("fluxnode-tests/images").join(name),
-        bin_dirs: vec![static_dir(), host_release_dir()],
+        bin_dirs: vec![staged_dir()],
         cache_dir: target_dir().join("fluxnode-image/cache"),
         source_date_epoch: EPOCH,
         kernel_deb: None,

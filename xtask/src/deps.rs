@@ -38,6 +38,8 @@ pub const PACKAGES: &[&str] = &[
     "swtpm-tools",
     "tpm2-tools",
     // reference tools the benchmarks are checked against
+    // (mmdebstrap: `bench boot` builds a minimal Debian with systemd to compare)
+    "mmdebstrap",
     "sysbench",
     "fio",
     // a DHCP server for netd's tests in a network namespace

@@ -172,7 +172,7 @@ fn stage1(cmdline: &Cmdline, t0: f64) -> Result<Never, String> {
     .map_err(|e| format!("{e} (data partition)"))?;
     let t_data = uptime();
     let mut slow = report.loaded.clone();
-    slow.sort_by(|a, b| b.1.cmp(&a.1));
+    slow.sort_by_key(|b| std::cmp::Reverse(b.1));
     let slow: Vec<String> = slow
         .iter()
         .take(4)

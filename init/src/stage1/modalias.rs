@@ -8,8 +8,15 @@ use std::collections::BTreeSet;
 use std::ffi::CString;
 use std::path::Path;
 
-/// Buses whose devices can need a disk driver.
-const BUSES: &[&str] = &["pci", "virtio", "scsi", "platform", "acpi"];
+/// Buses (and classes) whose devices can need a driver of ours.
+const BUSES: &[&str] = &[
+    "bus/pci",
+    "bus/virtio",
+    "bus/scsi",
+    "bus/platform",
+    "bus/acpi",
+    "class/input",
+];
 
 /// Parses modules.alias lines: (pattern, module).
 pub fn parse_alias(text: &str) -> Vec<(String, String)> {
@@ -28,7 +35,12 @@ pub fn parse_alias(text: &str) -> Vec<(String, String)> {
 pub fn device_modaliases(sys: &Path) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for bus in BUSES {
-        let Ok(rd) = std::fs::read_dir(sys.join("bus").join(bus).join("devices")) else {
+        let dir = if bus.starts_with("bus/") {
+            sys.join(bus).join("devices")
+        } else {
+            sys.join(bus)
+        };
+        let Ok(rd) = std::fs::read_dir(dir) else {
             continue;
         };
         for e in rd.flatten() {
@@ -52,6 +64,23 @@ pub fn glob(pattern: &str, text: &str) -> bool {
     unsafe { libc::fnmatch(p.as_ptr(), t.as_ptr(), 0) == 0 }
 }
 
+/// The modules of `list` to load: those with no alias at all (file systems,
+/// helpers) and those whose aliases match a present device.
+pub fn needed(
+    list: &[String],
+    aliases: &[(String, String)],
+    modaliases: &BTreeSet<String>,
+) -> Vec<String> {
+    list.iter()
+        .filter(|m| {
+            let m = m.replace('-', "_");
+            let mut pats = aliases.iter().filter(|(_, am)| *am == m).peekable();
+            pats.peek().is_none() || pats.any(|(p, _)| modaliases.iter().any(|d| glob(p, d)))
+        })
+        .cloned()
+        .collect()
+}
+
 /// The modules among `candidates` that some device in `modaliases` needs.
 pub fn matching(
     aliases: &[(String, String)],
@@ -72,6 +101,7 @@ pub fn matching(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
     #[test]
@@ -102,11 +132,27 @@ mod tests {
     }
 
     #[test]
+    fn needed_keeps_aliasless_and_matching_modules() {
+        let aliases = parse_alias(
+            "alias pci:v00008086d000025ABsv*sd*bc*sc*i* i6300esb\nalias acpi*:PNP0C0C:* button\n",
+        );
+        let devs: BTreeSet<String> = ["acpi:PNP0C0C:".to_string()].into();
+        let list: Vec<String> = ["vfat", "i6300esb", "button"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            needed(&list, &aliases, &devs),
+            vec!["vfat".to_string(), "button".to_string()]
+        );
+    }
+
+    #[test]
     fn reads_fake_sysfs() {
-        let d = tempfile::tempdir().unwrap_or_else(|e| unreachable!("{e}"));
+        let d = tempfile::tempdir().unwrap();
         let dev = d.path().join("bus/pci/devices/0000:00:01.0");
-        std::fs::create_dir_all(&dev).unwrap_or_else(|e| unreachable!("{e}"));
-        std::fs::write(dev.join("modalias"), "pci:v1\n").unwrap_or_else(|e| unreachable!("{e}"));
+        std::fs::create_dir_all(&dev).unwrap();
+        std::fs::write(dev.join("modalias"), "pci:v1\n").unwrap();
         assert_eq!(device_modaliases(d.path()), ["pci:v1".to_string()].into());
     }
 }

@@ -5,15 +5,45 @@
 use std::path::Path;
 use std::process::ExitCode;
 
+use fluxnode_init::stage1::{modalias, modules};
+
+fn load(list: &Path, matching: bool) -> Result<modules::LoadReport, modules::ModuleError> {
+    let mut loader = modules::Loader::new(Path::new("/"))?;
+    let mut names = modules::read_list(list)?;
+    if matching {
+        let aliases = modalias::parse_alias(
+            &std::fs::read_to_string(loader.dir().join("modules.alias")).unwrap_or_default(),
+        );
+        names = modalias::needed(
+            &names,
+            &aliases,
+            &modalias::device_modaliases(Path::new("/sys")),
+        );
+    }
+    loader.load(&names)
+}
+
 fn main() -> ExitCode {
-    let arg = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "/etc/fluxnode/modules.late".into());
-    if arg == "--help" || arg == "-h" {
-        println!("usage: fluxnode-modload [LIST]\nloads the modules named in LIST (one per line; default /etc/fluxnode/modules.late)\nand their dependencies from /lib/modules/$(uname -r)/modules.dep");
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!(
+            "usage: fluxnode-modload [--match] [LIST]\n\
+             loads the modules named in LIST (one per line; default /etc/fluxnode/modules.late)\n\
+             and their dependencies from /lib/modules/$(uname -r)/modules.dep.\n\
+             --match: skip a module whose modules.alias patterns match no present device\n\
+             (modules without aliases, like vfat, always load)"
+        );
         return ExitCode::SUCCESS;
     }
-    match fluxnode_init::stage1::modules::load_list(Path::new("/"), Path::new(&arg)) {
+    let matching = args.first().is_some_and(|a| a == "--match");
+    if matching {
+        args.remove(0);
+    }
+    let list = args
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "/etc/fluxnode/modules.late".into());
+    match load(Path::new(&list), matching) {
         Ok(r) => {
             let slowest = r
                 .loaded

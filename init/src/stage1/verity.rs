@@ -52,8 +52,9 @@ pub struct VerityParams {
 impl VerityParams {
     /// The dm table line (without start and length).
     pub fn table(&self) -> Result<String, VerityError> {
-        let hex =
-            |s: &str| !s.is_empty() && s.len() % 2 == 0 && s.bytes().all(|b| b.is_ascii_hexdigit());
+        let hex = |s: &str| {
+            !s.is_empty() && s.len().is_multiple_of(2) && s.bytes().all(|b| b.is_ascii_hexdigit())
+        };
         if self.root_hash.len() != 64 || !hex(&self.root_hash) {
             return Err(VerityError::Params(format!(
                 "root hash {:?} is not 64 hex digits",

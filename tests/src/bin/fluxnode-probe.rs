@@ -23,6 +23,7 @@ fn read(p: &str) -> String {
 fn mount_of(target: &str) -> Option<(String, String, String)> {
     let mi = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     mi.lines()
+        .rev()
         .filter_map(|l| {
             let (pre, post) = l.split_once(" - ")?;
             let f: Vec<&str> = pre.split_whitespace().collect();
@@ -35,7 +36,7 @@ fn mount_of(target: &str) -> Option<(String, String, String)> {
                 )
             })
         })
-        .last()
+        .next()
 }
 
 fn efivar_usec(name: &str) -> String {

@@ -1,0 +1,605 @@
+//! The QEMU boot tests (issue 3): real OVMF, systemd-boot, the Debian
+//! kernel, our stage 1 and stage 2, dm-verity, swtpm. One test binary, so
+//! all tests share the built images; the two independent boot sequences
+//! (the main disk and the tampered disk) start together on first use and
+//! run in parallel threads; each test then asserts on their serial logs.
+//!
+//! - main disk: slot b newer but broken (`+3`, wrong root hash), slot a
+//!   unblessed (`+3`). Boot 1: b fails three times, a boots, is blessed, the
+//!   probe prints in-guest facts; `system_powerdown`. Boot 2 of the same
+//!   disk: /var kept the file written in boot 1; `system_powerdown`.
+//! - tampered disk: one byte of /usr/sbin/fluxnode-init flipped inside
+//!   root_a's data region: verity refuses it; stage 2 never starts.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::Duration;
+
+use fluxnode_tests::fixture;
+use fluxnode_tests::qemu::{self, Vm, VmConfig};
+
+/// Per boot attempt; generous: CI has 2 cores, no KVM, and other jobs.
+const BOOT: Duration = Duration::from_secs(240);
+
+/// A value computed on another thread, waited for by the tests.
+struct Shared<T>(Arc<(Mutex<Option<T>>, Condvar)>);
+
+impl<T: Clone> Shared<T> {
+    fn new() -> Self {
+        Shared(Arc::new((Mutex::new(None), Condvar::new())))
+    }
+    fn set(&self, v: T) {
+        *self.0 .0.lock().unwrap_or_else(|p| p.into_inner()) = Some(v);
+        self.0 .1.notify_all();
+    }
+    fn get(&self) -> T {
+        let mut g = self.0 .0.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(v) = g.as_ref() {
+                return v.clone();
+            }
+            g = self.0 .1.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+    fn clone_handle(&self) -> Self {
+        Shared(self.0.clone())
+    }
+}
+
+#[derive(Clone, Debug)]
+struct MainRun {
+    /// Serial log of boot 1 (b's three failures, then a).
+    log1: String,
+    /// Serial log of boot 2 (its own file).
+    log2: String,
+    /// Files in the ESP's EFI/Linux after boot 1.
+    esp_after: Vec<String>,
+    /// Files in the ESP's EFI/Linux as built.
+    esp_built: Vec<String>,
+    /// QEMU exit after `system_powerdown`, boot 1 and 2.
+    exits: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+struct TamperRun {
+    log: String,
+    flipped_at: u64,
+}
+
+/// Why the QEMU tests cannot run here (printed; the test then returns).
+fn skip_reason() -> Option<String> {
+    qemu::missing_prerequisite()
+}
+
+struct Runs {
+    main: Shared<Result<MainRun, String>>,
+    tamper: Shared<Result<TamperRun, String>>,
+}
+
+fn runs() -> &'static Runs {
+    static RUNS: OnceLock<Runs> = OnceLock::new();
+    RUNS.get_or_init(|| {
+        let runs = Runs {
+            main: Shared::new(),
+            tamper: Shared::new(),
+        };
+        let m = runs.main.clone_handle();
+        std::thread::spawn(move || m.set(main_sequence()));
+        let t = runs.tamper.clone_handle();
+        std::thread::spawn(move || t.set(tamper_sequence()));
+        runs
+    })
+}
+
+fn esp_listing(disk: &Path, esp_offset: u64) -> Result<Vec<String>, String> {
+    let out = Command::new("mdir")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(["-b", "-i"])
+        .arg(format!("{}@@{esp_offset}", disk.display()))
+        .arg("::/EFI/Linux")
+        .output()
+        .map_err(|e| format!("mdir: {e} (Debian package mtools)"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "mdir failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.rsplit('/').next().map(|s| s.trim().to_string()))
+        .filter(|s| s.ends_with(".efi"))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+fn power_off(vm: &mut Vm) -> Result<String, String> {
+    vm.monitor("system_powerdown")?;
+    let st = vm.wait_exit(Duration::from_secs(120))?;
+    Ok(st.to_string())
+}
+
+fn main_sequence() -> Result<MainRun, String> {
+    let built = fixture::main_image()?;
+    let dir = fixture::run_dir("main");
+    let disk = fixture::copy_disk(&built.image, &dir)?;
+    let esp_off = built
+        .manifest
+        .partitions
+        .iter()
+        .find(|p| p.name == "esp")
+        .map(|p| p.offset)
+        .ok_or("no esp")?;
+    let esp_built = esp_listing(&disk, esp_off)?;
+
+    let mut cfg = VmConfig::new(&disk, &dir.join("boot1"));
+    let mut vm = Vm::start(&cfg)?;
+    let mut at = 0;
+    for attempt in 1..=3 {
+        at = vm
+            .wait_for_from("fluxnode-init: FATAL:", at, BOOT)
+            .map_err(|e| format!("slot b attempt {attempt} did not fail visibly: {e}"))?;
+    }
+    vm.wait_for_from("fluxnode-init: all services ready", at, BOOT)?;
+    vm.wait_for_from("PROBE done=1", at, BOOT)?;
+    vm.wait_for_from("fluxnode-init: boot blessed", at, Duration::from_secs(90))?;
+    let mut exits = vec![power_off(&mut vm)?];
+    let log1 = vm.log();
+    drop(vm);
+    let esp_after = esp_listing(&disk, esp_off)?;
+
+    // Boot 2: the same disk (and the same firmware variables).
+    std::fs::create_dir_all(dir.join("boot2")).map_err(|e| e.to_string())?;
+    std::fs::copy(
+        dir.join("boot1/OVMF_VARS.fd"),
+        dir.join("boot2/OVMF_VARS.fd"),
+    )
+    .map_err(|e| e.to_string())?;
+    cfg.dir = dir.join("boot2");
+    let mut vm = Vm::start(&cfg)?;
+    vm.wait_for("PROBE done=1", BOOT)?;
+    vm.wait_for("fluxnode-init: all services ready", BOOT)?;
+    exits.push(power_off(&mut vm)?);
+    let log2 = vm.log();
+    Ok(MainRun {
+        log1,
+        log2,
+        esp_after,
+        esp_built,
+        exits,
+    })
+}
+
+/// The byte offset (in the disk) of a byte of /usr/sbin/fluxnode-init's data.
+fn init_data_offset(root_img: &Path) -> Result<u64, String> {
+    let out = Command::new("dump.erofs")
+        .args(["-e", "--path=/usr/sbin/fluxnode-init"])
+        .arg(root_img)
+        .output()
+        .map_err(|e| format!("dump.erofs: {e} (Debian package erofs-utils)"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "   0:        0..   14760 |   14760 :    6033408..   6037504 |    4096"
+    for line in text.lines() {
+        let cols: Vec<&str> = line.split('|').collect();
+        if line.trim_start().starts_with("0:") && cols.len() >= 2 {
+            if let Some(phys) = cols[1].split(':').nth(1).and_then(|s| s.split("..").next()) {
+                return phys
+                    .trim()
+                    .parse()
+                    .map_err(|e| format!("dump.erofs offset {phys:?}: {e}"));
+            }
+        }
+    }
+    Err(format!("no extent 0 in dump.erofs output:\n{text}"))
+}
+
+fn tamper_sequence() -> Result<TamperRun, String> {
+    let built = fixture::plain_image()?;
+    let dir = fixture::run_dir("tamper");
+    let disk = fixture::copy_disk(&built.image, &dir)?;
+    let root = built
+        .manifest
+        .partitions
+        .iter()
+        .find(|p| p.name == "root_a")
+        .ok_or("no root_a")?;
+    let inner = init_data_offset(&built.dir.join("root_a.img"))?;
+    let (_, slot) = &built.manifest.slots[0];
+    assert!(
+        inner + 100 < slot.root.data_blocks * 4096,
+        "the byte must be in the verity data region"
+    );
+    let at = root.offset + inner + 100;
+    {
+        use std::io::{Read, Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&disk)
+            .map_err(|e| e.to_string())?;
+        let mut b = [0u8; 1];
+        f.seek(SeekFrom::Start(at)).map_err(|e| e.to_string())?;
+        f.read_exact(&mut b).map_err(|e| e.to_string())?;
+        b[0] ^= 0x01;
+        f.seek(SeekFrom::Start(at)).map_err(|e| e.to_string())?;
+        f.write_all(&b).map_err(|e| e.to_string())?;
+    }
+    let mut vm = Vm::start(&VmConfig {
+        net: false,
+        ..VmConfig::new(&disk, &dir.join("boot"))
+    })?;
+    let first = vm.wait_for("fluxnode-init: FATAL:", BOOT)?;
+    // It reboots after 5 s: wait for the second attempt to fail too.
+    vm.wait_for_from("fluxnode-init: FATAL:", first, BOOT)?;
+    let log = vm.log();
+    vm.kill();
+    Ok(TamperRun {
+        log,
+        flipped_at: at,
+    })
+}
+
+fn main_run() -> MainRun {
+    match runs().main.get() {
+        Ok(r) => r,
+        Err(e) => panic!("main boot sequence failed: {e}"),
+    }
+}
+
+fn probes(log: &str, after: &str) -> BTreeMap<String, String> {
+    let from = log.rfind(after).unwrap_or(0);
+    qemu::probe_values(log, from)
+}
+
+macro_rules! need_tools {
+    () => {
+        if let Err(e) = fluxnode_image::tools::check_all() {
+            eprintln!("skipping: {e}");
+            return;
+        }
+    };
+}
+
+macro_rules! need_qemu {
+    () => {
+        if let Some(why) = skip_reason() {
+            eprintln!("skipping: {why}");
+            return;
+        }
+    };
+}
+
+#[test]
+fn boot_pid1_root_var_and_services() {
+    need_qemu!();
+    let r = main_run();
+    let p = probes(&r.log1, "fluxnode-init: stage 2 starting");
+    assert_eq!(
+        p.get("pid1_comm").map(String::as_str),
+        Some("fluxnode-init"),
+        "{p:?}"
+    );
+    assert_eq!(
+        p.get("pid1_exe").map(String::as_str),
+        Some("/usr/sbin/fluxnode-init")
+    );
+    assert_eq!(
+        p.get("root").map(String::as_str),
+        Some("/dev/dm-0 erofs ro"),
+        "root must be the verity device, read-only"
+    );
+    assert_eq!(p.get("root_dm_name").map(String::as_str), Some("root"));
+    assert_eq!(
+        p.get("root_slaves").map(String::as_str),
+        Some("vda2"),
+        "slot a is vda2"
+    );
+    assert_eq!(
+        p.get("root_write").map(String::as_str),
+        Some("refused 30"),
+        "EROFS on /"
+    );
+    let var = p.get("var").cloned().unwrap_or_default();
+    assert!(
+        var.starts_with("/dev/vda4 ext4 rw") && var.ends_with("part=data"),
+        "{var}"
+    );
+    assert_eq!(p.get("var_boots").map(String::as_str), Some("1"));
+    assert_eq!(
+        p.get("default_route").map(String::as_str),
+        Some("yes"),
+        "netd: address and default route"
+    );
+    assert!(r.log1.contains("fluxnode-init: all services ready"));
+    assert!(r
+        .log1
+        .contains("fluxnode-init: stage 1: slot a root vda2 verified"));
+    assert!(r
+        .log1
+        .contains("formatting vda4 as ext4 for /var (first boot)"));
+}
+
+#[test]
+fn boot_hal_sees_the_swtpm_and_the_virtio_disk() {
+    need_qemu!();
+    let r = main_run();
+    let p = probes(&r.log1, "fluxnode-init: stage 2 starting");
+    match p.get("hal_status").map(String::as_str) {
+        Some("absent") | None => {
+            eprintln!("skipping: fluxnode-hal did not build, so it is not in the image");
+            return;
+        }
+        Some(st) => assert_eq!(st, "exit status: 0", "{p:?}"),
+    }
+    let j: serde_json::Value =
+        serde_json::from_str(p.get("hal_json").map(String::as_str).unwrap_or("")).unwrap();
+    assert_eq!(
+        j["tpm"]["present"],
+        serde_json::json!(true),
+        "swtpm is the guest's TPM: {}",
+        j["tpm"]
+    );
+    assert_eq!(j["tpm"]["version"], serde_json::json!("2.0"));
+    let disks: Vec<&str> = j["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["name"].as_str())
+        .collect();
+    assert!(disks.contains(&"vda"), "the virtio disk: {disks:?}");
+}
+
+#[test]
+fn boot_poweroff_exits_qemu_cleanly() {
+    need_qemu!();
+    let r = main_run();
+    assert_eq!(
+        r.exits,
+        vec!["exit status: 0".to_string(), "exit status: 0".to_string()]
+    );
+    for log in [&r.log1, &r.log2] {
+        assert!(
+            log.contains("fluxnode-init: power button pressed"),
+            "the ACPI button reached init"
+        );
+        assert!(
+            log.contains("fluxnode-init: powering off"),
+            "ordered poweroff"
+        );
+    }
+}
+
+#[test]
+fn boot_var_survives_reboot() {
+    need_qemu!();
+    let r = main_run();
+    let p = probes(&r.log2, "fluxnode-init: stage 2 starting");
+    assert_eq!(
+        p.get("var_boots").map(String::as_str),
+        Some("2"),
+        "the file written to /var in boot 1 is there in boot 2"
+    );
+    assert!(!r.log2.contains("formatting"), "no second format");
+    assert!(r.log2.contains("/var mounted"));
+}
+
+#[test]
+fn rollback_broken_newer_slot_falls_back_to_a() {
+    need_qemu!();
+    let r = main_run();
+    assert!(
+        r.esp_built.contains(&"fluxnode-0.2.0-b+3.efi".to_string()),
+        "{:?}",
+        r.esp_built
+    );
+    let fails: Vec<&str> = r
+        .log1
+        .lines()
+        .filter(|l| l.contains("fluxnode-init: FATAL:"))
+        .collect();
+    assert_eq!(
+        fails.len(),
+        3,
+        "slot b tried exactly three times:\n{}",
+        fails.join("\n")
+    );
+    for f in &fails {
+        assert!(
+            f.contains("slot b") && f.contains("dm-verity"),
+            "each attempt says why: {f}"
+        );
+    }
+    let stage1_starts = r.log1.matches("fluxnode-init: stage 1 starting").count();
+    assert_eq!(stage1_starts, 4, "three attempts of b, then a");
+    let p = probes(&r.log1, "fluxnode-init: stage 2 starting");
+    assert!(p
+        .get("cmdline")
+        .is_some_and(|c| c.contains("fluxnode.slot=a")));
+    assert!(
+        r.esp_after
+            .contains(&"fluxnode-0.2.0-b+0-3.efi".to_string()),
+        "b is out of tries: {:?}",
+        r.esp_after
+    );
+}
+
+#[test]
+fn bless_renames_the_counted_entry() {
+    need_qemu!();
+    let r = main_run();
+    assert!(
+        r.esp_built.contains(&"fluxnode-0.1.0-a+3.efi".to_string()),
+        "{:?}",
+        r.esp_built
+    );
+    let p = probes(&r.log1, "fluxnode-init: stage 2 starting");
+    assert_eq!(
+        p.get("boot_count_path").map(String::as_str),
+        Some("\\EFI\\Linux\\fluxnode-0.1.0-a+2-1.efi")
+    );
+    assert!(
+        r.log1
+            .contains("fluxnode-init: boot blessed: /EFI/Linux/fluxnode-0.1.0-a.efi"),
+        "{}",
+        tail(&r.log1)
+    );
+    assert!(
+        r.esp_after.contains(&"fluxnode-0.1.0-a.efi".to_string()),
+        "{:?}",
+        r.esp_after
+    );
+    assert!(
+        !r.esp_after
+            .iter()
+            .any(|f| f.starts_with("fluxnode-0.1.0-a+")),
+        "{:?}",
+        r.esp_after
+    );
+    // Boot 2 boots the blessed entry: nothing left to bless.
+    assert!(
+        r.log2.contains("fluxnode-init: nothing to bless"),
+        "{}",
+        tail(&r.log2)
+    );
+}
+
+#[test]
+fn tamper_is_refused() {
+    need_qemu!();
+    let r = match runs().tamper.get() {
+        Ok(r) => r,
+        Err(e) => panic!("tamper boot failed: {e}"),
+    };
+    assert!(
+        r.log.contains("device-mapper: verity:") && r.log.contains("is corrupted"),
+        "kernel reports the corruption:\n{}",
+        tail(&r.log)
+    );
+    let fatal = r
+        .log
+        .lines()
+        .find(|l| l.contains("fluxnode-init: FATAL:"))
+        .unwrap_or("");
+    assert!(
+        fatal.contains("Input/output error"),
+        "stage 1 says why (byte {}): {fatal}",
+        r.flipped_at
+    );
+    assert!(
+        !r.log.contains("stage 2 starting"),
+        "tampered code never ran"
+    );
+}
+
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+// ---- builder tests: reproducibility and bad input ----
+
+#[test]
+fn reproducible_two_builds_same_sha256() {
+    need_tools!();
+    let a = fixture::plain_image().unwrap();
+    fixture::binaries().unwrap();
+    let b = fixture::build(&fixture::options("plain-again", "test.toml")).unwrap();
+    assert_eq!(
+        a.manifest.image.payload.sha256, b.manifest.image.payload.sha256,
+        "image differs"
+    );
+    assert_eq!(a.manifest.image.chunks, b.manifest.image.chunks);
+    let sha = |p: &Path| fluxnode_image::manifest::hash_file(p, 0).unwrap().1;
+    assert_eq!(sha(&a.image), sha(&b.image), "recomputed sha256 differ");
+    for f in ["uki_a.efi", "root_a.img", "manifest.json"] {
+        assert_eq!(sha(&a.dir.join(f)), sha(&b.dir.join(f)), "{f} differs");
+    }
+    let _ = std::fs::remove_dir_all(&b.dir);
+}
+
+fn bad_spec(extra: &str) -> (tempfile_dir::Dir, PathBuf) {
+    let d = tempfile_dir::Dir::new();
+    let base = fixture::workspace().join("image/spec/test.toml");
+    let p = d.0.join("bad.toml");
+    std::fs::write(
+        &p,
+        format!("base = {:?}\n{extra}", base.display().to_string()),
+    )
+    .unwrap();
+    (d, p)
+}
+
+/// A tiny temp dir (the tests crate has no tempfile dependency at run time).
+mod tempfile_dir {
+    /// Removed on drop.
+    pub struct Dir(pub std::path::PathBuf);
+    impl Dir {
+        pub fn new() -> Self {
+            static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let p = fluxnode_tests::fixture::target_dir()
+                .join(format!("fluxnode-tests/tmp-{}-{n}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir_all(&p).unwrap();
+            Dir(p)
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn assert_bad_build(extra: &str, expect: &str) {
+    fixture::binaries().unwrap();
+    let (d, spec) = bad_spec(extra);
+    let out = d.0.join("out");
+    let mut o = fixture::options("unused", "test.toml");
+    o.spec = spec;
+    o.out = out.clone();
+    let err = fixture::build(&o).expect_err("the build must fail");
+    assert!(
+        err.contains(expect),
+        "error {err:?} should mention {expect:?}"
+    );
+    assert!(!out.exists(), "no partial image left at {}", out.display());
+    let leftovers: Vec<_> = std::fs::read_dir(&d.0)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| n != "bad.toml")
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "temporary files left behind: {leftovers:?}"
+    );
+}
+
+#[test]
+fn bad_input_missing_kernel_package() {
+    need_tools!();
+    assert_bad_build(
+        "[kernel]\npackage = \"linux-image-does-not-exist\"\n",
+        "kernel package `linux-image-does-not-exist`",
+    );
+}
+
+#[test]
+fn bad_input_missing_binary() {
+    need_tools!();
+    assert_bad_build(
+        "[[file]]\nsrc = \"bin:fluxnode-no-such-binary\"\ndst = \"/usr/bin/x\"\n",
+        "fluxnode-no-such-binary",
+    );
+}
+
+#[test]
+fn bad_input_sizes_that_do_not_fit() {
+    need_tools!();
+    assert_bad_build("[sizes]\nroot_mib = 2\n", "raise `sizes.root_mib`");
+}
