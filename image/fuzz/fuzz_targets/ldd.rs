@@ -1,0 +1,9 @@
+//! ldd output parsing.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(s) = std::str::from_utf8(data) {
+        let _ = fluxnode_image::libs::parse_ldd(s);
+    }
+});
