@@ -121,6 +121,9 @@ struct BenchArgs {
     /// Disk: dd count of 64 KiB blocks per run (Flux: 16384 = 1 GiB).
     #[arg(long, default_value_t = 16384)]
     disk_count: u64,
+    /// Disk: sequential runs (Flux: 3; the lowest is dropped when there are several).
+    #[arg(long, default_value_t = 3)]
+    disk_runs: usize,
     /// Disk: what the blocks hold: `sparse` (seeded tags in zeros; costs
     /// what dd's zeros cost, Flux-comparable) or `random` (incompressible).
     #[arg(long, default_value = "sparse", value_parser = parse_disk_data)]
@@ -305,6 +308,7 @@ fn bench(a: BenchArgs) -> Result<ExitCode> {
     if let Some(dir) = a.disk {
         let mut p = bench::disk::DiskParams::flux(dir, seed);
         p.count = a.disk_count;
+        p.runs = a.disk_runs;
         p.data = a.disk_data;
         p.max_range_pct = a.disk_max_range;
         p.iops_file_bytes = a.iops_mib << 20;
