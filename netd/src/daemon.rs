@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::config::{self, Config, Mode};
 use crate::dhcp::{Action, Client, DhcpSocket, Lease};
 use crate::error::Error;
-use crate::netlink::{Link, Netlink, RTPROT_DHCP, RTPROT_STATIC};
+use crate::netlink::{Address, Link, Netlink, RTPROT_DHCP, RTPROT_STATIC};
 use crate::notify::Notifier;
 use crate::sys::{poll_readable, random_u64, Signals};
 use crate::{link, resolv};
@@ -54,6 +54,9 @@ struct Service<'a> {
     paths: &'a Paths,
     ready: bool,
     stopping: bool,
+    /// Dynamic addresses found on the link at start (a previous netd's
+    /// lease): removed once a lease is configured, unless it is the same.
+    stale: Vec<Address>,
     next_watchdog: Option<Instant>,
 }
 
@@ -278,6 +281,14 @@ impl Service<'_> {
             valid,
             RTPROT_DHCP,
         )?;
+        for old in std::mem::take(&mut self.stale) {
+            if old.address != lease.address {
+                tracing::info!(address = %old.address, "removing the address of an earlier lease");
+                if let Err(e) = self.nl.del_address(link.index, old.address, old.prefix) {
+                    tracing::warn!(error = %e, "removing an earlier lease's address");
+                }
+            }
+        }
         self.write_resolv(&lease.dns, lease.domain.as_deref());
         let status = format!(
             "dhcp {}/{} on {} via {} (lease {}s from {})",
@@ -331,6 +342,16 @@ impl Service<'_> {
             .iter()
             .any(|l| l.index == link.index && l.flags & IFF_RUNNING != 0);
         let mut client = Client::new(mac, cfg.hostname.clone(), random_u64());
+        self.stale = self
+            .nl
+            .addresses()?
+            .into_iter()
+            .filter(|a| a.index == link.index && !a.permanent && !a.address.is_loopback())
+            .collect();
+        if let Some(a) = self.stale.first() {
+            tracing::info!(address = %a.address, "the link holds a lease from before; asking for it again");
+            client.prefer(a.address);
+        }
         self.notify
             .status(&format!("dhcp: discovering on {}", link.name));
         tracing::info!(link = %link.name, "dhcp: discovering");
@@ -407,6 +428,7 @@ pub fn run(paths: &Paths, notify: &Notifier) -> Result<(), Error> {
         paths,
         ready: false,
         stopping: false,
+        stale: Vec::new(),
         next_watchdog,
     };
     svc.loopback()?;

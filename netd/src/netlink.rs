@@ -36,6 +36,8 @@ const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
 const IFA_BROADCAST: u16 = 4;
 const IFA_CACHEINFO: u16 = 6;
+const IFA_FLAGS: u16 = 8;
+const IFA_F_PERMANENT: u32 = 0x80;
 const RTA_DST: u16 = 1;
 const RTA_OIF: u16 = 4;
 const RTA_GATEWAY: u16 = 5;
@@ -94,6 +96,9 @@ pub struct Address {
     pub address: Ipv4Addr,
     /// Prefix length.
     pub prefix: u8,
+    /// False for an address with a finite lifetime (`dynamic` in `ip
+    /// addr`): one a DHCP client installed.
+    pub permanent: bool,
 }
 
 /// An IPv4 route.
@@ -247,10 +252,17 @@ pub fn parse_address(p: &[u8]) -> Option<Address> {
             .and_then(|(_, d)| ip4(d))
     };
     let address = pick(IFA_LOCAL).or_else(|| pick(IFA_ADDRESS))?;
+    // IFA_FLAGS (32 bits) supersedes the header's 8-bit flags when present.
+    let flags = attrs
+        .iter()
+        .find(|(k, _)| *k == IFA_FLAGS)
+        .and_then(|(_, d)| u32_of(d))
+        .unwrap_or(u32::from(h[2]));
     Some(Address {
         index,
         address,
         prefix: h[1],
+        permanent: flags & IFA_F_PERMANENT != 0,
     })
 }
 
@@ -647,13 +659,19 @@ mod tests {
         let mut p = ifaddrmsg(24, 0, 3);
         nla(&mut p, IFA_LOCAL, &[10, 213, 1, 5]);
         let a = parse_address(&p).unwrap();
-        assert_eq!(
-            a,
-            Address {
-                index: 3,
-                address: Ipv4Addr::new(10, 213, 1, 5),
-                prefix: 24
-            }
+        let want = Address {
+            index: 3,
+            address: Ipv4Addr::new(10, 213, 1, 5),
+            prefix: 24,
+            permanent: false,
+        };
+        assert_eq!(a, want);
+        p[2] = 0x80;
+        assert!(parse_address(&p).unwrap().permanent);
+        nla(&mut p, IFA_FLAGS, &0u32.to_ne_bytes());
+        assert!(
+            !parse_address(&p).unwrap().permanent,
+            "IFA_FLAGS wins over the header"
         );
     }
 

@@ -763,6 +763,75 @@ fn carrier_back_verifies_the_lease() {
     assert_eq!(st.code(), Some(0), "{st:?}");
 }
 
+/// netd dies (SIGKILL) holding a lease, and init restarts it: the new
+/// netd asks for the address the link still holds (option 50 in its
+/// DISCOVER), keeps it, and removes any other address left by an earlier
+/// lease (here a dynamic .77 added by hand).
+#[test]
+fn restart_after_a_crash_keeps_the_address_and_clears_stale_ones() {
+    if !can_run(
+        "restart_after_a_crash_keeps_the_address_and_clears_stale_ones",
+        true,
+    ) {
+        return;
+    }
+    let net = Net::new();
+    let sniffer = Sniffer::start(&net.server, &net.server_if);
+    let mut notify = Notify::bind(&net.path("notify"));
+    let _dnsmasq = net.dnsmasq_with((10, 50), (60, 100), &[], "dnsmasq.log");
+    let cmdline = format!("fluxnode.net.iface={}", net.client_if);
+    let first = net.netd(&cmdline, &net.path("notify"));
+    assert!(
+        notify.until("READY=1", Duration::from_secs(20)),
+        "no READY=1: {:?}",
+        notify.seen
+    );
+    let leased = leased_address(&net.client_addrs()).unwrap();
+    drop(first); // SIGKILL: no release, the address stays
+    assert!(net.client_addrs().contains(&format!("inet {leased}/24")));
+    let stale = format!("10.213.{}.77", net.subnet);
+    let dev = net.client_if.as_str();
+    ip(&[
+        "-n",
+        &net.client,
+        "addr",
+        "add",
+        &format!("{stale}/24"),
+        "dev",
+        dev,
+        "valid_lft",
+        "300",
+        "preferred_lft",
+        "300",
+    ]);
+    notify.seen.clear();
+    let mut second = net.netd(&cmdline, &net.path("notify"));
+    assert!(
+        notify.until("READY=1", Duration::from_secs(20)),
+        "no READY=1 after restart: {:?}",
+        notify.seen
+    );
+    let asked = sniffer.messages().iter().any(|(_, m)| {
+        m.message_type() == Some(MessageType::Discover)
+            && m.option_ip(opt::REQUESTED_IP) == Some(leased)
+    });
+    assert!(
+        asked,
+        "the restarted netd did not ask for {leased} in its DISCOVER"
+    );
+    let addrs = net.client_addrs();
+    assert!(
+        addrs.contains(&format!("inet {leased}/24")),
+        "address changed across the restart: {addrs}"
+    );
+    assert!(
+        !addrs.contains(&stale),
+        "stale dynamic address left: {addrs}"
+    );
+    let st = sigterm_and_wait(&mut second, Duration::from_secs(10));
+    assert_eq!(st.code(), Some(0), "{st:?}");
+}
+
 /// Static mode: the given address, route and DNS, READY=1 with no DHCP server.
 #[test]
 fn static_mode_ready_without_a_server() {

@@ -140,6 +140,7 @@ pub struct Client {
     rng: u64,
     state: State,
     started: Option<Instant>,
+    hint: Option<Ipv4Addr>,
 }
 
 impl Client {
@@ -153,6 +154,7 @@ impl Client {
             rng: seed | 1,
             state: State::Init,
             started: None,
+            hint: None,
         }
     }
 
@@ -256,6 +258,9 @@ impl Client {
     fn discover_msg(&self, now: Instant) -> Action {
         let mut m = self.base(MessageType::Discover);
         m.flags = FLAG_BROADCAST;
+        if let Some(h) = self.hint {
+            m.set(opt::REQUESTED_IP, h.octets());
+        }
         m.secs = self.secs(now);
         Action::Send(m, Destination::Broadcast)
     }
@@ -316,6 +321,13 @@ impl Client {
                 vec![action]
             }
         }
+    }
+
+    /// Asks for `address` in DISCOVERs (option 50, RFC 2131 §4.4.1): the
+    /// address this link held before netd restarted, so a restart keeps it
+    /// when the server agrees.
+    pub fn prefer(&mut self, address: Ipv4Addr) {
+        self.hint = Some(address);
     }
 
     /// Starts discovery.
@@ -714,6 +726,17 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_preferred_address_is_asked_for_in_discover() {
+        let mut c = Client::new(MAC, None, 41);
+        c.prefer(ADDR);
+        let (m, _) = sent(&c.start(Instant::now()));
+        assert_eq!(m.option_ip(opt::REQUESTED_IP), Some(ADDR));
+        let mut c = Client::new(MAC, None, 41);
+        let (m, _) = sent(&c.start(Instant::now()));
+        assert_eq!(m.option_ip(opt::REQUESTED_IP), None);
     }
 
     #[test]
