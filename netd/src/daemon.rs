@@ -272,7 +272,7 @@ impl Service<'_> {
                 tracing::warn!(error = %e, "setting the mtu from the lease");
             }
         }
-        let gateway = lease.routers.first().copied();
+        let gateway = lease.gateway;
         self.install(
             link,
             lease.address,
@@ -281,6 +281,20 @@ impl Service<'_> {
             valid,
             RTPROT_DHCP,
         )?;
+        for r in &lease.routes {
+            // On-link routes (router 0.0.0.0) first, as listed; a failed
+            // route is logged, not fatal: the default route is what matters.
+            let gw = Some(r.gateway).filter(|g| !g.is_unspecified());
+            if let Some(g) = gw.filter(|g| !in_subnet(lease.address, *g, lease.prefix)) {
+                let _ = self.nl.add_route(link.index, g, 32, None, RTPROT_DHCP);
+            }
+            if let Err(e) = self
+                .nl
+                .add_route(link.index, r.dst, r.prefix, gw, RTPROT_DHCP)
+            {
+                tracing::warn!(error = %e, "adding a classless route (option 121)");
+            }
+        }
         for old in std::mem::take(&mut self.stale) {
             if old.address != lease.address {
                 tracing::info!(address = %old.address, "removing the address of an earlier lease");
@@ -305,7 +319,12 @@ impl Service<'_> {
     }
 
     fn deconfigure(&mut self, link: &Link, lease: &Lease) {
-        if !lease.routers.is_empty() {
+        for r in &lease.routes {
+            if let Err(e) = self.nl.del_route(link.index, r.dst, r.prefix) {
+                tracing::warn!(error = %e, "removing a classless route");
+            }
+        }
+        if lease.gateway.is_some() {
             if let Err(e) = self.nl.del_route(link.index, Ipv4Addr::UNSPECIFIED, 0) {
                 tracing::warn!(error = %e, "removing the default route");
             }

@@ -832,6 +832,49 @@ fn restart_after_a_crash_keeps_the_address_and_clears_stale_ones() {
     assert_eq!(st.code(), Some(0), "{st:?}");
 }
 
+/// Option 121 (RFC 3442): its routes are installed, and its default
+/// route wins over option 3's router.
+#[test]
+fn classless_static_routes() {
+    if !can_run("classless_static_routes", true) {
+        return;
+    }
+    let net = Net::new();
+    let s = net.subnet;
+    let mut notify = Notify::bind(&net.path("notify"));
+    let routes = format!("--dhcp-option=121,10.99.0.0/16,10.213.{s}.2,0.0.0.0/0,10.213.{s}.254");
+    let _dnsmasq = net.dnsmasq_with((10, 50), (60, 100), &[&routes], "dnsmasq.log");
+    let mut netd = net.netd(
+        &format!("fluxnode.net.iface={}", net.client_if),
+        &net.path("notify"),
+    );
+    assert!(
+        notify.until("READY=1", Duration::from_secs(20)),
+        "no READY=1: {:?}",
+        notify.seen
+    );
+    let all = ip(&["-n", &net.client, "-4", "route", "show"]);
+    assert!(
+        all.contains(&format!("10.99.0.0/16 via 10.213.{s}.2")),
+        "option 121 route missing: {all}"
+    );
+    assert!(
+        all.contains(&format!("default via 10.213.{s}.254")),
+        "option 121 default must win: {all}"
+    );
+    assert!(
+        !all.contains(&format!("default via 10.213.{s}.1 ")),
+        "option 3 used despite option 121: {all}"
+    );
+    let st = sigterm_and_wait(&mut netd, Duration::from_secs(10));
+    assert_eq!(st.code(), Some(0), "{st:?}");
+    let all = ip(&["-n", &net.client, "-4", "route", "show"]);
+    assert!(
+        !all.contains("10.99.0.0/16"),
+        "option 121 route left after the release: {all}"
+    );
+}
+
 /// Static mode: the given address, route and DNS, READY=1 with no DHCP server.
 #[test]
 fn static_mode_ready_without_a_server() {

@@ -15,7 +15,10 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use super::packet::{mask_to_prefix, opt, Message, MessageType, FLAG_BROADCAST, OP_REPLY};
+use super::packet::{
+    classless_routes, mask_to_prefix, opt, ClasslessRoute, Message, MessageType, FLAG_BROADCAST,
+    OP_REPLY,
+};
 
 /// A lease the server acknowledged.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,8 +27,13 @@ pub struct Lease {
     pub address: Ipv4Addr,
     /// Prefix length, from the subnet mask (classful when the server sent none).
     pub prefix: u8,
-    /// Routers; the first is the default gateway.
+    /// Routers (option 3).
     pub routers: Vec<Ipv4Addr>,
+    /// The default gateway: option 121's default entry when that option is
+    /// present (RFC 3442: option 3 is then ignored), else the first router.
+    pub gateway: Option<Ipv4Addr>,
+    /// Option 121's other routes.
+    pub routes: Vec<ClasslessRoute>,
     /// DNS servers.
     pub dns: Vec<Ipv4Addr>,
     /// Domain name (search), if any.
@@ -225,6 +233,7 @@ impl Client {
                     opt::DNS,
                     opt::DOMAIN_NAME,
                     opt::MTU,
+                    opt::CLASSLESS_ROUTES,
                     opt::LEASE_TIME,
                     opt::RENEWAL_TIME,
                     opt::REBINDING_TIME,
@@ -552,10 +561,28 @@ impl Client {
             m.option_u32(opt::RENEWAL_TIME),
             m.option_u32(opt::REBINDING_TIME),
         );
+        let routers = m.option_ips(opt::ROUTER);
+        let classless = m
+            .options
+            .get(&opt::CLASSLESS_ROUTES)
+            .and_then(|v| classless_routes(v));
+        let (gateway, routes) = match classless {
+            Some(all) => {
+                let gw = all
+                    .iter()
+                    .find(|r| r.prefix == 0)
+                    .map(|r| r.gateway)
+                    .filter(|g| !g.is_unspecified());
+                (gw, all.into_iter().filter(|r| r.prefix != 0).collect())
+            }
+            None => (routers.first().copied(), Vec::new()),
+        };
         let lease = Lease {
             address: m.yiaddr,
             prefix,
-            routers: m.option_ips(opt::ROUTER),
+            routers,
+            gateway,
+            routes,
             dns: m.option_ips(opt::DNS),
             domain: m.option_text(opt::DOMAIN_NAME).filter(|d| !d.is_empty()),
             mtu: match m.options.get(&opt::MTU).map(Vec::as_slice) {
@@ -737,6 +764,44 @@ mod tests {
         let mut c = Client::new(MAC, None, 41);
         let (m, _) = sent(&c.start(Instant::now()));
         assert_eq!(m.option_ip(opt::REQUESTED_IP), None);
+    }
+
+    #[test]
+    fn classless_routes_override_the_router_option() {
+        let t0 = Instant::now();
+        let mut c = Client::new(MAC, None, 43);
+        let (disc, _) = sent(&c.start(t0));
+        let (req, _) = sent(&c.on_message(t0, &answer(&disc, MessageType::Offer, 60, None)));
+        let mut ack = answer(&req, MessageType::Ack, 60, None);
+        ack.set(
+            opt::CLASSLESS_ROUTES,
+            [16, 10, 99, 10, 213, 9, 2, 0, 10, 213, 9, 3],
+        );
+        match c.on_message(t0, &ack).as_slice() {
+            [Action::Configure(l)] => {
+                assert_eq!(
+                    l.gateway,
+                    Some(Ipv4Addr::new(10, 213, 9, 3)),
+                    "option 3 must be ignored"
+                );
+                assert_eq!(l.routes.len(), 1);
+                assert_eq!(
+                    (l.routes[0].dst, l.routes[0].prefix),
+                    (Ipv4Addr::new(10, 99, 0, 0), 16)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // A malformed option 121 is void: option 3 applies.
+        let mut c = Client::new(MAC, None, 43);
+        let (disc, _) = sent(&c.start(t0));
+        let (req, _) = sent(&c.on_message(t0, &answer(&disc, MessageType::Offer, 60, None)));
+        let mut ack = answer(&req, MessageType::Ack, 60, None);
+        ack.set(opt::CLASSLESS_ROUTES, [40, 1]);
+        match c.on_message(t0, &ack).as_slice() {
+            [Action::Configure(l)] => assert_eq!((l.gateway, l.routes.len()), (Some(SERVER), 0)),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub mod opt {
     pub const DOMAIN_NAME: u8 = 15;
     /// Interface MTU.
     pub const MTU: u8 = 26;
+    /// Classless static routes (RFC 3442).
+    pub const CLASSLESS_ROUTES: u8 = 121;
     /// Requested IP address.
     pub const REQUESTED_IP: u8 = 50;
     /// Lease time in seconds.
@@ -389,6 +391,45 @@ impl Message {
     }
 }
 
+/// One route of option 121.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClasslessRoute {
+    /// Destination network (host bits cleared).
+    pub dst: Ipv4Addr,
+    /// Its prefix length; 0 is the default route.
+    pub prefix: u8,
+    /// The router; 0.0.0.0 means on-link.
+    pub gateway: Ipv4Addr,
+}
+
+/// Reads option 121 (RFC 3442): (width, the significant octets of the
+/// destination, router) repeated. Anything malformed voids the whole
+/// option (`None`), and the client falls back to option 3.
+pub fn classless_routes(v: &[u8]) -> Option<Vec<ClasslessRoute>> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < v.len() {
+        let prefix = v[i];
+        if prefix > 32 {
+            return None;
+        }
+        let n = usize::from(prefix).div_ceil(8);
+        let body = v.get(i + 1..i + 1 + n + 4)?;
+        let mut d = [0u8; 4];
+        d[..n].copy_from_slice(&body[..n]);
+        let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+        let dst = Ipv4Addr::from(u32::from_be_bytes(d) & mask);
+        let gateway = Ipv4Addr::new(body[n], body[n + 1], body[n + 2], body[n + 3]);
+        out.push(ClasslessRoute {
+            dst,
+            prefix,
+            gateway,
+        });
+        i += 1 + n + 4;
+    }
+    (!out.is_empty()).then_some(out)
+}
+
 /// Prefix length of a subnet mask; `None` when the mask is not contiguous.
 pub fn mask_to_prefix(mask: Ipv4Addr) -> Option<u8> {
     let m = u32::from(mask);
@@ -565,6 +606,47 @@ mod tests {
                     m.option_text(opt::MESSAGE),
                 );
             }
+        }
+    }
+
+    #[test]
+    fn classless_routes_per_rfc_3442() {
+        // 10.99.0.0/16 via 10.213.0.1, default via 10.213.0.1, 192.168.5.128/25 on-link.
+        let v = [
+            16, 10, 99, 10, 213, 0, 1, 0, 10, 213, 0, 1, 25, 192, 168, 5, 128, 0, 0, 0, 0,
+        ];
+        let r = classless_routes(&v).unwrap();
+        assert_eq!(r.len(), 3);
+        assert_eq!(
+            (r[0].dst, r[0].prefix, r[0].gateway),
+            (
+                Ipv4Addr::new(10, 99, 0, 0),
+                16,
+                Ipv4Addr::new(10, 213, 0, 1)
+            )
+        );
+        assert_eq!((r[1].dst, r[1].prefix), (Ipv4Addr::UNSPECIFIED, 0));
+        assert_eq!(
+            (r[2].dst, r[2].prefix, r[2].gateway),
+            (Ipv4Addr::new(192, 168, 5, 128), 25, Ipv4Addr::UNSPECIFIED)
+        );
+        // Host bits beyond the width are cleared.
+        assert_eq!(
+            classless_routes(&[8, 10, 1, 2, 3, 4]).unwrap()[0].dst,
+            Ipv4Addr::new(10, 0, 0, 0)
+        );
+        assert_eq!(
+            classless_routes(&[9, 10, 255, 1, 2, 3, 4]).unwrap()[0].dst,
+            Ipv4Addr::new(10, 128, 0, 0)
+        );
+        // Malformed: void.
+        assert_eq!(classless_routes(&[]), None);
+        assert_eq!(classless_routes(&[33, 1, 2, 3, 4, 5, 1, 2, 3, 4]), None);
+        assert_eq!(classless_routes(&[24, 10, 0, 0, 1, 2, 3]), None);
+        assert_eq!(classless_routes(&[0, 1, 2, 3, 4, 24]), None);
+        for len in 0..40 {
+            let junk: Vec<u8> = (0..len).map(|i| (i * 53 + 7) as u8).collect();
+            let _ = classless_routes(&junk);
         }
     }
 
