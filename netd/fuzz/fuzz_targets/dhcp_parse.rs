@@ -3,14 +3,18 @@
 //! the same options.
 #![no_main]
 
-use fluxnode_netd::dhcp::packet::Message;
+use fluxnode_netd::dhcp::packet::{classless_routes, Message};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
+    let _ = classless_routes(data);
     if let Ok(m) = Message::parse(data) {
         let again = Message::parse(&m.encode()).expect("re-encoded message parses");
         assert_eq!(again.xid, m.xid);
         assert_eq!(again.options.get(&53), m.options.get(&53));
         let _ = (m.message_type(), m.option_ips(3), m.option_u32(51), m.option_text(56));
+        if let Some(v) = m.options.get(&121) {
+            let _ = classless_routes(v);
+        }
     }
 });
