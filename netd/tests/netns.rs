@@ -82,8 +82,33 @@ struct Net {
     dir: tempfile::TempDir,
 }
 
+/// Deletes namespaces left by test runs that were killed before their
+/// Drop guards ran (the pid in the name is gone).
+fn sweep_leftovers() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let Ok(dir) = std::fs::read_dir("/run/netns") else {
+            return;
+        };
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name
+                .strip_prefix("fxnetd-")
+                .and_then(|r| r.split('x').next())
+            else {
+                continue;
+            };
+            if !Path::new("/proc").join(pid).exists() {
+                eprintln!("removing namespace {name} left by a killed test run");
+                let _ = Command::new("ip").args(["netns", "del", &name]).status();
+            }
+        }
+    });
+}
+
 impl Net {
     fn new() -> Net {
+        sweep_leftovers();
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
         let tag = format!("{pid}x{n}");
