@@ -54,8 +54,7 @@ pub fn tcti_from(explicit: Option<&str>) -> String {
         .unwrap_or_else(|| DEFAULT_TCTI.to_string())
 }
 
-/// An open TPM.
-#[allow(missing_debug_implementations)] // tss_esapi::Context has no Debug
+/// An open TPM (Debug shows the TCTI: tss_esapi::Context has no Debug).
 pub struct Tpm {
     ctx: Context,
     tcti: String,
