@@ -2,8 +2,9 @@
 //! verifier's qualifying data, using the AK.
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 use tss_esapi::abstraction::pcr;
-use tss_esapi::structures::{Data, SignatureScheme};
+use tss_esapi::structures::{AttestInfo, Data, SignatureScheme};
 use tss_esapi::traits::Marshall;
 
 use super::keys::AkBlob;
@@ -61,6 +62,28 @@ impl Tpm {
         selection: &PcrSelection,
         qualifying_data: &[u8],
     ) -> Result<Quote> {
+        // PCRs are read after the quote (TPM2_Quote returns only their
+        // digest): if something extended one in between, the values would
+        // not match the quote. Check, and quote again.
+        for _ in 0..3 {
+            let (consistent, q) = self.quote_once(blob, selection, qualifying_data)?;
+            if consistent {
+                return Ok(q);
+            }
+            tracing::info!("a PCR changed between Quote and PCR_Read; quoting again");
+        }
+        Err(Error::tpm(
+            "Quote",
+            "PCR values kept changing between TPM2_Quote and TPM2_PCR_Read (3 tries)",
+        ))
+    }
+
+    fn quote_once(
+        &mut self,
+        blob: &AkBlob,
+        selection: &PcrSelection,
+        qualifying_data: &[u8],
+    ) -> Result<(bool, Quote)> {
         let data = Data::try_from(qualifying_data.to_vec())
             .map_err(|e| Error::tpm("Quote (qualifying data too long, max 64 bytes)", e))?;
         let list = selection.to_tss()?;
@@ -92,8 +115,21 @@ impl Tpm {
                 });
             }
         }
+        // The AK signs with SHA-256, so the quote's pcrDigest is SHA-256
+        // over the selected values in selection order.
+        let consistent = match attest.attested() {
+            AttestInfo::Quote { info } => {
+                info.pcr_digest().value() == Sha256::digest(&pcr_values).as_slice()
+            }
+            _ => {
+                return Err(Error::tpm(
+                    "Quote",
+                    "the TPM returned a non-quote attestation",
+                ))
+            }
+        };
         let clock = attest.clock_info();
-        Ok(Quote {
+        let quote = Quote {
             extra_data: attest.extra_data().value().to_vec(),
             clock: clock.clock(),
             reset_count: clock.reset_count(),
@@ -107,6 +143,7 @@ impl Tpm {
             selection: selection.to_string(),
             pcr_values,
             pcrs,
-        })
+        };
+        Ok((consistent, quote))
     }
 }
