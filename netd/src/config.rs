@@ -14,7 +14,9 @@
 //!
 //! File keys (all optional): `mode` ("dhcp" | "static" | "off"), `interface`,
 //! `address` ("ADDR/PREFIX"), `gateway`, `dns` (list), `hostname`,
-//! `release_on_stop` (bool, default true).
+//! `release_on_stop` (bool, default true), `request_broadcast` (bool,
+//! default true: ask servers to broadcast replies until the link has an
+//! address; replies unicast anyway are caught by a packet socket).
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -89,6 +91,8 @@ pub struct Config {
     pub hostname: Option<String>,
     /// Send DHCPRELEASE and remove the address on SIGTERM.
     pub release_on_stop: bool,
+    /// Set the broadcast flag in DISCOVER/REQUEST.
+    pub request_broadcast: bool,
 }
 
 impl Default for Config {
@@ -98,6 +102,7 @@ impl Default for Config {
             interface: None,
             hostname: None,
             release_on_stop: true,
+            request_broadcast: true,
         }
     }
 }
@@ -113,6 +118,7 @@ struct FileConfig {
     dns: Vec<String>,
     hostname: Option<String>,
     release_on_stop: Option<bool>,
+    request_broadcast: Option<bool>,
 }
 
 fn invalid(origin: &str, key: &str, value: &str, why: &str) -> ConfigError {
@@ -240,6 +246,9 @@ fn apply_file(cfg: &mut Config, path: &Path, text: &str) -> Result<(), ConfigErr
     if f.hostname.is_some() {
         cfg.hostname = f.hostname;
     }
+    if let Some(b) = f.request_broadcast {
+        cfg.request_broadcast = b;
+    }
     if let Some(r) = f.release_on_stop {
         cfg.release_on_stop = r;
     }
@@ -327,6 +336,9 @@ mod tests {
         let c = from_texts(Some((p, file)), "").unwrap();
         assert!(matches!(c.mode, Mode::Static(_)));
         assert!(!c.release_on_stop);
+        assert!(c.request_broadcast);
+        let c = from_texts(Some((p, "request_broadcast = false")), "").unwrap();
+        assert!(!c.request_broadcast);
         let c = from_texts(Some((p, file)), "fluxnode.net=dhcp").unwrap();
         assert_eq!((c.mode, c.interface.as_deref()), (Mode::Dhcp, Some("eth0")));
     }

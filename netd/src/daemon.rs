@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::config::{self, Config, Mode};
-use crate::dhcp::{Action, Client, DhcpSocket, Lease};
+use crate::dhcp::{Action, Client, DhcpSocket, Lease, Message, RawReceiver};
 use crate::error::Error;
 use crate::netlink::{Address, Link, Netlink, RTPROT_DHCP, RTPROT_STATIC};
 use crate::notify::Notifier;
@@ -353,6 +353,10 @@ impl Service<'_> {
             iface: link.name.clone(),
             source,
         })?;
+        let raw = RawReceiver::open(link.index).map_err(|source| Error::DhcpSocket {
+            iface: link.name.clone(),
+            source,
+        })?;
         // Subscribed before the first message, so no carrier change is missed.
         let monitor = Netlink::open_link_monitor()?;
         let mut carrier = self
@@ -361,6 +365,7 @@ impl Service<'_> {
             .iter()
             .any(|l| l.index == link.index && l.flags & IFF_RUNNING != 0);
         let mut client = Client::new(mac, cfg.hostname.clone(), random_u64());
+        client.request_broadcast(cfg.request_broadcast);
         self.stale = self
             .nl
             .addresses()?
@@ -378,7 +383,8 @@ impl Service<'_> {
             self.apply(link, &sock, a)?;
         }
         loop {
-            let (stop, readable) = self.wait(&[sock.fd(), monitor.fd()], client.deadline())?;
+            let fds = [sock.fd(), monitor.fd(), raw.fd()];
+            let (stop, readable) = self.wait(&fds, client.deadline())?;
             if stop {
                 break;
             }
@@ -405,8 +411,15 @@ impl Service<'_> {
                     }
                 }
             }
-            if readable[0] {
-                while let Some(m) = sock.recv().map_err(|source| Error::DhcpSocket {
+            // The same reply may come through both sockets; the client
+            // ignores the copy, which no longer fits its state.
+            let sockets: [&dyn Fn() -> std::io::Result<Option<Message>>; 2] =
+                [&|| sock.recv(), &|| raw.recv()];
+            for (recv, ready) in sockets.iter().zip([readable[0], readable[2]]) {
+                if !ready {
+                    continue;
+                }
+                while let Some(m) = recv().map_err(|source| Error::DhcpSocket {
                     iface: link.name.clone(),
                     source,
                 })? {

@@ -240,7 +240,7 @@ impl Net {
             .arg("--cmdline")
             .arg(self.path("cmdline"))
             .arg("--config")
-            .arg(self.path("absent.toml"))
+            .arg(self.path("netd.toml")) // absent unless a test writes it
             .arg("--resolv-conf")
             .arg(self.path("resolv.conf"))
             .env("NOTIFY_SOCKET", notify)
@@ -898,6 +898,51 @@ fn classless_static_routes() {
         !all.contains("10.99.0.0/16"),
         "option 121 route left after the release: {all}"
     );
+}
+
+/// With the broadcast flag off, dnsmasq unicasts its OFFER and ACK to the
+/// offered address, which the link does not hold yet: the kernel drops
+/// them before any UDP socket, and only netd's packet socket can see them.
+#[test]
+fn unicast_replies_reach_netd_without_the_broadcast_flag() {
+    if !can_run(
+        "unicast_replies_reach_netd_without_the_broadcast_flag",
+        true,
+    ) {
+        return;
+    }
+    let net = Net::new();
+    let sniffer = Sniffer::start(&net.server, &net.server_if);
+    let mut notify = Notify::bind(&net.path("notify"));
+    std::fs::write(net.path("netd.toml"), "request_broadcast = false\n").unwrap();
+    let _dnsmasq = net.dnsmasq_with((10, 50), (60, 100), &[], "dnsmasq.log");
+    let mut netd = net.netd(
+        &format!("fluxnode.net.iface={}", net.client_if),
+        &net.path("notify"),
+    );
+    assert!(
+        notify.until("READY=1", Duration::from_secs(20)),
+        "no READY=1: {:?}",
+        notify.seen
+    );
+    let msgs = sniffer.messages();
+    assert!(msgs
+        .iter()
+        .any(|(_, m)| m.message_type() == Some(MessageType::Discover)));
+    assert!(
+        msgs.iter().all(|(_, m)| m.flags == 0),
+        "broadcast flag set although configured off"
+    );
+    let log = read(&net.path("dnsmasq.log"));
+    assert!(log.contains("DHCPACK("), "{log}");
+    assert!(
+        !log.contains("broadcast response"),
+        "dnsmasq broadcast anyway; the unicast path was not tested: {log}"
+    );
+    assert!(leased_address(&net.client_addrs()).is_some());
+    assert!(net.client_default_route().contains("default via"));
+    let st = sigterm_and_wait(&mut netd, Duration::from_secs(10));
+    assert_eq!(st.code(), Some(0), "{st:?}");
 }
 
 /// Static mode: the given address, route and DNS, READY=1 with no DHCP server.

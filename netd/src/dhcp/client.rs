@@ -149,6 +149,7 @@ pub struct Client {
     state: State,
     started: Option<Instant>,
     hint: Option<Ipv4Addr>,
+    broadcast: bool,
 }
 
 impl Client {
@@ -163,6 +164,7 @@ impl Client {
             state: State::Init,
             started: None,
             hint: None,
+            broadcast: true,
         }
     }
 
@@ -266,7 +268,7 @@ impl Client {
 
     fn discover_msg(&self, now: Instant) -> Action {
         let mut m = self.base(MessageType::Discover);
-        m.flags = FLAG_BROADCAST;
+        m.flags = self.flags();
         if let Some(h) = self.hint {
             m.set(opt::REQUESTED_IP, h.octets());
         }
@@ -276,7 +278,7 @@ impl Client {
 
     fn request_selecting(&self, now: Instant, address: Ipv4Addr, server: Ipv4Addr) -> Action {
         let mut m = self.base(MessageType::Request);
-        m.flags = FLAG_BROADCAST;
+        m.flags = self.flags();
         m.secs = self.secs(now);
         m.set(opt::REQUESTED_IP, address.octets());
         m.set(opt::SERVER_ID, server.octets());
@@ -293,7 +295,7 @@ impl Client {
     /// INIT-REBOOT's REQUEST: broadcast, requested-ip set, no ciaddr, no server id.
     fn request_reboot(&self, now: Instant, lease: &Lease) -> Action {
         let mut m = self.base(MessageType::Request);
-        m.flags = FLAG_BROADCAST;
+        m.flags = self.flags();
         m.secs = self.secs(now);
         m.set(opt::REQUESTED_IP, lease.address.octets());
         Action::Send(m, Destination::Broadcast)
@@ -329,6 +331,22 @@ impl Client {
                 };
                 vec![action]
             }
+        }
+    }
+
+    /// Whether to set the broadcast flag (default on): "answer by
+    /// broadcast, I have no address yet". Off, servers unicast their
+    /// replies to the offered address, which netd receives through its
+    /// packet socket; needed where broadcasts are filtered out.
+    pub fn request_broadcast(&mut self, on: bool) {
+        self.broadcast = on;
+    }
+
+    fn flags(&self) -> u16 {
+        if self.broadcast {
+            FLAG_BROADCAST
+        } else {
+            0
         }
     }
 

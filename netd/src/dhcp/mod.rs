@@ -6,4 +6,4 @@ pub mod socket;
 
 pub use client::{Action, Client, Destination, Lease};
 pub use packet::{Message, MessageType, ParseError};
-pub use socket::DhcpSocket;
+pub use socket::{DhcpSocket, RawReceiver};
