@@ -1,13 +1,19 @@
-//! Any datagram on port 68 goes through `Message::parse`: it must never
+//! Any datagram on port 68 goes through `Message::parse` (and any packet
+//! the packet socket sees through `udp_payload` first): it must never
 //! panic, and whatever parses must re-encode into something that parses to
 //! the same options.
 #![no_main]
 
 use fluxnode_netd::dhcp::packet::{classless_routes, Message};
+use fluxnode_netd::dhcp::socket::udp_payload;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let _ = classless_routes(data);
+    // Raw packets from the packet socket: IPv4 + UDP unwrapping, then DHCP.
+    if let Some(p) = udp_payload(data) {
+        let _ = Message::parse(p);
+    }
     if let Ok(m) = Message::parse(data) {
         let again = Message::parse(&m.encode()).expect("re-encoded message parses");
         assert_eq!(again.xid, m.xid);
