@@ -234,6 +234,21 @@ impl Vm {
         Ok(())
     }
 
+    /// Presses the ACPI power button (`system_powerdown`) until QEMU exits:
+    /// a press before the guest's `button` driver is loaded is lost, as on
+    /// a real machine, so it is repeated every 5 s.
+    pub fn power_off(&mut self, timeout: Duration) -> Result<ExitStatus, String> {
+        let t0 = Instant::now();
+        loop {
+            self.monitor("system_powerdown")?;
+            match self.wait_exit(Duration::from_secs(5)) {
+                Ok(st) => return Ok(st),
+                Err(e) if t0.elapsed() > timeout => return Err(e),
+                Err(_) => {}
+            }
+        }
+    }
+
     /// Waits for QEMU to exit.
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus, String> {
         let t0 = Instant::now();

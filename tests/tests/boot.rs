@@ -118,8 +118,7 @@ fn esp_listing(disk: &Path, esp_offset: u64) -> Result<Vec<String>, String> {
 }
 
 fn power_off(vm: &mut Vm) -> Result<String, String> {
-    vm.monitor("system_powerdown")?;
-    let st = vm.wait_exit(Duration::from_secs(120))?;
+    let st = vm.power_off(Duration::from_secs(120))?;
     Ok(st.to_string())
 }
 
@@ -344,6 +343,18 @@ fn boot_hal_sees_the_swtpm_and_the_virtio_disk() {
         j["tpm"]
     );
     assert_eq!(j["tpm"]["version"], serde_json::json!("2.0"));
+    assert_eq!(
+        j["tpm"]["error"],
+        serde_json::Value::Null,
+        "hal opened the TPM: {}",
+        j["tpm"]
+    );
+    assert_eq!(
+        j["tpm"]["vendor"],
+        serde_json::json!("SWTPM"),
+        "{}",
+        j["tpm"]
+    );
     let disks: Vec<&str> = j["disks"]
         .as_array()
         .unwrap()

@@ -96,8 +96,8 @@ const READY: &str = "fluxnode-init: all services ready";
 fn fluxnode_boot(disk: &Path, dir: &Path) -> Result<(Timeline, String)> {
     let mut vm = Vm::start(&VmConfig::new(disk, dir)).map_err(anyhow::Error::msg)?;
     let (seen, log) = watch(&mut vm, &[FW, S1, SW, READY], READY)?;
-    vm.monitor("system_powerdown").map_err(anyhow::Error::msg)?;
-    let _ = vm.wait_exit(Duration::from_secs(120));
+    vm.power_off(Duration::from_secs(120))
+        .map_err(anyhow::Error::msg)?;
     let t_s1 = guest_t(&log, S1).context("no stage 1 time on the console")?;
     let t_sw = guest_t(&log, SW).context("no switch_root time on the console")?;
     let h = |m: &str| seen.at(m).with_context(|| format!("{m:?} not seen"));

@@ -78,9 +78,8 @@ pub fn run(args: Args) -> Result<()> {
     let _ = vm.wait_for("fluxnode-init: boot complete", Duration::from_secs(30));
     std::thread::sleep(Duration::from_secs(1));
     eprintln!("\ndemo: all services ready after {ready:.1} s (host wall time); pressing the power button (system_powerdown)");
-    vm.monitor("system_powerdown").map_err(anyhow::Error::msg)?;
     let st = vm
-        .wait_exit(Duration::from_secs(120))
+        .power_off(Duration::from_secs(120))
         .map_err(anyhow::Error::msg)?;
     let log = vm.log();
     if !st.success() {
