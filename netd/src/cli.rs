@@ -30,7 +30,7 @@ KERNEL COMMAND LINE (wins over the file):
 FILE /etc/fluxnode/netd.toml (optional):
     mode = \"static\"   interface = \"eth0\"   address = \"192.168.1.20/24\"
     gateway = \"192.168.1.1\"   dns = [\"192.168.1.1\"]   hostname = \"node1\"
-    release_on_stop = true
+    release_on_stop = true   request_broadcast = true
 
 OPTIONS:
     --cmdline PATH      kernel command line to read   [/proc/cmdline]

@@ -1,17 +1,16 @@
-//! The DHCP client's socket: UDP port 68, bound to the link.
+//! The DHCP client's sockets: UDP port 68 bound to the link, and a packet
+//! socket beside it.
 //!
-//! A plain UDP socket with `SO_BINDTODEVICE` and `SO_BROADCAST` rather than
-//! an `AF_PACKET` one: the kernel builds the IP and UDP headers and
-//! checksums, and the same socket serves discovery (broadcast, source
-//! 0.0.0.0) and renewal (unicast from the leased address). What makes this
-//! work before the link has an address is the broadcast flag in our
-//! DISCOVER/REQUEST: the server answers to 255.255.255.255, which the kernel
-//! delivers on a link without an address, where a unicast to the offered
-//! address would be dropped. RFC 2131 obliges servers to honour the flag
-//! (dnsmasq and QEMU's user networking do). The cost: replies are subject to
-//! the reverse-path filter; with `rp_filter` strict (1) on the link and no
-//! route back to the server, the kernel drops them. The kernel default is 0
-//! and the appliance sets no other.
+//! Sending goes through a plain UDP socket with `SO_BINDTODEVICE` and
+//! `SO_BROADCAST`: the kernel builds the IP and UDP headers and checksums,
+//! and the same socket serves discovery (broadcast, source 0.0.0.0) and
+//! renewal (unicast from the leased address). Our DISCOVER/REQUEST set the
+//! broadcast flag, so RFC 2131 servers answer to 255.255.255.255, which the
+//! kernel delivers on a link without an address. Two kinds of reply never
+//! reach a UDP socket: a unicast to the offered address before the link
+//! holds it (servers that ignore the flag, or `request_broadcast = false`),
+//! and broadcasts dropped by a strict reverse-path filter. [`RawReceiver`]
+//! catches those on an `AF_PACKET` socket filtered down to UDP port 68.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
