@@ -147,25 +147,27 @@ pub fn render_config(c: &Config, json: bool) -> String {
     if json {
         let dns: Vec<String> = dns.iter().map(|d| json_str(&d.to_string())).collect();
         format!(
-            "{{\"mode\":{},\"interface\":{},\"address\":{},\"gateway\":{},\"dns\":[{}],\"hostname\":{},\"release_on_stop\":{}}}",
+            "{{\"mode\":{},\"interface\":{},\"address\":{},\"gateway\":{},\"dns\":[{}],\"hostname\":{},\"release_on_stop\":{},\"request_broadcast\":{}}}",
             json_str(mode),
             opt_json(c.interface.as_deref()),
             opt_json(addr),
             opt_json(gw),
             dns.join(","),
             opt_json(c.hostname.as_deref()),
-            c.release_on_stop
+            c.release_on_stop,
+            c.request_broadcast
         )
     } else {
         let dns: Vec<String> = dns.iter().map(|d| d.to_string()).collect();
         format!(
-            "mode: {mode}\ninterface: {}\naddress: {}\ngateway: {}\ndns: {}\nhostname: {}\nrelease_on_stop: {}",
+            "mode: {mode}\ninterface: {}\naddress: {}\ngateway: {}\ndns: {}\nhostname: {}\nrelease_on_stop: {}\nrequest_broadcast: {}",
             c.interface.as_deref().unwrap_or("(first wired link)"),
             addr.as_deref().unwrap_or("(dhcp)"),
             gw.map(|g| g.to_string()).unwrap_or_else(|| "-".into()),
             if dns.is_empty() { "-".into() } else { dns.join(" ") },
             c.hostname.as_deref().unwrap_or("-"),
-            c.release_on_stop
+            c.release_on_stop,
+            c.request_broadcast
         )
     }
 }
@@ -211,7 +213,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             render_config(&c, true),
-            "{\"mode\":\"static\",\"interface\":\"a\\\"b\",\"address\":\"10.213.0.5/24\",\"gateway\":\"10.213.0.1\",\"dns\":[],\"hostname\":null,\"release_on_stop\":true}"
+            "{\"mode\":\"static\",\"interface\":\"a\\\"b\",\"address\":\"10.213.0.5/24\",\"gateway\":\"10.213.0.1\",\"dns\":[],\"hostname\":null,\"release_on_stop\":true,\"request_broadcast\":true}"
         );
         assert!(render_config(&Config::default(), false).starts_with("mode: dhcp\n"));
     }
