@@ -433,6 +433,107 @@ impl Drop for Sniffer {
     }
 }
 
+/// A minimal DHCP server written for the expiry test only: dnsmasq will
+/// not grant a lease shorter than 2 minutes, too long for the suite. Every
+/// other acceptance point is checked against dnsmasq. It offers one
+/// address, answers REQUESTs while `answering` is set, and records what it
+/// receives (type, ciaddr, destination broadcast or not).
+struct TinyServer {
+    stop: Arc<AtomicBool>,
+    answering: Arc<AtomicBool>,
+    seen: Arc<Mutex<Vec<(MessageType, Ipv4Addr)>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TinyServer {
+    fn start(net: &Net, offer: Ipv4Addr, (lease, t1, t2): (u32, u32, u32)) -> TinyServer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let answering = Arc::new(AtomicBool::new(true));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (ns, ifname, server) = (net.server.clone(), net.server_if.clone(), net.gw());
+        let (stop2, answering2, seen2) = (stop.clone(), answering.clone(), seen.clone());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let f = File::open(format!("/run/netns/{ns}")).unwrap();
+            // SAFETY: f is an open netns file; setns affects this thread only.
+            assert_eq!(
+                unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) },
+                0,
+                "setns"
+            );
+            let sock = std::net::UdpSocket::bind("0.0.0.0:67").unwrap();
+            sock.set_broadcast(true).unwrap();
+            let name = ifname.as_bytes();
+            // SAFETY: name is valid for its length.
+            let rc = unsafe {
+                libc::setsockopt(
+                    sock.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_BINDTODEVICE,
+                    name.as_ptr().cast(),
+                    name.len() as u32,
+                )
+            };
+            assert_eq!(rc, 0, "SO_BINDTODEVICE");
+            sock.set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            ready_tx.send(()).unwrap();
+            let mut b = [0u8; 1500];
+            while !stop2.load(Ordering::SeqCst) {
+                let Ok((n, _)) = sock.recv_from(&mut b) else {
+                    continue;
+                };
+                let Ok(m) = Message::parse(&b[..n]) else {
+                    continue;
+                };
+                let Some(kind) = m.message_type() else {
+                    continue;
+                };
+                seen2.lock().unwrap().push((kind, m.ciaddr));
+                let reply = match kind {
+                    MessageType::Discover => MessageType::Offer,
+                    MessageType::Request if answering2.load(Ordering::SeqCst) => MessageType::Ack,
+                    _ => continue,
+                };
+                let mut r = Message::request(reply, m.xid, [0; 6]);
+                r.op = 2;
+                r.chaddr = m.chaddr;
+                r.flags = m.flags;
+                r.yiaddr = offer;
+                r.set(opt::SERVER_ID, server.octets());
+                r.set(opt::SUBNET_MASK, [255, 255, 255, 0]);
+                r.set(opt::ROUTER, server.octets());
+                r.set(opt::LEASE_TIME, lease.to_be_bytes());
+                r.set(opt::RENEWAL_TIME, t1.to_be_bytes());
+                r.set(opt::REBINDING_TIME, t2.to_be_bytes());
+                let _ = sock.send_to(&r.encode(), "255.255.255.255:68");
+            }
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("tiny server ready");
+        TinyServer {
+            stop,
+            answering,
+            seen,
+            thread: Some(thread),
+        }
+    }
+
+    fn seen(&self) -> Vec<(MessageType, Ipv4Addr)> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for TinyServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 fn sigterm_and_wait(p: &mut Proc, limit: Duration) -> std::process::ExitStatus {
     // SAFETY: kill on our own child's pid.
     unsafe { libc::kill(p.0.id() as i32, libc::SIGTERM) };
@@ -941,6 +1042,85 @@ fn unicast_replies_reach_netd_without_the_broadcast_flag() {
     );
     assert!(leased_address(&net.client_addrs()).is_some());
     assert!(net.client_default_route().contains("default via"));
+    let st = sigterm_and_wait(&mut netd, Duration::from_secs(10));
+    assert_eq!(st.code(), Some(0), "{st:?}");
+}
+
+/// The lease runs out (6 s; T1 2 s, T2 4 s) while the server stays silent:
+/// netd renews, rebinds, then removes the address and default route, says
+/// so in STATUS, and discovers again; when the server answers again netd
+/// takes the lease back.
+#[test]
+fn lease_expiry_removes_the_address_and_rediscovers() {
+    if !can_run("lease_expiry_removes_the_address_and_rediscovers", false) {
+        return;
+    }
+    let net = Net::new();
+    let addr = Ipv4Addr::new(10, 213, net.subnet, 20);
+    let server = TinyServer::start(&net, addr, (6, 2, 4));
+    let mut notify = Notify::bind(&net.path("notify"));
+    let mut netd = net.netd(
+        &format!("fluxnode.net.iface={}", net.client_if),
+        &net.path("notify"),
+    );
+    assert!(
+        notify.until("READY=1", Duration::from_secs(20)),
+        "no READY=1: {:?}",
+        notify.seen
+    );
+    assert!(net.client_addrs().contains(&format!("inet {addr}/24")));
+    server.answering.store(false, Ordering::SeqCst);
+    let silent_from = server.seen().len();
+    let t = Instant::now();
+    wait_for(
+        Duration::from_secs(12),
+        "netd to report the lease gone",
+        || {
+            notify.until("never", Duration::from_millis(100));
+            notify
+                .seen
+                .iter()
+                .any(|m| m.contains("gone; discovering again"))
+        },
+    );
+    let gone_after = t.elapsed();
+    assert!(
+        !net.client_addrs().contains(&format!("inet {addr}/")),
+        "address kept after expiry"
+    );
+    assert!(
+        !net.client_default_route().contains("default"),
+        "default route kept after expiry"
+    );
+    let after: Vec<_> = server.seen()[silent_from..].to_vec();
+    let renew = after
+        .iter()
+        .position(|(k, c)| *k == MessageType::Request && *c == addr);
+    let rediscover = after.iter().position(|(k, _)| *k == MessageType::Discover);
+    assert!(
+        renew.is_some(),
+        "no renewal/rebinding REQUEST while silent: {after:?}"
+    );
+    wait_for(
+        Duration::from_secs(10),
+        "a DISCOVER after the expiry",
+        || {
+            server.seen()[silent_from..]
+                .iter()
+                .any(|(k, _)| *k == MessageType::Discover)
+        },
+    );
+    if let (Some(r), Some(d)) = (renew, rediscover) {
+        assert!(r < d, "discovered before trying to renew: {after:?}");
+    }
+    assert!(
+        gone_after < Duration::from_secs(8),
+        "expiry took {gone_after:?} for a 6 s lease"
+    );
+    server.answering.store(true, Ordering::SeqCst);
+    wait_for(Duration::from_secs(15), "the lease back", || {
+        net.client_addrs().contains(&format!("inet {addr}/24"))
+    });
     let st = sigterm_and_wait(&mut netd, Duration::from_secs(10));
     assert_eq!(st.code(), Some(0), "{st:?}");
 }
