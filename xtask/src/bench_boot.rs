@@ -129,7 +129,7 @@ fn debian_disk(work: &Path, stub: &Path, boot: &Path) -> Result<PathBuf> {
             "bench boot: building a minimal Debian 12 with mmdebstrap (downloads ~200 MB once)"
         );
         let net = "[Match]\\nName=en* eth*\\n[Network]\\nDHCP=ipv4\\n";
-        let unit = "[Unit]\\nDescription=print boot time\\n[Service]\\nType=simple\\nExecStart=/bin/sh -c 'until systemd-analyze time > /dev/ttyS0 2>/dev/null; do sleep 0.2; done'\\n[Install]\\nWantedBy=multi-user.target\\n";
+        let unit = "[Unit]\\nDescription=print boot time\\n[Service]\\nType=simple\\nExecStart=/bin/sh -c \"until systemd-analyze time > /dev/ttyS0 2>/dev/null; do sleep 0.2; done\"\\n[Install]\\nWantedBy=multi-user.target\\n";
         crate::util::run(
             Command::new("mmdebstrap")
                 .args(["--mode=root", "--variant=minbase", "--include=systemd-sysv,udev,kmod,linux-image-amd64,initramfs-tools"])
@@ -235,6 +235,7 @@ fn debian_boot(disk: &Path, dir: &Path) -> Result<(f64, f64, f64, String)> {
 pub fn run(rest: &[String]) -> Result<()> {
     let json = rest.iter().any(|a| a == "--json");
     let skip_debian = rest.iter().any(|a| a == "--skip-debian");
+    let skip_fluxnode = rest.iter().any(|a| a == "--skip-fluxnode");
     let runs: usize = rest
         .iter()
         .position(|a| a == "--runs")
@@ -260,7 +261,7 @@ pub fn run(rest: &[String]) -> Result<()> {
     });
     let mut first = Vec::new();
     let mut again = Vec::new();
-    for i in 0..runs {
+    for i in 0..if skip_fluxnode { 0 } else { runs } {
         let dir = work.join(format!("run{i}"));
         let _ = std::fs::remove_dir_all(&dir);
         let disk = fixture::copy_disk(&built.image, &dir).map_err(anyhow::Error::msg)?;
@@ -281,8 +282,9 @@ pub fn run(rest: &[String]) -> Result<()> {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let share_first = med(&mut first.iter().map(|t| t.init_share_s).collect());
-    let share_again = med(&mut again.iter().map(|t| t.init_share_s).collect());
+    let med_or_nan = |v: &mut Vec<f64>| if v.is_empty() { f64::NAN } else { med(v) };
+    let share_first = med_or_nan(&mut first.iter().map(|t| t.init_share_s).collect());
+    let share_again = med_or_nan(&mut again.iter().map(|t| t.init_share_s).collect());
     report["fluxnode_first_boot"] =
         serde_json::json!(first.iter().map(Timeline::json).collect::<Vec<_>>());
     report["fluxnode_later_boot"] =
