@@ -135,6 +135,23 @@ pub fn check_target(device: &Path, image: &Path, host: &Host) -> Result<bool> {
             format!("device {m} on it is mounted; unmount it first"),
         ));
     }
+    // A device-mapper device (LVM, crypt, verity) on top of it counts as in use.
+    for m in &fam {
+        let holders = host.sys.join("dev/block").join(m).join("holders");
+        if let Some(h) = std::fs::read_dir(&holders)
+            .ok()
+            .and_then(|mut r| r.next())
+            .and_then(|e| e.ok())
+        {
+            return Err(refuse(
+                device,
+                format!(
+                    "device {m} on it is held by {} (LVM, dm-crypt or dm-verity?)",
+                    h.file_name().to_string_lossy()
+                ),
+            ));
+        }
+    }
     if let Some(r) = root {
         let (_, parent) = family(&host.sys, &r);
         if r == me || parent.as_deref() == Some(me.as_str()) {
@@ -322,6 +339,55 @@ mod tests {
         let (mounts, root) = mounted_devs(&mi).unwrap();
         assert_eq!(mounts, vec!["7:1"]);
         assert_eq!(root, None);
+    }
+
+    #[test]
+    fn check_target_refuses_mounted_and_boot_disks() {
+        let d = tempfile::tempdir().unwrap();
+        let node = d.path().join("fakedisk");
+        let c = std::ffi::CString::new(node.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path; a block node for 7:0 (nothing is opened).
+        if unsafe { libc::mknod(c.as_ptr(), libc::S_IFBLK | 0o600, libc::makedev(7, 0)) } != 0 {
+            eprintln!("skipping check_target_refuses_mounted_and_boot_disks: mknod needs root");
+            return;
+        }
+        let img = d.path().join("img");
+        std::fs::write(&img, b"x").unwrap();
+        let sys = d.path().join("sys");
+        let disk = sys.join("dev/block/7:0");
+        std::fs::create_dir_all(disk.join("p1")).unwrap();
+        std::fs::write(disk.join("p1/partition"), "1").unwrap();
+        std::fs::write(disk.join("p1/dev"), "7:1\n").unwrap();
+        std::fs::create_dir_all(sys.join("dev/block/7:1")).unwrap();
+        std::fs::write(sys.join("dev/block/7:1/partition"), "1").unwrap();
+        let host = |mi: &str| {
+            let p = d.path().join("mountinfo");
+            std::fs::write(&p, mi).unwrap();
+            Host {
+                mountinfo: p,
+                sys: sys.clone(),
+            }
+        };
+        let e =
+            check_target(&node, &img, &host("22 1 7:1 / /mnt rw - ext4 /dev/x rw\n")).unwrap_err();
+        assert!(e.to_string().contains("7:1 on it is mounted"), "{e}");
+        assert!(check_target(&node, &img, &host("22 1 8:1 / / rw - ext4 /dev/sda1 rw\n")).unwrap());
+        std::fs::create_dir_all(sys.join("dev/block/7:1/holders/dm-0")).unwrap();
+        let e =
+            check_target(&node, &img, &host("22 1 8:1 / / rw - ext4 /dev/sda1 rw\n")).unwrap_err();
+        assert!(e.to_string().contains("held by dm-0"), "{e}");
+        std::fs::remove_dir(sys.join("dev/block/7:1/holders/dm-0")).unwrap();
+        // 7:0 holds / itself (fake sysfs has no parent link for it): the boot disk.
+        let e = check_target(
+            &node,
+            &img,
+            &host("22 1 9:9 / /x rw - ext4 a rw\n1 0 7:0 / / rw - ext4 b rw\n"),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("mounted") || e.to_string().contains("booted"),
+            "{e}"
+        );
     }
 
     #[test]
