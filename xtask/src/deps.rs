@@ -37,6 +37,8 @@ pub const PACKAGES: &[&str] = &[
     "swtpm",
     "swtpm-tools",
     "tpm2-tools",
+    // the hal's TPM tests check the EK certificate chain with it
+    "openssl",
     // reference tools the benchmarks are checked against
     // (mmdebstrap: `bench boot` builds a minimal Debian with systemd to compare)
     "mmdebstrap",
