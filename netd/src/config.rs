@@ -16,7 +16,9 @@
 //! `address` ("ADDR/PREFIX"), `gateway`, `dns` (list), `hostname`,
 //! `release_on_stop` (bool, default true), `request_broadcast` (bool,
 //! default true: ask servers to broadcast replies until the link has an
-//! address; replies unicast anyway are caught by a packet socket).
+//! address; replies unicast anyway are caught by a packet socket),
+//! `arp_check` (bool, default true: ARP-probe a new address before use and
+//! decline it when another host answers).
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -93,6 +95,8 @@ pub struct Config {
     pub release_on_stop: bool,
     /// Set the broadcast flag in DISCOVER/REQUEST.
     pub request_broadcast: bool,
+    /// ARP-probe a new address before using it.
+    pub arp_check: bool,
 }
 
 impl Default for Config {
@@ -103,6 +107,7 @@ impl Default for Config {
             hostname: None,
             release_on_stop: true,
             request_broadcast: true,
+            arp_check: true,
         }
     }
 }
@@ -119,6 +124,7 @@ struct FileConfig {
     hostname: Option<String>,
     release_on_stop: Option<bool>,
     request_broadcast: Option<bool>,
+    arp_check: Option<bool>,
 }
 
 fn invalid(origin: &str, key: &str, value: &str, why: &str) -> ConfigError {
@@ -248,6 +254,9 @@ fn apply_file(cfg: &mut Config, path: &Path, text: &str) -> Result<(), ConfigErr
     }
     if let Some(b) = f.request_broadcast {
         cfg.request_broadcast = b;
+    }
+    if let Some(a) = f.arp_check {
+        cfg.arp_check = a;
     }
     if let Some(r) = f.release_on_stop {
         cfg.release_on_stop = r;

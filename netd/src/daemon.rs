@@ -10,6 +10,7 @@ use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::arp::{self, ArpSocket};
 use crate::config::{self, Config, Mode};
 use crate::dhcp::{Action, Client, DhcpSocket, Lease, Message, RawReceiver};
 use crate::error::Error;
@@ -57,6 +58,8 @@ struct Service<'a> {
     /// Dynamic addresses found on the link at start (a previous netd's
     /// lease): removed once a lease is configured, unless it is the same.
     stale: Vec<Address>,
+    /// Open only while the DHCP client probes a new address.
+    arp: Option<ArpSocket>,
     next_watchdog: Option<Instant>,
 }
 
@@ -255,6 +258,24 @@ impl Service<'_> {
             }
             Action::Configure(lease) => self.configure(link, &lease)?,
             Action::Deconfigure(lease) => self.deconfigure(link, &lease),
+            Action::Probe(address) => {
+                if self.arp.is_none() {
+                    self.arp =
+                        Some(
+                            ArpSocket::open(link.index).map_err(|source| Error::DhcpSocket {
+                                iface: link.name.clone(),
+                                source,
+                            })?,
+                        );
+                }
+                let sent = self
+                    .arp
+                    .as_ref()
+                    .map(|a| a.probe(link.mac.unwrap_or_default(), address));
+                if let Some(Err(e)) = sent {
+                    tracing::warn!(error = %e, %address, "sending an arp probe failed");
+                }
+            }
         }
         Ok(())
     }
@@ -366,6 +387,7 @@ impl Service<'_> {
             .any(|l| l.index == link.index && l.flags & IFF_RUNNING != 0);
         let mut client = Client::new(mac, cfg.hostname.clone(), random_u64());
         client.request_broadcast(cfg.request_broadcast);
+        client.arp_check(cfg.arp_check);
         self.stale = self
             .nl
             .addresses()?
@@ -383,7 +405,8 @@ impl Service<'_> {
             self.apply(link, &sock, a)?;
         }
         loop {
-            let fds = [sock.fd(), monitor.fd(), raw.fd()];
+            let mut fds = vec![sock.fd(), monitor.fd(), raw.fd()];
+            fds.extend(self.arp.as_ref().map(ArpSocket::fd));
             let (stop, readable) = self.wait(&fds, client.deadline())?;
             if stop {
                 break;
@@ -429,10 +452,27 @@ impl Service<'_> {
                     }
                 }
             }
+            if readable.get(3).copied().unwrap_or(false) {
+                let seen = self.arp.as_ref().map(ArpSocket::recv_all).transpose();
+                let seen = seen.map_err(|source| Error::DhcpSocket {
+                    iface: link.name.clone(),
+                    source,
+                })?;
+                if let (Some(address), Some(packets)) = (client.probing(), seen) {
+                    if packets.iter().any(|p| arp::conflicts(p, address, mac)) {
+                        for a in client.on_conflict(now, address) {
+                            self.apply(link, &sock, a)?;
+                        }
+                    }
+                }
+            }
             if client.deadline().is_some_and(|d| now >= d) {
                 for a in client.on_timer(now) {
                     self.apply(link, &sock, a)?;
                 }
+            }
+            if client.probing().is_none() {
+                self.arp = None;
             }
         }
         self.stopping = true;
@@ -461,6 +501,7 @@ pub fn run(paths: &Paths, notify: &Notifier) -> Result<(), Error> {
         ready: false,
         stopping: false,
         stale: Vec::new(),
+        arp: None,
         next_watchdog,
     };
     svc.loopback()?;

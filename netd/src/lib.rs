@@ -20,6 +20,7 @@
 //! timers are unit-tested with a fake clock. See docs/NETD.md.
 #![deny(missing_docs)]
 
+pub mod arp;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -1125,6 +1125,76 @@ fn lease_expiry_removes_the_address_and_rediscovers() {
     assert_eq!(st.code(), Some(0), "{st:?}");
 }
 
+/// The offered address is already in use on the link (the server side
+/// holds it too): netd's ARP probe gets an answer, it declines the lease
+/// (DHCPDECLINE) without ever configuring it, waits 10 s and discovers
+/// again; a server with a free address then gets it READY.
+#[test]
+fn address_in_use_is_declined() {
+    if !can_run("address_in_use_is_declined", true) {
+        return;
+    }
+    let net = Net::new();
+    let s = net.subnet;
+    let taken = format!("10.213.{s}.10");
+    ip(&[
+        "-n",
+        &net.server,
+        "addr",
+        "add",
+        &format!("{taken}/24"),
+        "dev",
+        &net.server_if,
+    ]);
+    let mut notify = Notify::bind(&net.path("notify"));
+    let first = net.dnsmasq_with((10, 10), (60, 100), &[], "dnsmasq.log");
+    let mut netd = net.netd(
+        &format!("fluxnode.net.iface={}", net.client_if),
+        &net.path("notify"),
+    );
+    wait_for(
+        Duration::from_secs(15),
+        "dnsmasq to log the DHCPDECLINE",
+        || {
+            read(&net.path("dnsmasq.log"))
+                .contains(&format!("DHCPDECLINE({}) {taken}", net.server_if))
+        },
+    );
+    let t = Instant::now();
+    assert!(
+        !net.client_addrs().contains(&format!("inet {taken}/")),
+        "the taken address was configured"
+    );
+    drop(first);
+    let _second = net.dnsmasq_with((11, 11), (60, 100), &[], "dnsmasq2.log");
+    assert!(
+        notify.until("READY=1", Duration::from_secs(20)),
+        "no READY=1 after the decline: {:?}",
+        notify.seen
+    );
+    assert!(
+        t.elapsed() >= Duration::from_secs(8),
+        "rediscovered {:?} after the decline, not ~10 s",
+        t.elapsed()
+    );
+    assert!(
+        net.client_addrs()
+            .contains(&format!("inet 10.213.{s}.11/24")),
+        "{}",
+        net.client_addrs()
+    );
+    assert!(
+        !notify
+            .seen
+            .iter()
+            .any(|m| m.contains(&format!("{taken}/24"))),
+        "{:?}",
+        notify.seen
+    );
+    let st = sigterm_and_wait(&mut netd, Duration::from_secs(10));
+    assert_eq!(st.code(), Some(0), "{st:?}");
+}
+
 /// Static mode: the given address, route and DNS, READY=1 with no DHCP server.
 #[test]
 fn static_mode_ready_without_a_server() {

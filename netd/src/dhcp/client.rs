@@ -81,6 +81,9 @@ pub enum Action {
     Configure(Lease),
     /// Remove this lease's address and route (expired, NAKed or released).
     Deconfigure(Lease),
+    /// Send an ARP probe for this address (RFC 5227: "who has it?", from
+    /// 0.0.0.0) and report any answer through [`Client::on_conflict`].
+    Probe(Ipv4Addr),
 }
 
 #[derive(Debug, Clone)]
@@ -119,6 +122,13 @@ enum State {
         next: Instant,
         sent: Instant,
     },
+    /// Acknowledged, not yet used: ARP-probing the address (RFC 2131
+    /// §4.4.1, RFC 5227) before configuring it.
+    Checking {
+        lease: Lease,
+        probes: u32,
+        next: Instant,
+    },
     /// After a NAK: wait a little before discovering again.
     Backoff { until: Instant },
     /// Released: the daemon is stopping.
@@ -136,6 +146,14 @@ const MIN_RENEW_RETRY: Duration = Duration::from_secs(60);
 /// frames. A smaller value would cripple the link; a server sending one is
 /// wrong or hostile.
 pub const MTU_RANGE: std::ops::RangeInclusive<u16> = 576..=9216;
+/// ARP probes sent for a new address, and the pause after each: a
+/// conflict on the LAN answers within milliseconds, so 3 × 300 ms is
+/// plenty (RFC 5227's 1–2 s spacing is for slow links) and delays the
+/// first lease by under a second.
+const PROBES: u32 = 3;
+const PROBE_INTERVAL: Duration = Duration::from_millis(300);
+/// RFC 2131 §3.1: after a DHCPDECLINE wait at least 10 s before starting over.
+const DECLINE_BACKOFF: Duration = Duration::from_secs(10);
 /// Pause after a NAK before discovering again.
 const NAK_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -150,6 +168,7 @@ pub struct Client {
     started: Option<Instant>,
     hint: Option<Ipv4Addr>,
     broadcast: bool,
+    arp_check: bool,
 }
 
 impl Client {
@@ -165,6 +184,7 @@ impl Client {
             started: None,
             hint: None,
             broadcast: true,
+            arp_check: true,
         }
     }
 
@@ -203,6 +223,7 @@ impl Client {
             State::Renewing { .. } => "renewing",
             State::Rebinding { .. } => "rebinding",
             State::Rebooting { .. } => "rebooting",
+            State::Checking { .. } => "checking",
             State::Backoff { .. } => "backoff",
             State::Stopped => "stopped",
         }
@@ -216,6 +237,7 @@ impl Client {
             State::Bound { lease } => lease.duration.map(|_| lease.at(lease.t1)),
             State::Renewing { next, .. } | State::Rebinding { next, .. } => Some(*next),
             State::Rebooting { next, .. } => Some(*next),
+            State::Checking { next, .. } => Some(*next),
             State::Backoff { until } => Some(*until),
         }
     }
@@ -308,9 +330,10 @@ impl Client {
     pub fn on_carrier_up(&mut self, now: Instant) -> Vec<Action> {
         match self.state.clone() {
             State::Init | State::Stopped => Vec::new(),
-            State::Selecting { .. } | State::Requesting { .. } | State::Backoff { .. } => {
-                self.discover(now)
-            }
+            State::Selecting { .. }
+            | State::Requesting { .. }
+            | State::Backoff { .. }
+            | State::Checking { .. } => self.discover(now),
             State::Bound { lease }
             | State::Renewing { lease, .. }
             | State::Rebinding { lease, .. }
@@ -342,6 +365,41 @@ impl Client {
         self.broadcast = on;
     }
 
+    /// Whether to ARP-probe a new address before using it (default on).
+    pub fn arp_check(&mut self, on: bool) {
+        self.arp_check = on;
+    }
+
+    /// The address being probed, if the client is checking one.
+    pub fn probing(&self) -> Option<Ipv4Addr> {
+        match &self.state {
+            State::Checking { lease, .. } => Some(lease.address),
+            _ => None,
+        }
+    }
+
+    /// Another host answered for (or probed) `address` while we checked it:
+    /// decline it (DHCPDECLINE) and start over after 10 s.
+    pub fn on_conflict(&mut self, now: Instant, address: Ipv4Addr) -> Vec<Action> {
+        let State::Checking { lease, .. } = self.state.clone() else {
+            return Vec::new();
+        };
+        if lease.address != address {
+            return Vec::new();
+        }
+        tracing::warn!(%address, server = %lease.server, "address in use on the link; declining it");
+        let mut m = self.base(MessageType::Decline);
+        m.options.remove(&opt::PARAMETER_LIST);
+        m.options.remove(&opt::MAX_MESSAGE_SIZE);
+        m.set(opt::REQUESTED_IP, address.octets());
+        m.set(opt::SERVER_ID, lease.server.octets());
+        self.hint = None;
+        self.state = State::Backoff {
+            until: now + DECLINE_BACKOFF,
+        };
+        vec![Action::Send(m, Destination::Broadcast)]
+    }
+
     fn flags(&self) -> u16 {
         if self.broadcast {
             FLAG_BROADCAST
@@ -366,6 +424,29 @@ impl Client {
     pub fn on_timer(&mut self, now: Instant) -> Vec<Action> {
         match self.state.clone() {
             State::Init | State::Stopped => Vec::new(),
+            State::Checking {
+                lease,
+                probes,
+                next,
+            } => {
+                if now < next {
+                    return Vec::new();
+                }
+                if probes < PROBES {
+                    let address = lease.address;
+                    self.state = State::Checking {
+                        lease,
+                        probes: probes + 1,
+                        next: now + PROBE_INTERVAL,
+                    };
+                    return vec![Action::Probe(address)];
+                }
+                tracing::debug!(address = %lease.address, "no other host answers for the address");
+                self.state = State::Bound {
+                    lease: lease.clone(),
+                };
+                vec![Action::Configure(lease)]
+            }
             State::Backoff { until } => {
                 if now < until {
                     return Vec::new();
@@ -523,7 +604,19 @@ impl Client {
                 }
             }
             (State::Requesting { server, sent, .. }, MessageType::Ack) => {
-                self.bind(m, server, sent, None)
+                let out = self.bind(m, server, sent, None);
+                match (self.arp_check, out.as_slice()) {
+                    (true, [Action::Configure(lease)]) => {
+                        let address = lease.address;
+                        self.state = State::Checking {
+                            lease: lease.clone(),
+                            probes: 1,
+                            next: now + PROBE_INTERVAL,
+                        };
+                        vec![Action::Probe(address)]
+                    }
+                    _ => out,
+                }
             }
             (State::Renewing { lease, sent, .. }, MessageType::Ack)
             | (State::Rebinding { lease, sent, .. }, MessageType::Ack)
@@ -691,6 +784,13 @@ mod tests {
     const SERVER: Ipv4Addr = Ipv4Addr::new(10, 213, 9, 1);
     const ADDR: Ipv4Addr = Ipv4Addr::new(10, 213, 9, 20);
 
+    /// A client without the ARP check, so an ACK configures at once.
+    fn plain(seed: u64) -> Client {
+        let mut c = Client::new(MAC, Some("node".into()), seed);
+        c.arp_check(false);
+        c
+    }
+
     /// A fake server answer to the client's last message.
     fn answer(req: &Message, kind: MessageType, lease_s: u32, t1: Option<u32>) -> Message {
         let mut m = Message::request(kind, req.xid, MAC);
@@ -739,7 +839,7 @@ mod tests {
     #[test]
     fn discover_offer_request_ack() {
         let t0 = Instant::now();
-        let mut c = Client::new(MAC, Some("node".into()), 42);
+        let mut c = plain(42);
         let l = bound(&mut c, t0, 120, None);
         assert_eq!(
             (l.address, l.prefix, l.routers.clone(), l.dns.clone()),
@@ -761,7 +861,7 @@ mod tests {
             (&[5, 0x78, 0][..], None),
         ] {
             let t0 = Instant::now();
-            let mut c = Client::new(MAC, None, 37);
+            let mut c = plain(37);
             let (disc, _) = sent(&c.start(t0));
             let (req, _) = sent(&c.on_message(t0, &answer(&disc, MessageType::Offer, 60, None)));
             let mut ack = answer(&req, MessageType::Ack, 60, None);
@@ -775,11 +875,11 @@ mod tests {
 
     #[test]
     fn a_preferred_address_is_asked_for_in_discover() {
-        let mut c = Client::new(MAC, None, 41);
+        let mut c = plain(41);
         c.prefer(ADDR);
         let (m, _) = sent(&c.start(Instant::now()));
         assert_eq!(m.option_ip(opt::REQUESTED_IP), Some(ADDR));
-        let mut c = Client::new(MAC, None, 41);
+        let mut c = plain(41);
         let (m, _) = sent(&c.start(Instant::now()));
         assert_eq!(m.option_ip(opt::REQUESTED_IP), None);
     }
@@ -787,7 +887,7 @@ mod tests {
     #[test]
     fn classless_routes_override_the_router_option() {
         let t0 = Instant::now();
-        let mut c = Client::new(MAC, None, 43);
+        let mut c = plain(43);
         let (disc, _) = sent(&c.start(t0));
         let (req, _) = sent(&c.on_message(t0, &answer(&disc, MessageType::Offer, 60, None)));
         let mut ack = answer(&req, MessageType::Ack, 60, None);
@@ -811,7 +911,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // A malformed option 121 is void: option 3 applies.
-        let mut c = Client::new(MAC, None, 43);
+        let mut c = plain(43);
         let (disc, _) = sent(&c.start(t0));
         let (req, _) = sent(&c.on_message(t0, &answer(&disc, MessageType::Offer, 60, None)));
         let mut ack = answer(&req, MessageType::Ack, 60, None);
@@ -823,9 +923,65 @@ mod tests {
     }
 
     #[test]
+    fn a_new_address_is_probed_then_used() {
+        let t0 = Instant::now();
+        let mut c = Client::new(MAC, None, 47);
+        let (disc, _) = sent(&c.start(t0));
+        let (req, _) = sent(&c.on_message(t0, &answer(&disc, MessageType::Offer, 60, None)));
+        assert_eq!(
+            c.on_message(t0, &answer(&req, MessageType::Ack, 60, None)),
+            vec![Action::Probe(ADDR)]
+        );
+        assert_eq!(c.probing(), Some(ADDR));
+        let mut probes = 1;
+        let lease = loop {
+            match c.on_timer(c.deadline().unwrap()).as_slice() {
+                [Action::Probe(a)] => {
+                    assert_eq!(*a, ADDR);
+                    probes += 1;
+                }
+                [Action::Configure(l)] => break l.clone(),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!((probes, lease.address, c.probing()), (PROBES, ADDR, None));
+        assert!(
+            c.deadline().unwrap() - t0 >= Duration::from_secs(30),
+            "bound, next timer is T1"
+        );
+    }
+
+    #[test]
+    fn a_conflict_declines_the_address_and_waits_ten_seconds() {
+        let t0 = Instant::now();
+        let mut c = Client::new(MAC, None, 53);
+        let (disc, _) = sent(&c.start(t0));
+        let (req, _) = sent(&c.on_message(t0, &answer(&disc, MessageType::Offer, 60, None)));
+        c.on_message(t0, &answer(&req, MessageType::Ack, 60, None));
+        assert!(
+            c.on_conflict(t0, Ipv4Addr::new(10, 213, 9, 99)).is_empty(),
+            "another address"
+        );
+        let (m, d) = sent(&c.on_conflict(t0, ADDR));
+        assert_eq!(
+            (m.message_type(), d),
+            (Some(MessageType::Decline), Destination::Broadcast)
+        );
+        assert_eq!(
+            (m.option_ip(opt::REQUESTED_IP), m.option_ip(opt::SERVER_ID)),
+            (Some(ADDR), Some(SERVER))
+        );
+        assert_eq!(m.ciaddr, Ipv4Addr::UNSPECIFIED);
+        assert_eq!(c.state_name(), "backoff");
+        assert_eq!(c.deadline(), Some(t0 + DECLINE_BACKOFF));
+        assert_eq!(c.lease(), None);
+        assert!(c.on_conflict(t0, ADDR).is_empty(), "only while checking");
+    }
+
+    #[test]
     fn foreign_replies_are_ignored() {
         let t0 = Instant::now();
-        let mut c = Client::new(MAC, None, 1);
+        let mut c = plain(1);
         let (disc, _) = sent(&c.start(t0));
         let mut wrong_xid = answer(&disc, MessageType::Offer, 60, None);
         wrong_xid.xid ^= 1;
@@ -846,7 +1002,7 @@ mod tests {
     #[test]
     fn discover_backs_off_exponentially() {
         let t0 = Instant::now();
-        let mut c = Client::new(MAC, None, 7);
+        let mut c = plain(7);
         c.start(t0);
         let mut prev = t0;
         let mut gaps = Vec::new();
@@ -869,7 +1025,7 @@ mod tests {
     #[test]
     fn renewal_is_unicast_with_ciaddr_then_rebinding_then_expiry() {
         let t0 = Instant::now();
-        let mut c = Client::new(MAC, None, 3);
+        let mut c = plain(3);
         let l = bound(&mut c, t0, 200, Some(50));
         assert_eq!(l.t1, Duration::from_secs(50));
         // Before T1 nothing happens.
@@ -917,7 +1073,7 @@ mod tests {
     #[test]
     fn renewal_ack_extends_the_lease_from_the_request_time() {
         let t0 = Instant::now();
-        let mut c = Client::new(MAC, None, 5);
+        let mut c = plain(5);
         bound(&mut c, t0, 100, Some(10));
         let t1 = t0 + Duration::from_secs(10);
         let (req, _) = sent(&c.on_timer(t1));
@@ -933,7 +1089,7 @@ mod tests {
     #[test]
     fn nak_while_renewing_drops_the_address_and_restarts() {
         let t0 = Instant::now();
-        let mut c = Client::new(MAC, None, 9);
+        let mut c = plain(9);
         bound(&mut c, t0, 100, None);
         let t1 = t0 + Duration::from_secs(50);
         let (req, _) = sent(&c.on_timer(t1));
@@ -948,7 +1104,7 @@ mod tests {
     #[test]
     fn nak_while_requesting_restarts_without_deconfigure() {
         let t0 = Instant::now();
-        let mut c = Client::new(MAC, None, 11);
+        let mut c = plain(11);
         let (disc, _) = sent(&c.start(t0));
         let (req, _) = sent(&c.on_message(t0, &answer(&disc, MessageType::Offer, 60, None)));
         assert!(c
@@ -960,7 +1116,7 @@ mod tests {
     #[test]
     fn unanswered_requests_fall_back_to_discovery() {
         let t0 = Instant::now();
-        let mut c = Client::new(MAC, None, 13);
+        let mut c = plain(13);
         let (disc, _) = sent(&c.start(t0));
         c.on_message(t0, &answer(&disc, MessageType::Offer, 60, None));
         for _ in 0..MAX_REQUEST_ATTEMPTS - 1 {
@@ -974,7 +1130,7 @@ mod tests {
     #[test]
     fn release_sends_to_the_server_and_deconfigures() {
         let t0 = Instant::now();
-        let mut c = Client::new(MAC, None, 17);
+        let mut c = plain(17);
         bound(&mut c, t0, 100, None);
         let acts = c.release();
         let (m, d) = sent(&acts);
@@ -993,7 +1149,7 @@ mod tests {
     #[test]
     fn carrier_back_verifies_the_lease_init_reboot() {
         let t0 = Instant::now();
-        let mut c = Client::new(MAC, None, 23);
+        let mut c = plain(23);
         bound(&mut c, t0, 100, None);
         let t = t0 + Duration::from_secs(3);
         let (m, d) = sent(&c.on_carrier_up(t));
@@ -1029,7 +1185,7 @@ mod tests {
     #[test]
     fn carrier_back_with_no_answer_keeps_the_lease() {
         let t0 = Instant::now();
-        let mut c = Client::new(MAC, None, 29);
+        let mut c = plain(29);
         bound(&mut c, t0, 1000, None);
         c.on_carrier_up(t0);
         for _ in 0..MAX_REBOOT_ATTEMPTS - 1 {
@@ -1040,7 +1196,7 @@ mod tests {
         assert_eq!(c.state_name(), "bound");
         assert_eq!(c.lease().map(|l| l.address), Some(ADDR));
         // While discovering, carrier back restarts discovery at once.
-        let mut d = Client::new(MAC, None, 31);
+        let mut d = plain(31);
         let (first, _) = sent(&d.start(t0));
         let (again, _) = sent(&d.on_carrier_up(t0 + Duration::from_secs(1)));
         assert_eq!(again.message_type(), Some(MessageType::Discover));
@@ -1069,7 +1225,7 @@ mod tests {
     #[test]
     fn infinite_lease_has_no_timer() {
         let t0 = Instant::now();
-        let mut c = Client::new(MAC, None, 19);
+        let mut c = plain(19);
         let l = bound(&mut c, t0, u32::MAX, None);
         assert_eq!(l.duration, None);
         assert_eq!(c.deadline(), None);
