@@ -180,15 +180,33 @@ fn cli_classifies_facts_and_prints_shortfalls() {
     let facts = dir.path().join("facts.json");
     std::fs::write(&facts, serde_json::to_vec(&f).unwrap()).unwrap();
     let bin = env!("CARGO_BIN_EXE_fluxnode-hal");
-    let out = std::process::Command::new(bin).args(["tier", "--json", "--facts"]).arg(&facts).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new(bin)
+        .args(["tier", "--json", "--facts"])
+        .arg(&facts)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["tier"], "Nimbus");
     assert_eq!(v["tiers"][2]["met"], false);
-    let text = std::process::Command::new(bin).args(["tier", "--facts"]).arg(&facts).output().unwrap();
+    let text = std::process::Command::new(bin)
+        .args(["tier", "--facts"])
+        .arg(&facts)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.starts_with("tier: Nimbus\n"), "{text}");
-    assert!(text.contains("cpu_eps: 1000 < 1520 (short by 520)"), "{text}");
-    let policy = std::process::Command::new(bin).args(["tier", "--show-policy"]).output().unwrap();
+    assert!(
+        text.contains("cpu_eps: 1000 < 1520 (short by 520)"),
+        "{text}"
+    );
+    let policy = std::process::Command::new(bin)
+        .args(["tier", "--show-policy"])
+        .output()
+        .unwrap();
     assert!(Policy::from_toml(&String::from_utf8_lossy(&policy.stdout)).is_ok());
 }
