@@ -30,7 +30,7 @@ KERNEL COMMAND LINE (wins over the file):
 FILE /etc/fluxnode/netd.toml (optional):
     mode = \"static\"   interface = \"eth0\"   address = \"192.168.1.20/24\"
     gateway = \"192.168.1.1\"   dns = [\"192.168.1.1\"]   hostname = \"node1\"
-    release_on_stop = true   request_broadcast = true
+    release_on_stop = true   request_broadcast = true   arp_check = true
 
 OPTIONS:
     --cmdline PATH      kernel command line to read   [/proc/cmdline]
@@ -147,7 +147,7 @@ pub fn render_config(c: &Config, json: bool) -> String {
     if json {
         let dns: Vec<String> = dns.iter().map(|d| json_str(&d.to_string())).collect();
         format!(
-            "{{\"mode\":{},\"interface\":{},\"address\":{},\"gateway\":{},\"dns\":[{}],\"hostname\":{},\"release_on_stop\":{},\"request_broadcast\":{}}}",
+            "{{\"mode\":{},\"interface\":{},\"address\":{},\"gateway\":{},\"dns\":[{}],\"hostname\":{},\"release_on_stop\":{},\"request_broadcast\":{},\"arp_check\":{}}}",
             json_str(mode),
             opt_json(c.interface.as_deref()),
             opt_json(addr),
@@ -155,19 +155,21 @@ pub fn render_config(c: &Config, json: bool) -> String {
             dns.join(","),
             opt_json(c.hostname.as_deref()),
             c.release_on_stop,
-            c.request_broadcast
+            c.request_broadcast,
+            c.arp_check
         )
     } else {
         let dns: Vec<String> = dns.iter().map(|d| d.to_string()).collect();
         format!(
-            "mode: {mode}\ninterface: {}\naddress: {}\ngateway: {}\ndns: {}\nhostname: {}\nrelease_on_stop: {}\nrequest_broadcast: {}",
+            "mode: {mode}\ninterface: {}\naddress: {}\ngateway: {}\ndns: {}\nhostname: {}\nrelease_on_stop: {}\nrequest_broadcast: {}\narp_check: {}",
             c.interface.as_deref().unwrap_or("(first wired link)"),
             addr.as_deref().unwrap_or("(dhcp)"),
             gw.map(|g| g.to_string()).unwrap_or_else(|| "-".into()),
             if dns.is_empty() { "-".into() } else { dns.join(" ") },
             c.hostname.as_deref().unwrap_or("-"),
             c.release_on_stop,
-            c.request_broadcast
+            c.request_broadcast,
+            c.arp_check
         )
     }
 }
@@ -213,7 +215,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             render_config(&c, true),
-            "{\"mode\":\"static\",\"interface\":\"a\\\"b\",\"address\":\"10.213.0.5/24\",\"gateway\":\"10.213.0.1\",\"dns\":[],\"hostname\":null,\"release_on_stop\":true,\"request_broadcast\":true}"
+            "{\"mode\":\"static\",\"interface\":\"a\\\"b\",\"address\":\"10.213.0.5/24\",\"gateway\":\"10.213.0.1\",\"dns\":[],\"hostname\":null,\"release_on_stop\":true,\"request_broadcast\":true,\"arp_check\":true}"
         );
         assert!(render_config(&Config::default(), false).starts_with("mode: dhcp\n"));
     }

@@ -5,11 +5,13 @@
 #![no_main]
 
 use fluxnode_netd::dhcp::packet::{classless_routes, Message};
+use fluxnode_netd::arp;
 use fluxnode_netd::dhcp::socket::udp_payload;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let _ = classless_routes(data);
+    let _ = arp::parse(data);
     // Raw packets from the packet socket: IPv4 + UDP unwrapping, then DHCP.
     if let Some(p) = udp_payload(data) {
         let _ = Message::parse(p);
