@@ -28,8 +28,22 @@ pub fn resolve_package(package: &str) -> Result<String> {
         package: package.into(),
         msg,
     };
-    let out = tools::run(tools::cmd("apt-cache")?.args(["depends", package]))
-        .map_err(|e| kerr(format!("apt-cache does not know it ({e}); check the spec's kernel.package and run `apt-get update`")))?;
+    let depends = || tools::run(tools::cmd("apt-cache")?.args(["depends", package]));
+    let out = match depends() {
+        Ok(o) => o,
+        Err(e) if have_package_lists() => {
+            return Err(kerr(format!(
+                "apt-cache does not know it ({e}); check the spec's kernel.package"
+            )))
+        }
+        Err(_) => {
+            // A fresh machine may have no package lists yet: fetch them once.
+            let _ = tools::run(tools::cmd("apt-get")?.args(["update", "-qq"]));
+            depends().map_err(|e| {
+                kerr(format!("apt-cache does not know it ({e}); check the spec's kernel.package and that apt can reach the archive"))
+            })?
+        }
+    };
     for line in out.lines() {
         if let Some(dep) = line.trim().strip_prefix("Depends: ") {
             if dep.starts_with("linux-image-") {
@@ -42,6 +56,15 @@ pub fn resolve_package(package: &str) -> Result<String> {
         return Ok(package.to_string());
     }
     Err(kerr("no linux-image dependency found".into()))
+}
+
+fn have_package_lists() -> bool {
+    std::fs::read_dir("/var/lib/apt/lists")
+        .map(|r| {
+            r.flatten()
+                .any(|e| e.file_name().to_string_lossy().ends_with("_Packages"))
+        })
+        .unwrap_or(false)
 }
 
 /// Downloads (once) and unpacks (once) the kernel package into `cache`.
