@@ -74,6 +74,54 @@ fn num(v: &Value, path: &[&str]) -> Result<f64> {
         .with_context(|| format!("no number at {path:?} in {v}"))
 }
 
+/// One sysbench cpu run: (events per second, events per CPU-second of its
+/// own, from wait4's rusage).
+#[allow(clippy::zombie_processes)] // reaped by wait4, which also gives the rusage
+fn sysbench(threads: usize, secs: u64) -> Result<(f64, f64)> {
+    use std::io::Read;
+    let mut child = Command::new("sysbench")
+        .args([
+            "cpu",
+            "--cpu-max-prime=60000",
+            &format!("--threads={threads}"),
+            &format!("--time={secs}"),
+            "run",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting sysbench")?;
+    let mut text = String::new();
+    child
+        .stdout
+        .take()
+        .context("sysbench stdout")?
+        .read_to_string(&mut text)?;
+    let pid = i32::try_from(child.id())?;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 fills it for our own, unreaped child.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; status and ru are valid for writes.
+    if unsafe { libc::wait4(pid, &mut status, 0, &mut ru) } != pid || status != 0 {
+        bail!("sysbench failed: {text}");
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    let field = |key: &str| -> Result<f64> {
+        let l = text
+            .lines()
+            .find(|l| l.contains(key))
+            .with_context(|| format!("sysbench printed no {key}"))?;
+        Ok(l.split(':')
+            .nth(1)
+            .and_then(|v| v.split_whitespace().next())
+            .context("sysbench output")?
+            .parse()?)
+    };
+    Ok((
+        field("events per second:")?,
+        field("total number of events:")? / (tv(ru.ru_utime) + tv(ru.ru_stime)),
+    ))
+}
+
 fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
@@ -119,6 +167,7 @@ pub fn run(rest: &[String]) -> Result<()> {
     // CPU: three pairs of runs, same duration and threads; medians.
     let pair_time = if o.quick { 3 } else { 10 };
     let (mut ours_eps, mut sb_eps, mut share) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ours_cpu, mut sb_cpu) = (Vec::new(), Vec::new());
     for _ in 0..3 {
         let ours = hal(
             &bin,
@@ -136,22 +185,10 @@ pub fn run(rest: &[String]) -> Result<()> {
         )?;
         ours_eps.push(num(&ours, &["cpu", "eps"])?);
         share.push(num(&ours, &["cpu", "cpu_share"])?);
-        let sb = output(Command::new("sysbench").args([
-            "cpu",
-            "--cpu-max-prime=60000",
-            &format!("--threads={threads}"),
-            &format!("--time={pair_time}"),
-            "run",
-        ]))?;
-        sb_eps.push(
-            sb.lines()
-                .find_map(|l| {
-                    l.split_once("events per second:")
-                        .map(|(_, v)| v.trim().to_string())
-                })
-                .context("sysbench printed no events per second")?
-                .parse()?,
-        );
+        ours_cpu.push(num(&ours, &["cpu", "events"])? / num(&ours, &["cpu", "cpu_time_s"])?);
+        let (eps, per_cpu) = sysbench(threads, pair_time)?;
+        sb_eps.push(eps);
+        sb_cpu.push(per_cpu);
     }
     line(
         &format!("cpu events/s ({threads} thr, 3x{pair_time}s)"),
@@ -164,6 +201,14 @@ pub fn run(rest: &[String]) -> Result<()> {
         "    ours {ours_eps:.1?}, sysbench {sb_eps:.1?}; our threads got {:.0?}% of the CPU",
         share.iter().map(|s| s * 100.0).collect::<Vec<_>>()
     );
+    line(
+        "cpu events per CPU-second",
+        median(&ours_cpu),
+        median(&sb_cpu),
+        "EPS/cpu",
+        "sysbench",
+    );
+    println!("    (what the same work costs each tool, whatever else runs: ours {ours_cpu:.1?}, sysbench {sb_cpu:.1?})");
 
     // Disk write: dd and ours alternately, three runs each of 1 GiB; Flux's
     // rule (lowest dropped, mean of two) on each side.
