@@ -5,9 +5,11 @@
 //! 1. brings `lo` up;
 //! 2. picks the link: `fluxnode.net.iface=` / `interface =` if given, else
 //!    the first wired link by ifindex ([`link`]);
-//! 3. configures it by DHCPv4 ([`dhcp`]: discover, request, renew at T1,
-//!    rebind at T2, drop the address at expiry or NAK) or statically
-//!    ([`config`]), through a hand-written rtnetlink client ([`netlink`]);
+//! 3. configures it by DHCPv4 ([`dhcp`]: discover, request, ARP check of
+//!    the new address ([`arp`]), renew at T1, rebind at T2, drop the
+//!    address at expiry or NAK, verify the lease when the carrier comes
+//!    back) or statically ([`config`]), through a hand-written rtnetlink
+//!    client ([`netlink`]);
 //! 4. writes `/run/fluxnode/resolv.conf` ([`resolv`]);
 //! 5. reports `READY=1` over sd_notify ([`notify`]) once the kernel shows
 //!    the address and a default route through the link — checked with a
@@ -15,9 +17,10 @@
 //! 6. on SIGTERM releases the lease (DHCPRELEASE), removes the address and
 //!    exits 0.
 //!
-//! No async runtime: one thread, one `poll` over the DHCP socket and a
-//! signalfd ([`sys`]), with the DHCP state machine free of I/O so its
-//! timers are unit-tested with a fake clock. See docs/NETD.md.
+//! No async runtime: one thread, one `poll` over the DHCP sockets, a
+//! netlink link-event socket and a signalfd ([`sys`]), with the DHCP state
+//! machine free of I/O so its timers are unit-tested with a fake clock.
+//! See docs/NETD.md.
 #![deny(missing_docs)]
 
 pub mod arp;
