@@ -247,7 +247,9 @@ impl Client {
         let mut id = vec![1u8];
         id.extend_from_slice(&self.mac);
         m.set(opt::CLIENT_ID, id);
-        if kind != MessageType::Release {
+        // RFC 2131 table 5: RELEASE and DECLINE carry no parameter list,
+        // size or host name.
+        if !matches!(kind, MessageType::Release | MessageType::Decline) {
             m.set(opt::MAX_MESSAGE_SIZE, 1500u16.to_be_bytes());
             m.set(
                 opt::PARAMETER_LIST,
@@ -389,8 +391,6 @@ impl Client {
         }
         tracing::warn!(%address, server = %lease.server, "address in use on the link; declining it");
         let mut m = self.base(MessageType::Decline);
-        m.options.remove(&opt::PARAMETER_LIST);
-        m.options.remove(&opt::MAX_MESSAGE_SIZE);
         m.set(opt::REQUESTED_IP, address.octets());
         m.set(opt::SERVER_ID, lease.server.octets());
         self.hint = None;
@@ -635,6 +635,7 @@ impl Client {
     fn nak(&mut self, now: Instant, m: &Message, lease: Option<Lease>) -> Vec<Action> {
         let why = m.option_text(opt::MESSAGE).unwrap_or_default();
         tracing::warn!(reason = %why, "server refused (NAK); starting over");
+        self.hint = None;
         self.state = State::Backoff {
             until: now + NAK_BACKOFF,
         };
@@ -720,6 +721,8 @@ impl Client {
             }
         }
         out.push(Action::Configure(lease.clone()));
+        // Asked for again in a later DISCOVER (after expiry, say).
+        self.hint = Some(lease.address);
         self.state = State::Bound { lease };
         out
     }
@@ -954,7 +957,7 @@ mod tests {
     #[test]
     fn a_conflict_declines_the_address_and_waits_ten_seconds() {
         let t0 = Instant::now();
-        let mut c = Client::new(MAC, None, 53);
+        let mut c = Client::new(MAC, Some("node".into()), 53);
         let (disc, _) = sent(&c.start(t0));
         let (req, _) = sent(&c.on_message(t0, &answer(&disc, MessageType::Offer, 60, None)));
         c.on_message(t0, &answer(&req, MessageType::Ack, 60, None));
@@ -972,6 +975,12 @@ mod tests {
             (Some(ADDR), Some(SERVER))
         );
         assert_eq!(m.ciaddr, Ipv4Addr::UNSPECIFIED);
+        for absent in [opt::PARAMETER_LIST, opt::MAX_MESSAGE_SIZE, opt::HOST_NAME] {
+            assert!(
+                !m.options.contains_key(&absent),
+                "DECLINE must not carry option {absent}"
+            );
+        }
         assert_eq!(c.state_name(), "backoff");
         assert_eq!(c.deadline(), Some(t0 + DECLINE_BACKOFF));
         assert_eq!(c.lease(), None);
