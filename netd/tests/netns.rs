@@ -49,7 +49,31 @@ fn can_run(test: &str, need_dnsmasq: bool) -> bool {
         eprintln!("SKIP {test}: `dnsmasq` (package dnsmasq-base) is missing; `cargo xtask deps` installs it");
         return false;
     }
+    if let Err(why) = netns_work() {
+        eprintln!("SKIP {test}: cannot create network namespaces here ({why}); a container needs CAP_SYS_ADMIN");
+        return false;
+    }
     true
+}
+
+/// Whether `ip netns add` works here (checked once per run).
+fn netns_work() -> Result<(), String> {
+    static PROBE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    PROBE
+        .get_or_init(|| {
+            let name = format!("fxnetd-{}xprobe", std::process::id());
+            let out = Command::new("ip")
+                .args(["netns", "add", &name])
+                .output()
+                .map_err(|e| e.to_string())?;
+            let _ = Command::new("ip").args(["netns", "del", &name]).status();
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+            }
+        })
+        .clone()
 }
 
 fn ip(args: &[&str]) -> String {
