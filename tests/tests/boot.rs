@@ -162,6 +162,9 @@ fn main_sequence() -> Result<MainRun, String> {
     let mut vm = Vm::start(&cfg)?;
     vm.wait_for("PROBE done=1", BOOT)?;
     vm.wait_for("fluxnode-init: all services ready", BOOT)?;
+    // After the boot-complete grace period init says whether it blessed.
+    vm.wait_for("fluxnode-init: boot complete", Duration::from_secs(90))?;
+    vm.wait_for("bless", Duration::from_secs(30))?;
     exits.push(power_off(&mut vm)?);
     let log2 = vm.log();
     Ok(MainRun {
