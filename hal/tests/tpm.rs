@@ -232,6 +232,16 @@ fn ak_is_a_restricted_signing_key_and_reloads_from_its_blob() {
             "{a:?}"
         );
         assert!(a.is_attestation_key());
+        // A verifier, from the public part alone, gets the same name and attributes.
+        let (name, attrs) =
+            keys::inspect_public(&hex::decode(&info.tpm2b_public).unwrap()).unwrap();
+        assert_eq!((name.as_str(), attrs), (info.name.as_str(), a));
+        // The EK is a decrypt key, not an attestation key: the check can fail.
+        let (_, ek_pub) = t.ek_public().unwrap();
+        assert!(!keys::inspect_public(&ek_pub)
+            .unwrap()
+            .1
+            .is_attestation_key());
         info.name
     };
     // "Reboot": a new context, the blob from disk, the same key.

@@ -10,6 +10,7 @@
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
 use tss_esapi::abstraction::{ak, ek, AsymmetricAlgorithmSelection, DefaultKey};
 use tss_esapi::handles::KeyHandle;
 use tss_esapi::interface_types::algorithm::{
@@ -88,7 +89,7 @@ pub struct KeyAttributes {
 
 impl KeyAttributes {
     /// Reads the attributes of a public area.
-    pub fn of(public: &Public) -> Self {
+    pub(crate) fn of(public: &Public) -> Self {
         let a = public.object_attributes();
         KeyAttributes {
             restricted: a.restricted(),
@@ -114,7 +115,7 @@ impl KeyAttributes {
 }
 
 /// PEM and TPM2B_PUBLIC of a public area.
-pub fn public_encodings(public: &Public) -> Result<(String, Vec<u8>)> {
+pub(crate) fn public_encodings(public: &Public) -> Result<(String, Vec<u8>)> {
     let spki = picky_asn1_x509::SubjectPublicKeyInfo::try_from(public.clone())
         .map_err(|e| Error::tpm("public key (to SPKI)", e))?;
     let der = picky_asn1_der::to_vec(&spki).map_err(|e| Error::tpm("public key (DER)", e))?;
@@ -310,6 +311,53 @@ mod cert_tests {
             b"-----BEGIN CERTIFICATE-----",
         ] {
             assert!(describe_certificate(junk).is_err());
+        }
+    }
+}
+
+/// What a verifier computes itself from a key's TPM2B_PUBLIC (sent by a
+/// node, so never trusted): the TPM name (`nameAlg ‖ SHA-256(TPMT_PUBLIC)`,
+/// hex) and the attributes. Only SHA-256 names are accepted. Outside input:
+/// never panics.
+pub fn inspect_public(tpm2b_public: &[u8]) -> Result<(String, KeyAttributes)> {
+    let bad = |why: String| Error::parse("TPM2B_PUBLIC", why);
+    let [hi, lo, body @ ..] = tpm2b_public else {
+        return Err(bad("shorter than its size field".into()));
+    };
+    let size = usize::from(u16::from_be_bytes([*hi, *lo]));
+    if body.len() != size {
+        return Err(bad(format!(
+            "size field says {size} bytes, {} follow",
+            body.len()
+        )));
+    }
+    let public = Public::unmarshall(body).map_err(|e| bad(e.to_string()))?;
+    if public.name_hashing_algorithm() != HashingAlgorithm::Sha256 {
+        return Err(bad(format!(
+            "name algorithm {:?}, only SHA-256 is accepted",
+            public.name_hashing_algorithm()
+        )));
+    }
+    let mut name = vec![0x00, 0x0b]; // TPM_ALG_SHA256
+    name.extend_from_slice(&sha2::Sha256::digest(body));
+    Ok((hex::encode(name), KeyAttributes::of(&public)))
+}
+
+#[cfg(test)]
+mod public_tests {
+    use super::*;
+
+    #[test]
+    fn junk_public_areas_are_errors() {
+        for junk in [
+            &[][..],
+            &[0],
+            &[0, 1],
+            &[0, 2, 0, 1],
+            &[0xff, 0xff, 1, 2, 3],
+            &[0, 4, 0, 1, 0, 0x0b],
+        ] {
+            assert!(inspect_public(junk).is_err(), "{junk:?} accepted");
         }
     }
 }
