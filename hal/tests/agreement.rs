@@ -166,7 +166,7 @@ fn disk_write_agrees_with_dd() {
     let path = dir.path().join("ours.out");
     // Round 0 is a warm-up for both (allocator, journal, writeback of files
     // the build just wrote) and is not counted.
-    for r in 0..10u8 {
+    for r in 0..12u8 {
         let seed = Seed([r; 32]);
         let one = || {
             let s =
