@@ -125,6 +125,7 @@ fn debian_disk(work: &Path, stub: &Path, boot: &Path) -> Result<PathBuf> {
     let root = work.join("rootfs");
     if !root.join("sbin/init").exists() {
         let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root)?;
         eprintln!(
             "bench boot: building a minimal Debian 12 with mmdebstrap (downloads ~200 MB once)"
         );
