@@ -6,7 +6,8 @@
 //! care about. [`DEFAULT_POLICY`] is Flux's published table.
 //!
 //! Units: RAM and SSD in GB of 10^9 bytes (RAM is `MemTotal`; SSD is the sum
-//! of the non-rotational disks), CPU in sysbench events per second (all
+//! of the non-rotational disks, virtual disks counted whatever their flag
+//! says), CPU in sysbench events per second (all
 //! threads), disk write in dd's MB/s (10^6 bytes), bandwidth in Mb/s. The
 //! hardware layer measures no network: bandwidth comes from the node, and a
 //! requirement whose fact was not measured is reported as such and counts as
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bench::BenchReport;
 use crate::error::{Error, Result};
+use crate::inventory::disk::Bus;
 use crate::inventory::Inventory;
 
 /// Flux's tier table (DESIGN.md), the default policy.
@@ -148,10 +150,14 @@ pub struct Facts {
 impl Facts {
     /// Gathers facts from an inventory and (optionally) benchmark results.
     pub fn from(inv: &Inventory, bench: Option<&BenchReport>) -> Self {
+        // A virtual disk's rotational flag is the hypervisor's default (QEMU
+        // says "rotational" for virtio-blk) and says nothing about the
+        // storage behind it: those count, and the disk-write threshold is
+        // what screens slow storage.
         let ssd: u64 = inv
             .disks
             .iter()
-            .filter(|d| !d.rotational)
+            .filter(|d| !d.rotational || matches!(d.bus, Bus::Virtio | Bus::VirtioScsi | Bus::Xen))
             .map(|d| d.size_bytes)
             .sum();
         Facts {

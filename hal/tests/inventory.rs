@@ -53,6 +53,9 @@ fn qemu_appliance_fixture() {
     let json = serde_json::to_value(&inv).unwrap();
     assert_eq!(json["disks"][0]["bus"], "virtio");
     assert_eq!(json["tpm"]["present"], true);
+    // The virtio disk says "rotational" (QEMU's default) but counts as SSD.
+    let facts = fluxnode_hal::tier::Facts::from(&inv, None);
+    assert_eq!(facts.ssd_gb, Some(8388608.0 * 512.0 / 1e9));
 }
 
 #[test]
@@ -86,6 +89,11 @@ fn server_fixture() {
     let docker = inv.nics.iter().find(|n| n.name == "docker0").unwrap();
     assert_eq!(docker.driver, None);
     assert!(!inv.tpm.present);
+    // The spinning SATA disk does not count as SSD; NVMe and the SATA SSD do.
+    let facts = fluxnode_hal::tier::Facts::from(&inv, None);
+    let ssd = (by("nvme0n1").size_bytes + by("sda").size_bytes) as f64 / 1e9;
+    assert_eq!(facts.ssd_gb, Some(ssd));
+    assert_eq!((facts.cores, facts.threads), (Some(16.0), Some(32.0)));
 }
 
 #[test]
