@@ -226,14 +226,14 @@ pub fn run(_rest: &[String]) -> Result<()> {
         bail!("bench init runs init as PID 1 of a new PID namespace: run it as root");
     }
     println!("==> building fluxnode-init (static release, as in the appliance)");
-    let init = build_init(true)?;
+    let init = crate::nsrun::stage_binary(&build_init(true)?)?;
     let size = std::fs::metadata(&init)?.len();
     println!(
         "binary: {} ({:.2} MiB)",
         init.display(),
         size as f64 / 1048576.0
     );
-    let xtask = std::env::current_exe()?;
+    let xtask = crate::nsrun::stage_binary(&std::env::current_exe()?)?;
     let mut peers = vec![Peer::Fluxnode(&init)];
     if Path::new(SYSTEMD).exists() {
         peers.push(Peer::Systemd);

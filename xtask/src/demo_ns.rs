@@ -14,7 +14,7 @@ pub fn run() -> Result<()> {
         bail!("the namespace demo runs init as PID 1 of a new PID namespace: run it as root");
     }
     println!("==> building fluxnode-init (release)");
-    let init = build_init(false)?;
+    let init = crate::nsrun::stage_binary(&build_init(false)?)?;
     let dir = scratch("demo-ns")?;
     let notify = format!("{} notify", init.display());
     let services = [

@@ -208,9 +208,34 @@ pub fn build_init(static_link: bool) -> Result<PathBuf> {
     Ok(crate::util::root().join(dir).join("fluxnode-init"))
 }
 
-/// A fresh scratch directory under target/ (init mounts a tmpfs on /tmp).
+fn scratch_base() -> PathBuf {
+    let root = crate::util::root();
+    let hidden = ["/tmp", "/run", "/dev", "/proc", "/sys"]
+        .iter()
+        .any(|p| root.starts_with(p));
+    if hidden {
+        PathBuf::from("/var/tmp/fluxnode-xtask")
+    } else {
+        root.join("target").join("xtask")
+    }
+}
+
+/// A copy of `bin` where services inside the namespace can exec it.
+pub fn stage_binary(bin: &Path) -> Result<PathBuf> {
+    let dir = scratch_base().join("bin");
+    std::fs::create_dir_all(&dir)?;
+    let dst = dir.join(bin.file_name().context("binary has no file name")?);
+    let tmp = dst.with_extension("tmp");
+    std::fs::copy(bin, &tmp).with_context(|| format!("copying {}", bin.display()))?;
+    std::fs::rename(&tmp, &dst)?;
+    Ok(dst)
+}
+
+/// A fresh scratch directory that init's own mounts (tmpfs on /tmp and
+/// /run inside the namespace) do not hide: under target/, or /var/tmp when
+/// the checkout itself is under /tmp.
 pub fn scratch(name: &str) -> Result<PathBuf> {
-    let dir = crate::util::root().join("target").join("xtask").join(name);
+    let dir = scratch_base().join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("services"))?;
     std::fs::write(dir.join("init.toml"), "boot_complete_grace_ms = 1000\n")?;

@@ -56,12 +56,38 @@ pub struct Ns {
     pub t0: Instant,
 }
 
-/// A fresh directory under the target dir (not /tmp: init mounts a tmpfs there).
+fn scratch_base() -> PathBuf {
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let hidden = ["/tmp", "/run", "/dev", "/proc", "/sys"]
+        .iter()
+        .any(|p| target.starts_with(p));
+    if hidden {
+        PathBuf::from("/var/tmp/fluxnode-init-tests")
+    } else {
+        target.to_path_buf()
+    }
+}
+
+/// The init binary at a path services inside the namespace can reach
+/// (a copy in the scratch base when the target dir is under /tmp).
+pub fn init_in_ns() -> PathBuf {
+    static COPY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    COPY.get_or_init(|| {
+        let dst = scratch_base().join(format!("fluxnode-init-{}", std::process::id()));
+        std::fs::create_dir_all(scratch_base()).unwrap();
+        std::fs::copy(INIT, &dst).unwrap();
+        dst
+    })
+    .clone()
+}
+
+/// A fresh scratch directory that init's own mounts do not hide: init
+/// mounts tmpfs on /tmp and /run inside the namespace, so a checkout under
+/// /tmp (CI may clone there) cannot hold the test's files; /var/tmp then.
 pub fn scratch(name: &str) -> PathBuf {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("ns-{name}-{}-{n}", std::process::id()));
+    let dir = scratch_base().join(format!("ns-{name}-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("services")).unwrap();
     std::fs::create_dir_all(dir.join("run")).unwrap();
@@ -258,5 +284,5 @@ pub fn sh(script: &str, extra: &str) -> String {
 
 /// The shell command that sends sd_notify messages through init's own helper.
 pub fn notify_cmd(msg: &str) -> String {
-    format!("{INIT} notify {msg}")
+    format!("{} notify {msg}", init_in_ns().display())
 }
