@@ -54,7 +54,10 @@ fn installed(pkg: &str) -> bool {
     Command::new("dpkg-query")
         .args(["-W", "-f=${Status}", pkg])
         .output()
-        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .map(|o| {
+            o.status.success()
+                && String::from_utf8_lossy(&o.stdout).contains("install ok installed")
+        })
         .unwrap_or(false)
 }
 
@@ -71,8 +74,15 @@ pub fn ensure(packages: &[&str]) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    eprintln!("xtask: installing missing Debian packages: {}", missing.join(" "));
-    let status = Command::new("apt-get").arg("update").arg("-qq").status().context("running apt-get update")?;
+    eprintln!(
+        "xtask: installing missing Debian packages: {}",
+        missing.join(" ")
+    );
+    let status = Command::new("apt-get")
+        .arg("update")
+        .arg("-qq")
+        .status()
+        .context("running apt-get update")?;
     if !status.success() {
         bail!("apt-get update failed ({status}); are you root, and can the machine reach the package archive?");
     }
@@ -83,7 +93,10 @@ pub fn ensure(packages: &[&str]) -> Result<()> {
         .status()
         .context("running apt-get install")?;
     if !status.success() {
-        bail!("apt-get install {} failed ({status}); run it by hand to see why", missing.join(" "));
+        bail!(
+            "apt-get install {} failed ({status}); run it by hand to see why",
+            missing.join(" ")
+        );
     }
     Ok(())
 }
@@ -91,5 +104,7 @@ pub fn ensure(packages: &[&str]) -> Result<()> {
 /// The full path of `prog` on PATH, if any.
 pub fn which(prog: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(prog)).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|d| d.join(prog))
+        .find(|p| p.is_file())
 }

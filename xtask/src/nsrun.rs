@@ -209,14 +209,14 @@ pub fn build_init(static_link: bool) -> Result<PathBuf> {
 }
 
 fn scratch_base() -> PathBuf {
-    let root = crate::util::root();
+    let target = crate::util::target_dir();
     let hidden = ["/tmp", "/run", "/dev", "/proc", "/sys"]
         .iter()
-        .any(|p| root.starts_with(p));
+        .any(|p| target.starts_with(p));
     if hidden {
         PathBuf::from("/var/tmp/fluxnode-xtask")
     } else {
-        root.join("target").join("xtask")
+        target.join("xtask")
     }
 }
 
