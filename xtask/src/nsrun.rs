@@ -200,12 +200,12 @@ pub fn build_init(static_link: bool) -> Result<PathBuf> {
     let dir = if static_link {
         c.args(["--target", "x86_64-unknown-linux-gnu"])
             .env("RUSTFLAGS", "-C target-feature=+crt-static");
-        "target/x86_64-unknown-linux-gnu/release"
+        "x86_64-unknown-linux-gnu/release"
     } else {
-        "target/release"
+        "release"
     };
     crate::util::run(&mut c)?;
-    Ok(crate::util::root().join(dir).join("fluxnode-init"))
+    Ok(crate::util::target_dir().join(dir).join("fluxnode-init"))
 }
 
 fn scratch_base() -> PathBuf {
