@@ -228,7 +228,11 @@ fn parse_span(s: &str) -> Option<f64> {
 fn debian_boot(disk: &Path, dir: &Path) -> Result<(f64, f64, f64, String)> {
     let mut vm = Vm::start(&VmConfig::new(disk, dir)).map_err(anyhow::Error::msg)?;
     let (seen, log) = watch(&mut vm, &[FW, "Startup finished in"], "Startup finished in")?;
-    vm.kill();
+    // A clean shutdown (logind handles the power key), so the next boot of
+    // this disk is an ordinary one; killed if it takes too long.
+    if vm.power_off(Duration::from_secs(60)).is_err() {
+        vm.kill();
+    }
     let (k, u) = parse_analyze(&log).context("no `Startup finished` line")?;
     Ok((seen.at(FW).unwrap_or(0.0), k, u, log))
 }
@@ -322,6 +326,9 @@ pub fn run(rest: &[String]) -> Result<()> {
             let dir = work.join(format!("debian-run{i}"));
             let _ = std::fs::remove_dir_all(&dir);
             let disk = fixture::copy_disk(&dd, &dir).map_err(anyhow::Error::msg)?;
+            // The first boot of a fresh copy (a second boot of the same
+            // disk did not reach "Startup finished" within 10 min here, with
+            // the TPM2 PCR barrier units failing; not investigated further).
             let (fw, k, u, _) = debian_boot(&disk, &dir.join("boot"))?;
             println!(
                 "{:<26} {fw:>8.2} {:>10} {k:>8.2} {:>8} {:>14} {u:>10.2}",
@@ -331,8 +338,11 @@ pub fn run(rest: &[String]) -> Result<()> {
         }
         let u = med(&mut users);
         report["debian_userspace_median_s"] = u.into();
-        report["ratio_debian_over_fluxnode_later"] = (u / share_again).into();
-        println!("userspace to ready: fluxnode {share_again:.2} s (later boots; first boot {share_first:.2} s) vs debian+systemd {u:.2} s: {:.1}x", u / share_again);
+        report["ratio_debian_over_fluxnode_first"] = (u / share_first).into();
+        println!(
+            "userspace to ready, first boots: fluxnode {share_first:.2} s vs debian+systemd {u:.2} s: {:.1}x (fluxnode later boots {share_again:.2} s)",
+            u / share_first
+        );
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
