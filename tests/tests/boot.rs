@@ -151,6 +151,17 @@ fn main_sequence() -> Result<MainRun, String> {
     drop(vm);
     let esp_after = esp_listing(&disk, esp_off)?;
 
+    // Mark /var's file system as having errors (as the kernel does on a
+    // corruption it notices): stage 1 must check it before mounting.
+    let data_off = built
+        .manifest
+        .partitions
+        .iter()
+        .find(|p| p.name == "data")
+        .map(|p| p.offset)
+        .ok_or("no data")?;
+    mark_ext4_errors(&disk, data_off)?;
+
     // Boot 2: the same disk (and the same firmware variables).
     std::fs::create_dir_all(dir.join("boot2")).map_err(|e| e.to_string())?;
     std::fs::copy(
@@ -174,6 +185,55 @@ fn main_sequence() -> Result<MainRun, String> {
         esp_built,
         exits,
     })
+}
+
+/// CRC-32C without the final inversion, as ext4's metadata checksums use it.
+fn crc32c_raw(mut crc: u32, data: &[u8]) -> u32 {
+    for &b in data {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x82F6_3B78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    crc
+}
+
+/// Sets EXT4_ERROR_FS in the superblock of the ext4 at `offset` and fixes
+/// the superblock checksum (after checking ours matches the stored one).
+fn mark_ext4_errors(disk: &Path, offset: u64) -> Result<(), String> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(disk)
+        .map_err(|e| e.to_string())?;
+    let mut sb = [0u8; 1024];
+    f.seek(SeekFrom::Start(offset + 1024))
+        .map_err(|e| e.to_string())?;
+    f.read_exact(&mut sb).map_err(|e| e.to_string())?;
+    if u16::from_le_bytes([sb[0x38], sb[0x39]]) != 0xEF53 {
+        return Err("no ext4 superblock on the data partition after boot 1".into());
+    }
+    let metadata_csum = u32::from_le_bytes([sb[0x64], sb[0x65], sb[0x66], sb[0x67]]) & 0x400 != 0;
+    if metadata_csum {
+        let stored = u32::from_le_bytes([sb[0x3FC], sb[0x3FD], sb[0x3FE], sb[0x3FF]]);
+        if crc32c_raw(!0, &sb[..0x3FC]) != stored {
+            return Err("our superblock checksum disagrees with the stored one".into());
+        }
+    }
+    let state = u16::from_le_bytes([sb[0x3A], sb[0x3B]]) | 2;
+    sb[0x3A..0x3C].copy_from_slice(&state.to_le_bytes());
+    if metadata_csum {
+        let c = crc32c_raw(!0, &sb[..0x3FC]);
+        sb[0x3FC..].copy_from_slice(&c.to_le_bytes());
+    }
+    f.seek(SeekFrom::Start(offset + 1024))
+        .map_err(|e| e.to_string())?;
+    f.write_all(&sb).map_err(|e| e.to_string())
 }
 
 /// The byte offset (in the disk) of a byte of /usr/sbin/fluxnode-init's data.
@@ -398,7 +458,26 @@ fn boot_var_survives_reboot() {
         "the file written to /var in boot 1 is there in boot 2"
     );
     assert!(!r.log2.contains("formatting"), "no second format");
-    assert!(r.log2.contains("/var mounted"));
+    assert!(r.log1.contains("/var formatted"));
+}
+
+#[test]
+fn boot_checks_var_only_when_marked_unclean() {
+    need_qemu!();
+    let r = main_run();
+    // Boot 1's later attempts (a clean file system) did not check it; boot 2
+    // found the error flag the test set and ran e2fsck before mounting.
+    assert!(
+        !r.log1.contains("checking vda4"),
+        "no check of a clean /var"
+    );
+    assert!(
+        r.log2
+            .contains("fluxnode-init: checking vda4 (not clean, or errors recorded)"),
+        "{}",
+        tail(&r.log2)
+    );
+    assert!(r.log2.contains("/var checked"));
 }
 
 #[test]

@@ -295,7 +295,7 @@ fn prepare_data(newroot: &Path) -> Result<(String, &'static str), String> {
         }
         data::DataState::NeedsCheck => {
             say(&format!(
-                "checking {} (not cleanly unmounted)",
+                "checking {} (not clean, or errors recorded)",
                 part.devname
             ));
             let code = data::run_in(newroot, &["/usr/sbin/e2fsck", "-p", &in_root])
