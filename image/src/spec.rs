@@ -395,7 +395,7 @@ mod tests {
     #[test]
     fn repository_specs_parse() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("spec");
-        for name in ["default.toml", "test.toml"] {
+        for name in ["default.toml", "test.toml", "bench-noarp.toml"] {
             let s = Spec::load(&dir.join(name)).unwrap();
             assert!(s.initrd_modules.iter().any(|m| m == "dm-verity"), "{name}");
         }

@@ -253,7 +253,13 @@ pub fn run(rest: &[String]) -> Result<()> {
     }
     fixture::binaries().map_err(anyhow::Error::msg)?;
     let work = fixture::target_dir().join("fluxnode-bench");
-    let mut opts = fixture::options("bench", "default.toml");
+    let spec = rest
+        .iter()
+        .position(|a| a == "--spec")
+        .and_then(|i| rest.get(i + 1))
+        .map(String::as_str)
+        .unwrap_or("default.toml");
+    let mut opts = fixture::options("bench", spec);
     opts.out = work.join("image");
     let built = fluxnode_image::build(&opts, &mut |l| eprintln!("bench boot: image: {l}"))?;
     let (_, slot) = &built.manifest.slots[0];
