@@ -131,3 +131,23 @@ pub fn host_file(path: &Path, package: &str) -> Result<PathBuf> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn missing_tool_names_its_package() {
+        assert_eq!(package_of("mkfs.erofs"), "erofs-utils");
+        assert_eq!(package_of("veritysetup"), "cryptsetup-bin");
+        let e = find("fluxnode-no-such-tool").map(|_| ()).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("missing tool `fluxnode-no-such-tool`"),
+            "{e}"
+        );
+        // Every tool the build runs has a package to name.
+        assert!(TOOLS.iter().all(|(_, p)| !p.is_empty() && *p != "?"));
+    }
+}
