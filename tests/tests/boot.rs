@@ -377,6 +377,29 @@ fn boot_pid1_root_var_and_services() {
         "netd: address and default route"
     );
     assert!(r.log1.contains("fluxnode-init: all services ready"));
+    // Stage 2's cgroup v2 limits, applied in the guest (the probe's service
+    // file sets them; the host's kernel cannot show this).
+    assert_eq!(
+        p.get("cgroup").map(String::as_str),
+        Some("/fluxnode/probe"),
+        "{p:?}"
+    );
+    assert_eq!(
+        p.get("cgroup_memory.max").map(String::as_str),
+        Some("268435456")
+    );
+    assert_eq!(p.get("cgroup_pids.max").map(String::as_str), Some("64"));
+    assert_eq!(
+        p.get("cgroup_cpu.max").map(String::as_str),
+        Some("150000 100000")
+    );
+    // The hardware watchdog (QEMU's i6300esb, its driver a late module) is
+    // found and armed by init.
+    assert!(
+        r.log1
+            .contains("fluxnode-init: hardware watchdog /dev/watchdog armed"),
+        "no hardware watchdog armed"
+    );
     assert!(r
         .log1
         .contains("fluxnode-init: stage 1: slot a root vda2 verified"));

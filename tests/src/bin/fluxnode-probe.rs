@@ -73,6 +73,20 @@ fn main() {
             .unwrap_or_default(),
     );
     say("cmdline", &read("/proc/cmdline"));
+    // The cgroup init put this service in, and the limits written there.
+    let cg = read("/proc/self/cgroup");
+    let rel = cg
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or("")
+        .to_string();
+    say("cgroup", &rel);
+    for f in ["memory.max", "pids.max", "cpu.max"] {
+        say(
+            &format!("cgroup_{f}"),
+            &read(&format!("/sys/fs/cgroup{rel}/{f}")),
+        );
+    }
     if let Some((src, fs, opts)) = mount_of("/") {
         let ro = opts.split(',').any(|o| o == "ro");
         say(
