@@ -5,7 +5,7 @@
 //! kernel tells us the sender's pid; init maps it to a service by main pid
 //! or, for helpers like `systemd-notify`, by process group.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 
@@ -88,8 +88,10 @@ impl NotifySocket {
         self.sock.as_raw_fd()
     }
 
-    /// Receives one datagram: (sender pid if known, bytes). `None` when empty.
-    pub fn recv(&self) -> Option<(Option<i32>, Vec<u8>)> {
+    /// Receives one datagram: (sender pid if known, bytes, descriptors it
+    /// carried). `None` when empty. Dropping the descriptors after the
+    /// message is handled releases a sender waiting on `BARRIER=1`.
+    pub fn recv(&self) -> Option<(Option<i32>, Vec<u8>, Vec<OwnedFd>)> {
         let mut buf = vec![0u8; 4096];
         let mut cmsg = [0u64; 16];
         let mut iov = libc::iovec {
@@ -115,6 +117,7 @@ impl NotifySocket {
         }
         buf.truncate(n as usize);
         let mut pid = None;
+        let mut fds = Vec::new();
         // SAFETY: CMSG_* walk the control buffer the kernel filled.
         unsafe {
             let mut c = libc::CMSG_FIRSTHDR(&msg);
@@ -124,24 +127,30 @@ impl NotifySocket {
                     pid = Some(cred.pid);
                 } else if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS
                 {
-                    // Close any descriptors a service passed (FDSTORE is not supported).
+                    // Descriptors are kept until the message is handled, then
+                    // closed (the barrier protocol; FDSTORE is not supported).
                     let n = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize)
                         / std::mem::size_of::<i32>();
                     for i in 0..n {
-                        libc::close(std::ptr::read_unaligned(
-                            libc::CMSG_DATA(c).cast::<i32>().add(i),
-                        ));
+                        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<i32>().add(i));
+                        fds.push(OwnedFd::from_raw_fd(fd));
                     }
                 }
                 c = libc::CMSG_NXTHDR(&msg, c);
             }
         }
-        Some((pid, buf))
+        Some((pid, buf, fds))
     }
 }
 
 /// `fluxnode-init notify KEY=VALUE...`: sends one datagram to
 /// `$NOTIFY_SOCKET`, for services written as shell scripts.
+///
+/// A helper like this one is not the service's main process, so init must
+/// look up its process group to know whose message it is — and a helper
+/// that exits at once may be gone by then. So it waits, as
+/// `sd_notify_barrier()` does: it adds `BARRIER=1` with a pipe's write end,
+/// and init closes that only after it has handled the message.
 pub fn notify_main(args: &[String]) -> i32 {
     if args.is_empty() || args.iter().any(|a| a == "-h" || a == "--help") {
         eprintln!("usage: fluxnode-init notify KEY=VALUE...   (e.g. READY=1 STATUS=\"warming up\" WATCHDOG=1)");
@@ -151,15 +160,60 @@ pub fn notify_main(args: &[String]) -> i32 {
         eprintln!("notify: NOTIFY_SOCKET is not set: not running under a supervisor");
         return 1;
     };
-    let msg = args.join("\n");
-    let sent = UnixDatagram::unbound().and_then(|s| s.send_to(msg.as_bytes(), Path::new(&path)));
-    match sent {
-        Ok(_) => 0,
+    let msg = format!("{}\nBARRIER=1", args.join("\n"));
+    match send_with_barrier(Path::new(&path), msg.as_bytes()) {
+        Ok(()) => 0,
         Err(e) => {
             eprintln!("notify: sending to {}: {e}", Path::new(&path).display());
             1
         }
     }
+}
+
+fn send_with_barrier(path: &Path, msg: &[u8]) -> std::io::Result<()> {
+    let sock = UnixDatagram::unbound()?;
+    sock.connect(path)?;
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe2 writes two descriptors.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both are fresh descriptors we own.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let mut iov = libc::iovec {
+        iov_base: msg.as_ptr() as *mut libc::c_void,
+        iov_len: msg.len(),
+    };
+    let mut cmsg = [0u64; 4];
+    // SAFETY: msghdr and the control buffer are plain data we fill in.
+    unsafe {
+        let mut m: libc::msghdr = std::mem::zeroed();
+        m.msg_iov = &mut iov;
+        m.msg_iovlen = 1;
+        m.msg_control = cmsg.as_mut_ptr().cast();
+        m.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) as usize;
+        let c = libc::CMSG_FIRSTHDR(&m);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<i32>(), write.as_raw_fd());
+        if libc::sendmsg(sock.as_raw_fd(), &m, libc::MSG_NOSIGNAL) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    drop(write);
+    // Wait (bounded) until init has closed its copy: the message is handled.
+    let mut p = libc::pollfd {
+        fd: read.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one live pollfd.
+    let n = unsafe { libc::poll(&mut p, 1, 5000) };
+    if n == 0 {
+        eprintln!("notify: init did not confirm the message within 5 s");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -189,9 +243,38 @@ mod tests {
         let s = NotifySocket::bind(&dir.path().join("n.sock")).unwrap();
         let c = UnixDatagram::unbound().unwrap();
         c.send_to(b"READY=1", s.path()).unwrap();
-        let (pid, msg) = s.recv().unwrap();
+        let (pid, msg, fds) = s.recv().unwrap();
         assert_eq!(pid, Some(std::process::id() as i32));
         assert_eq!(msg, b"READY=1");
+        assert!(fds.is_empty());
         assert!(s.recv().is_none());
+    }
+
+    #[test]
+    fn barrier_waits_until_the_message_is_handled() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n.sock");
+        let s = NotifySocket::bind(&path).unwrap();
+        let sender = std::thread::spawn(move || {
+            let t = std::time::Instant::now();
+            send_with_barrier(&path, b"WATCHDOG=1\nBARRIER=1").unwrap();
+            t.elapsed()
+        });
+        let (pid, msg, fds) = loop {
+            if let Some(r) = s.recv() {
+                break r;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        assert_eq!(pid, Some(std::process::id() as i32));
+        assert_eq!(parse(&msg), vec![Notification::Watchdog]);
+        assert_eq!(fds.len(), 1);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        drop(fds);
+        let waited = sender.join().unwrap();
+        assert!(
+            waited >= std::time::Duration::from_millis(250),
+            "{waited:?}"
+        );
     }
 }

@@ -567,7 +567,7 @@ impl Supervisor {
     }
 
     fn read_notify(&mut self) {
-        while let Some((pid, msg)) = self.notify.recv() {
+        while let Some((pid, msg, _barrier_fds)) = self.notify.recv() {
             let Some(pid) = pid else { continue };
             // The main pid, or any process of its group (systemd-notify forks).
             // SAFETY: getpgid takes a plain pid.
@@ -617,6 +617,7 @@ impl Supervisor {
     }
 
     fn handle_request(&mut self, req: Request) -> Result<String, String> {
+        let restart = matches!(req, Request::Restart(_));
         let find = |this: &Self, name: &str| {
             this.index
                 .get(name)
@@ -639,30 +640,27 @@ impl Supervisor {
                 self.stop(i, AfterStop::Stay);
                 Ok(format!("stopping {n}\n"))
             }
-            Request::Restart(n) => {
+            Request::Restart(n) | Request::Start(n) => {
                 let i = find(self, &n)?;
                 if self.shutdown.is_some() {
                     return Err("shutting down".into());
                 }
                 if self.services[i].pid().is_some() {
-                    self.stop(i, AfterStop::Restart);
+                    if restart {
+                        self.stop(i, AfterStop::Restart);
+                    }
                 } else {
-                    self.services[i].state = State::Waiting;
-                }
-                Ok(format!("restarting {n}\n"))
-            }
-            Request::Start(n) => {
-                let i = find(self, &n)?;
-                if self.shutdown.is_some() {
-                    return Err("shutting down".into());
-                }
-                if self.services[i].pid().is_none() {
+                    // An operator's start or restart is a fresh start: a
+                    // failed service gets its start limit and backoff back.
                     let s = &mut self.services[i];
                     s.state = State::Waiting;
                     s.starts.clear();
                     s.failures = 0;
                 }
-                Ok(format!("starting {n}\n"))
+                Ok(format!(
+                    "{} {n}\n",
+                    if restart { "restarting" } else { "starting" }
+                ))
             }
             Request::Reboot => {
                 self.request_shutdown(ShutdownKind::Reboot, "ctl reboot");

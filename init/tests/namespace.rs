@@ -383,3 +383,47 @@ fn bad_service_files_are_reported_and_the_rest_start() {
     );
     ns.wait_for("all services ready (1 services)", 10);
 }
+
+#[test]
+fn ctl_stops_starts_and_restarts_a_service() {
+    need_namespaces!();
+    let mut ns = Ns::start("ctl", &[("web", sh("echo web up; exec sleep 60", ""))], "");
+    ns.wait_for("started web", 20);
+    let pid = |ns: &Ns| -> serde_json::Value {
+        let (code, out) = ns.ctl(&["status", "--json"]);
+        assert_eq!(code, 0, "{out}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["services"][0].clone()
+    };
+    let first = pid(&ns)["pid"].clone();
+    let (code, out) = ns.ctl(&["stop", "web"]);
+    assert_eq!((code, out.as_str()), (0, "stopping web\n"));
+    ns.wait_for("stopped web", 10);
+    assert_eq!(pid(&ns)["state"], "stopped");
+    let (code, _) = ns.ctl(&["start", "web"]);
+    assert_eq!(code, 0);
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while ns.all("started web").len() < 2 {
+        assert!(std::time::Instant::now() < end, "{}", ns.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let second = pid(&ns)["pid"].clone();
+    assert_ne!(first, second);
+    let (code, _) = ns.ctl(&["restart", "web"]);
+    assert_eq!(code, 0);
+    while ns.all("started web").len() < 3 {
+        assert!(
+            std::time::Instant::now() < end + Duration::from_secs(10),
+            "{}",
+            ns.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_ne!(pid(&ns)["pid"], second);
+    let (code, out) = ns.ctl(&["logs", "nosuch"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("no service named \"nosuch\""), "{out}");
+    let (code, _) = ns.ctl(&["poweroff"]);
+    assert_eq!(code, 0);
+    assert_eq!(ns.wait_exit(20), 0, "{}", ns.log());
+}
