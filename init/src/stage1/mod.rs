@@ -154,6 +154,17 @@ fn stage1(cmdline: &Cmdline, t0: f64) -> Result<Never, String> {
         ));
     }
     let t_root = uptime();
+    // Read stage 2's programs now, on the other CPU, while /var is prepared:
+    // every first read of a root page is a dm-verity hash check, slow under
+    // emulation, and otherwise it would all happen at exec, on the boot's
+    // critical path.
+    let warm = std::thread::spawn(|| {
+        for f in ["usr/sbin/fluxnode-init", "usr/bin/fluxnode-netd"] {
+            if let Ok(mut file) = std::fs::File::open(Path::new(NEWROOT).join(f)) {
+                let _ = std::io::copy(&mut file, &mut std::io::sink());
+            }
+        }
+    });
     for d in ["/dev", "/proc", "/sys"] {
         mount(d, &format!("{NEWROOT}{d}"), "", libc::MS_MOVE, "")?;
     }
@@ -170,6 +181,7 @@ fn stage1(cmdline: &Cmdline, t0: f64) -> Result<Never, String> {
         "",
     )
     .map_err(|e| format!("{e} (data partition)"))?;
+    let _ = warm.join();
     let t_data = uptime();
     let mut slow = report.loaded.clone();
     slow.sort_by_key(|b| std::cmp::Reverse(b.1));
