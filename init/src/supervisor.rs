@@ -17,9 +17,7 @@ use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 
 use crate::cgroup::Cgroups;
-use crate::config::{
-    BootComplete, ConfigError, FailureAction, InitConfig, Restart, ServiceSpec, ServiceType,
-};
+use crate::config::{BootComplete, ConfigError, FailureAction, InitConfig, Restart, ServiceType};
 use crate::control::{self, json_str, Request};
 use crate::notify::{Notification, NotifySocket};
 use crate::service::{
@@ -151,37 +149,15 @@ impl Supervisor {
             }
             _ => None,
         };
-        let mut sup = Self::assemble(
-            specs,
-            config,
-            mode,
-            signals,
-            notify,
-            control,
-            cgroups,
-            hw_watchdog,
-        );
-        if mode == Mode::Machine && sup.hw_watchdog.is_none() && sup.config.hardware_watchdog_s > 0
-        {
-            sup.hw_watchdog_search = Some((
-                paths.watchdog_dev.clone(),
-                sys::monotonic_ms() + WATCHDOG_SEARCH_MS,
-            ));
-        }
-        Ok(sup)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn assemble(
-        specs: Vec<ServiceSpec>,
-        config: InitConfig,
-        mode: Mode,
-        signals: SignalFd,
-        notify: NotifySocket,
-        control: UnixListener,
-        cgroups: Cgroups,
-        hw_watchdog: Option<HardwareWatchdog>,
-    ) -> Self {
+        // Without a watchdog yet, keep looking: its driver may be a late module.
+        let hw_watchdog_search =
+            (mode == Mode::Machine && hw_watchdog.is_none() && config.hardware_watchdog_s > 0)
+                .then(|| {
+                    (
+                        paths.watchdog_dev.clone(),
+                        sys::monotonic_ms() + WATCHDOG_SEARCH_MS,
+                    )
+                });
         let services: Vec<Service> = specs.into_iter().map(Service::new).collect();
         let index = services
             .iter()
@@ -189,7 +165,7 @@ impl Supervisor {
             .map(|(i, s)| (s.name().to_string(), i))
             .collect();
         tracing::info!("{} services loaded", services.len());
-        Supervisor {
+        Ok(Supervisor {
             services,
             index,
             config,
@@ -200,13 +176,13 @@ impl Supervisor {
             cgroups,
             hw_watchdog,
             hw_next_feed_ms: 0,
-            hw_watchdog_search: None,
+            hw_watchdog_search,
             jitter: Jitter::new(),
             shutdown: None,
             startup_reported: false,
             required_ready_since: None,
             boot_completed: false,
-        }
+        })
     }
 
     /// Runs until every service has stopped after a shutdown request.
