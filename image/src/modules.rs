@@ -124,18 +124,8 @@ impl ModDb {
         if depth > 64 || !seen.insert(n.to_string()) {
             return;
         }
-        for soft in self.softdeps.get(n).into_iter().flatten() {
-            let soft_n = normalize(soft);
-            let targets: Vec<String> = if self.deps.contains_key(&soft_n) {
-                vec![soft_n]
-            } else {
-                self.aliases.get(soft.as_str()).cloned().unwrap_or_default()
-            };
-            for t in targets {
-                if self.deps.contains_key(&t) {
-                    self.visit(&t, seen, order, depth + 1);
-                }
-            }
+        for t in self.soft_targets(n) {
+            self.visit(&t, seen, order, depth + 1);
         }
         if let Some((_, deps)) = self.deps.get(n) {
             for d in deps {
@@ -143,6 +133,26 @@ impl ModDb {
             }
         }
         order.push(n.to_string());
+    }
+
+    /// The modules `n`'s soft pre-dependencies name (directly or by alias,
+    /// like `crypto-crc32c`), those that are modules.
+    fn soft_targets(&self, n: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for soft in self.softdeps.get(n).into_iter().flatten() {
+            let soft_n = normalize(soft);
+            let targets: Vec<String> = if self.deps.contains_key(&soft_n) {
+                vec![soft_n]
+            } else {
+                self.aliases.get(soft.as_str()).cloned().unwrap_or_default()
+            };
+            out.extend(
+                targets
+                    .into_iter()
+                    .filter(|t| self.deps.contains_key(t) && t != n),
+            );
+        }
+        out
     }
 
     /// modules.alias lines of exactly `names` (what stage 1 matches devices against).
@@ -158,13 +168,28 @@ impl ModDb {
         out
     }
 
-    /// modules.dep lines for exactly `names` (a trimmed database for the device).
+    /// modules.dep lines for exactly `names` (a trimmed database for the
+    /// device). Soft pre-dependencies among `names` are written as hard
+    /// ones: the device has no modprobe to read modules.softdep, and its
+    /// loader starts a module as soon as its listed dependencies are in
+    /// (libcrc32c, which erofs needs, fails to initialise when no crc32c
+    /// implementation is loaded yet).
     pub fn dep_lines(&self, names: &[String]) -> String {
         let mut out = String::new();
         for n in names {
             if let Some((path, deps)) = self.deps.get(n) {
-                let deps: Vec<&str> = deps.iter().filter_map(|d| self.path_of(d)).collect();
-                out.push_str(&format!("{path}: {}\n", deps.join(" ")));
+                let mut all: Vec<String> = self
+                    .soft_targets(n)
+                    .into_iter()
+                    .filter(|t| names.contains(t))
+                    .collect();
+                for d in deps {
+                    if !all.contains(d) {
+                        all.push(d.clone());
+                    }
+                }
+                let paths: Vec<&str> = all.iter().filter_map(|d| self.path_of(d)).collect();
+                out.push_str(&format!("{path}: {}\n", paths.join(" ")));
             }
         }
         out
@@ -216,9 +241,16 @@ kernel/fs/jbd2/jbd2.ko:\nkernel/crypto/crc32c_generic.ko:\n";
                 "ext4"
             ]
         );
+        let lines = db.dep_lines(&order);
+        assert!(lines.contains("kernel/drivers/md/dm-verity.ko: kernel/drivers/md/dm-bufio.ko"));
+        // The soft pre-dependency becomes a listed one on the device...
+        assert!(lines.contains(
+            "kernel/fs/ext4/ext4.ko: kernel/crypto/crc32c_generic.ko kernel/fs/jbd2/jbd2.ko\n"
+        ));
+        // ...but only when it is on the device.
         assert!(db
-            .dep_lines(&order)
-            .contains("kernel/drivers/md/dm-verity.ko: kernel/drivers/md/dm-bufio.ko"));
+            .dep_lines(&["jbd2".into(), "ext4".into()])
+            .contains("kernel/fs/ext4/ext4.ko: kernel/fs/jbd2/jbd2.ko\n"));
         assert!(matches!(
             db.closure(&["nope".into()]),
             Err(ImageError::UnknownModule(_))

@@ -52,6 +52,8 @@ OPTIONS (stage 2; the kernel command line's fluxnode.* keys give the same):
     --config FILE      init's settings         [/etc/fluxnode/init.toml]
     --run-dir DIR      sockets                 [/run/fluxnode]
     --debug            debug logging           [fluxnode.debug]
+                       console lines stamped with seconds since boot
+                                               [fluxnode.timestamps]
 
 SIGNALS:
     SIGTERM, SIGPWR    ordered poweroff (in a test namespace: ordered exit 0)
@@ -122,6 +124,7 @@ pub fn stage2(mode: Mode, mut paths: supervisor::Paths, debug: bool) {
     }
     let cmdline = cmdline::Cmdline::from_file(Path::new("/proc/cmdline"));
     log::init(debug || cmdline.flag("fluxnode.debug"));
+    log::set_timestamps(cmdline.flag("fluxnode.timestamps"));
     if let (Some(dir), None) = (cmdline.get("fluxnode.services"), &paths.services_dir) {
         paths.services_dir = Some(dir.into());
     }

@@ -15,6 +15,7 @@ use tracing_core::span::{Attributes, Id, Record};
 use tracing_core::{Event, Interest, Level, Metadata, Subscriber};
 
 static DEBUG: AtomicBool = AtomicBool::new(false);
+static TIMESTAMPS: AtomicBool = AtomicBool::new(false);
 
 /// The prefix of every line init writes.
 pub const PREFIX: &str = "fluxnode-init: ";
@@ -23,6 +24,13 @@ pub const PREFIX: &str = "fluxnode-init: ";
 pub fn init(debug: bool) {
     DEBUG.store(debug, Ordering::Relaxed);
     let _ = tracing::subscriber::set_global_default(ConsoleLog);
+}
+
+/// Stamps every console line (init's and services') with the seconds since
+/// the kernel started, as dmesg does: `fluxnode.timestamps` on the kernel
+/// command line, for reading a boot's timeline off the serial console.
+pub fn set_timestamps(on: bool) {
+    TIMESTAMPS.store(on, Ordering::Relaxed);
 }
 
 /// Flips debug output; returns the new state.
@@ -61,7 +69,10 @@ pub fn set_console_nonblocking(on: bool) {
 
 /// Writes `line` (no newline) to stderr in one call.
 pub fn write_line(line: &str) {
-    let mut buf = String::with_capacity(line.len() + 1);
+    let mut buf = String::with_capacity(line.len() + 16);
+    if TIMESTAMPS.load(Ordering::Relaxed) {
+        let _ = write!(buf, "[{:12.6}] ", crate::sys::uptime());
+    }
     buf.push_str(line);
     buf.push('\n');
     if let Err(e) = std::io::stderr().write_all(buf.as_bytes()) {

@@ -207,6 +207,12 @@ pub fn mount(
 /// Mounts the table; returns what it mounted. Failures are logged and skipped.
 pub fn mount_early() -> Vec<&'static str> {
     let mut done = Vec::new();
+    // Read once (again after mounting /proc, if it was not there): only
+    // this loop mounts meanwhile, and it knows what it did.
+    let mut mounted: Vec<PathBuf> = current(Path::new("/proc"))
+        .into_iter()
+        .map(|m| m.target)
+        .collect();
     for e in EARLY_MOUNTS {
         if let Some(p) = e.only_if {
             if !Path::new(p).exists() {
@@ -214,8 +220,7 @@ pub fn mount_early() -> Vec<&'static str> {
                 continue;
             }
         }
-        let mounted = current(Path::new("/proc"));
-        if mounted.iter().any(|m| m.target == Path::new(e.target)) {
+        if mounted.iter().any(|m| m == Path::new(e.target)) {
             continue;
         }
         if !Path::new(e.target).is_dir() {
@@ -229,7 +234,14 @@ pub fn mount_early() -> Vec<&'static str> {
             }
         }
         match mount(e.source, Path::new(e.target), e.fstype, e.flags, e.data) {
-            Ok(()) => done.push(e.target),
+            Ok(()) => {
+                done.push(e.target);
+                mounted.push(PathBuf::from(e.target));
+                if e.fstype == "proc" {
+                    // Now readable: what else was mounted before us.
+                    mounted.extend(current(Path::new("/proc")).into_iter().map(|m| m.target));
+                }
+            }
             Err(err) => tracing::warn!("mount {} on {} failed: {err}", e.fstype, e.target),
         }
     }

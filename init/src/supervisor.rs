@@ -825,7 +825,11 @@ impl Supervisor {
             .map(|s| s.name())
             .collect();
         if failed.is_empty() {
-            tracing::info!("all services ready ({} services)", self.services.len());
+            tracing::info!(
+                "all services ready ({} services, t={:.3} s)",
+                self.services.len(),
+                crate::sys::uptime()
+            );
         } else {
             tracing::warn!("startup finished; failed services: {}", failed.join(", "));
         }

@@ -25,7 +25,7 @@ fn dependencies_start_in_order() {
     let a = ns.wait_for("a finished", 20);
     let b = ns.wait_for("started b", 20);
     let c = ns.wait_for("started c", 20);
-    ns.wait_for("all services ready (4 services)", 20);
+    ns.wait_for("all services ready (4 services,", 20);
     assert!(
         a.at <= b.at && b.at <= c.at,
         "order a < b < c broken:\n{}",
@@ -262,7 +262,7 @@ fn sigterm_stops_in_reverse_order_and_kills_stragglers() {
         ],
         "",
     );
-    ns.wait_for("all services ready (4 services)", 20);
+    ns.wait_for("all services ready (4 services,", 20);
     ns.wait_for("d: d up", 5);
     std::thread::sleep(Duration::from_millis(300));
     let t = std::time::Instant::now();
@@ -381,7 +381,7 @@ fn bad_service_files_are_reported_and_the_rest_start() {
         "{}",
         cyc.text
     );
-    ns.wait_for("all services ready (1 services)", 10);
+    ns.wait_for("all services ready (1 services,", 10);
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! What stage 1 and blessing read from the kernel, the firmware and the
-//! disk: modules.dep, modules.alias, an efivar's UTF-16 string, a UKI file
+//! disk: modules.dep, modules.alias, device modaliases (and the virtio
+//! devices predicted from them), an efivar's UTF-16 string, a UKI file
 //! name with its boot counter, and the head of the data partition.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
@@ -7,7 +8,10 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     let _ = fluxnode_init::stage1::modules::parse_dep(&text);
-    let _ = fluxnode_init::stage1::modalias::parse_alias(&text);
+    let aliases = fluxnode_init::stage1::modalias::parse_alias(&text);
+    let _ = fluxnode_init::stage1::modalias::buses_for(&aliases);
+    let devices: std::collections::BTreeSet<String> = text.lines().map(String::from).collect();
+    let _ = fluxnode_init::stage1::modalias::virtio_children(&devices);
     let _ = fluxnode_init::bless::strip_counter(&text);
     let _ = fluxnode_init::bless::decode_efi_string(data);
     let _ = fluxnode_init::stage1::data::classify(data);

@@ -152,6 +152,19 @@ impl Loader {
         &self.dir
     }
 
+    /// `names` and everything they depend on (unknown names are kept as is).
+    pub fn closure(&self, names: &[String]) -> BTreeSet<String> {
+        let mut seen = BTreeSet::new();
+        let mut todo: Vec<String> = names.iter().map(|n| n.replace('-', "_")).collect();
+        while let Some(n) = todo.pop() {
+            if let Some((_, ds)) = self.deps.get(&n) {
+                todo.extend(ds.iter().filter(|d| !seen.contains(*d)).cloned());
+            }
+            seen.insert(n);
+        }
+        seen
+    }
+
     /// True when `name` is loaded (by us or before).
     pub fn is_loaded(&self, name: &str) -> bool {
         self.loaded.contains(&name.replace('-', "_"))
@@ -386,6 +399,18 @@ mod tests {
             run_parallel(&["zz".into()], &deps, 1, &|_| Ok(())),
             Err(ModuleError::Unknown(_))
         ));
+    }
+
+    #[test]
+    fn closure_follows_dependencies() {
+        let l = Loader {
+            dir: PathBuf::new(),
+            deps: parse_dep(DEP),
+            loaded: BTreeSet::new(),
+        };
+        let c = l.closure(&["a".into(), "d-x".into(), "zz".into()]);
+        let want: BTreeSet<String> = ["a", "b", "c", "d_x", "zz"].map(String::from).into();
+        assert_eq!(c, want);
     }
 
     #[test]
