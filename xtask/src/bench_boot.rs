@@ -4,8 +4,8 @@
 //! mmdebstrap, packed into a UKI and booted by the same QEMU command).
 //!
 //! Guest-time figures come from the guest: stage 1 prints its CLOCK_BOOTTIME
-//! at start and at switch_root. Later markers and the phases before the
-//! kernel (firmware, systemd-boot) are timed on the host as the serial lines
+//! at start and at switch_root, stage 2 when all services are ready. The
+//! phases before the kernel (firmware, systemd-boot) are timed on the host as the serial lines
 //! appear; under TCG QEMU's virtual clock follows the host's, so the two
 //! line up (to the ~10 ms the harness polls at). For Debian, systemd's own
 //! `systemd-analyze time` is printed on the serial port by a helper unit.
@@ -103,7 +103,7 @@ fn fluxnode_boot(disk: &Path, dir: &Path) -> Result<(Timeline, String)> {
     let h = |m: &str| seen.at(m).with_context(|| format!("{m:?} not seen"));
     // Host time of kernel start: when stage 1 printed, minus its guest time.
     let kernel_start = h(S1)? - t_s1;
-    let ready_guest = t_sw + (h(READY)? - h(SW)?);
+    let ready_guest = guest_t(&log, READY).context("no ready time on the console")?;
     let tl = Timeline {
         firmware_s: h(FW)?,
         bootloader_s: (kernel_start - h(FW)?).max(0.0),
