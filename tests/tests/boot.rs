@@ -122,10 +122,23 @@ fn power_off(vm: &mut Vm) -> Result<String, String> {
     Ok(st.to_string())
 }
 
+/// How much larger than the image the main test's disk is: stage 1 grows
+/// the blank data partition into it on first boot.
+const MAIN_DISK_EXTRA: u64 = 512 << 20;
+
 fn main_sequence() -> Result<MainRun, String> {
     let built = fixture::main_image()?;
     let dir = fixture::run_dir("main");
     let disk = fixture::copy_disk(&built.image, &dir)?;
+    // As if flashed onto a larger disk (sparse: no bytes written).
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&disk)
+        .map_err(|e| e.to_string())?;
+    let len = f.metadata().map_err(|e| e.to_string())?.len();
+    f.set_len(len + MAIN_DISK_EXTRA)
+        .map_err(|e| e.to_string())?;
+    drop(f);
     let esp_off = built
         .manifest
         .partitions
@@ -371,6 +384,18 @@ fn boot_pid1_root_var_and_services() {
         "{var}"
     );
     assert_eq!(p.get("var_boots").map(String::as_str), Some("1"));
+    // The data partition (64 MiB in the image) was grown to the end of the
+    // larger disk before it was formatted.
+    let var_mib: u64 = p.get("var_mib").and_then(|v| v.parse().ok()).unwrap_or(0);
+    assert!(
+        var_mib > 64 + (MAIN_DISK_EXTRA >> 20) / 2,
+        "/var is {var_mib} MiB: not grown into the disk's extra {} MiB",
+        MAIN_DISK_EXTRA >> 20
+    );
+    assert!(
+        r.log1.contains("grew vda4 (data) from 64 MiB to"),
+        "no grow line"
+    );
     assert_eq!(
         p.get("default_route").map(String::as_str),
         Some("yes"),

@@ -79,6 +79,16 @@ pub fn wait_for_partname(sys: &Path, name: &str, timeout: Duration) -> Option<Bl
     }
 }
 
+/// The disk a partition is on (`vda` for `vda4`), from sysfs.
+pub fn parent_disk(sys: &Path, partition: &str) -> Option<String> {
+    let real = std::fs::canonicalize(sys.join("class/block").join(partition)).ok()?;
+    if !real.join("partition").exists() {
+        return None;
+    }
+    let disk = real.parent()?.file_name()?.to_str()?.to_string();
+    Some(disk)
+}
+
 /// Waits for a device node to appear (devtmpfs creates it asynchronously).
 pub fn wait_for_node(node: &Path, timeout: Duration) -> bool {
     let t0 = Instant::now();
@@ -95,6 +105,21 @@ pub fn wait_for_node(node: &Path, timeout: Duration) -> bool {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
+
+    #[test]
+    fn parent_disk_follows_the_sysfs_link() {
+        let d = tempfile::tempdir().unwrap();
+        let real = d.path().join("devices/pci0000:00/virtio2/block/vda");
+        std::fs::create_dir_all(real.join("vda4")).unwrap();
+        std::fs::write(real.join("vda4/partition"), "4\n").unwrap();
+        std::fs::create_dir_all(d.path().join("class/block")).unwrap();
+        std::os::unix::fs::symlink(real.join("vda4"), d.path().join("class/block/vda4")).unwrap();
+        std::os::unix::fs::symlink(&real, d.path().join("class/block/vda")).unwrap();
+        assert_eq!(parent_disk(d.path(), "vda4").as_deref(), Some("vda"));
+        // A whole disk has no parent disk; an unknown name neither.
+        assert_eq!(parent_disk(d.path(), "vda"), None);
+        assert_eq!(parent_disk(d.path(), "nvme9n9p9"), None);
+    }
 
     #[test]
     fn finds_partition_in_fake_sysfs() {

@@ -15,6 +15,7 @@
 
 pub mod blockdev;
 pub mod data;
+pub mod gpt;
 pub mod modalias;
 pub mod modules;
 pub mod verity;
@@ -351,6 +352,7 @@ fn prepare_data(newroot: &Path) -> Result<(String, &'static str), String> {
     let state = data::inspect(&node).map_err(|e| format!("reading {}: {e}", node.display()))?;
     let note = match state {
         data::DataState::Blank => {
+            grow_data(&sys, newroot, &part.devname);
             say(&format!(
                 "formatting {} as ext4 for /var (first boot)",
                 part.devname
@@ -402,6 +404,27 @@ fn prepare_data(newroot: &Path) -> Result<(String, &'static str), String> {
         }
     };
     Ok((in_root, note))
+}
+
+/// Grows the blank data partition to the end of its disk (first boot on a
+/// disk larger than the image). A failure only costs space: it is said and
+/// the partition is formatted at the size it has.
+fn grow_data(sys: &Path, newroot: &Path, devname: &str) {
+    let Some(disk) = blockdev::parent_disk(sys, devname) else {
+        say(&format!(
+            "warning: no disk found for {devname}; /var keeps its size"
+        ));
+        return;
+    };
+    match gpt::grow(&newroot.join("dev").join(&disk), "data") {
+        Ok(Some((old, new))) => say(&format!(
+            "grew {devname} (data) from {old} MiB to {new} MiB, to the end of {disk}"
+        )),
+        Ok(None) => {}
+        Err(e) => say(&format!(
+            "warning: not growing {devname}: {e}; /var keeps its size"
+        )),
+    }
 }
 
 /// Deletes the initramfs's files (it is RAM) but not the mounts under it.

@@ -137,6 +137,12 @@ fn main() {
             "var",
             &format!("{src} {fs} {} part={label}", if rw { "rw" } else { "ro" }),
         );
+        // SAFETY: statvfs fills a zeroed struct we own; the path is a C string.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(c"/var".as_ptr(), &mut st) } == 0 {
+            let mib = (st.f_blocks as u64 * st.f_frsize as u64) >> 20;
+            say("var_mib", &mib.to_string());
+        }
     } else {
         say("var", "not-mounted");
     }
