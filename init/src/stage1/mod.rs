@@ -206,7 +206,7 @@ fn stage1(cmdline: &Cmdline, t0: f64) -> Result<Never, String> {
         .map(|(m, d)| format!("{m} {:.0}", d.as_secs_f64() * 1e3))
         .collect();
     say(&format!(
-        "stage 1: slot {slot} root {} verified; {} modules in {:.2} s (slowest ms: {}); root at {:.2} s; /var's modules at {:.2} s; /var {data_note} in {:.2} s; {reader}; switch_root at t={:.3} s ({:.2} s in stage 1)",
+        "stage 1: slot {slot} root {} verified; {} modules (the root's in by {:.2} s; slowest ms: {}); root at {:.2} s; /var's modules at {:.2} s; /var {data_note} in {:.2} s; {reader}; switch_root at t={:.3} s ({:.2} s in stage 1)",
         root.devname,
         report.loaded.len(),
         t_mod - t0,
