@@ -9,7 +9,7 @@
 
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 const ETH_P_ARP: u16 = 0x0806;
 const ARP_LEN: usize = 28;
@@ -73,33 +73,7 @@ pub struct ArpSocket {
 impl ArpSocket {
     /// Opens it on link `ifindex`.
     pub fn open(ifindex: u32) -> io::Result<Self> {
-        let proto = ETH_P_ARP.to_be();
-        // SAFETY: plain socket(2); the fd is owned right away.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                i32::from(proto),
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let sll = sockaddr(ifindex);
-        let sa = &sll as *const libc::sockaddr_ll as *const libc::sockaddr;
-        // SAFETY: sll is a valid sockaddr_ll for its size.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                sa,
-                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let fd = crate::sys::packet_socket(ifindex, ETH_P_ARP, None)?;
         Ok(ArpSocket { fd, ifindex })
     }
 
@@ -147,12 +121,7 @@ impl ArpSocket {
 }
 
 fn sockaddr(ifindex: u32) -> libc::sockaddr_ll {
-    // SAFETY: sockaddr_ll is plain data; zero is valid.
-    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    sll.sll_family = libc::AF_PACKET as u16;
-    sll.sll_protocol = ETH_P_ARP.to_be();
-    sll.sll_ifindex = ifindex as i32;
-    sll
+    crate::sys::link_sockaddr(ifindex, ETH_P_ARP)
 }
 
 #[cfg(test)]

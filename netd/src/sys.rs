@@ -1,4 +1,5 @@
-//! The few syscalls the event loop needs: signalfd, poll, getrandom.
+//! The few syscalls the event loop needs: signalfd, poll, getrandom, and
+//! the packet sockets of DHCP's raw receiver and the ARP check.
 //!
 //! netd is one thread with one loop: the DHCP socket, a signalfd for
 //! SIGTERM/SIGINT, and a timeout (the next DHCP timer or watchdog ping).
@@ -118,6 +119,73 @@ pub fn random_u64() -> u64 {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
     t ^ (u64::from(std::process::id()) << 32)
+}
+
+/// The link-layer address of `ifindex` for EtherType `ethertype` (host
+/// order), as packet sockets bind and send to it.
+pub fn link_sockaddr(ifindex: u32, ethertype: u16) -> libc::sockaddr_ll {
+    // SAFETY: sockaddr_ll is plain data; zero is valid.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = ethertype.to_be();
+    sll.sll_ifindex = ifindex as i32;
+    sll
+}
+
+/// Opens a non-blocking `AF_PACKET` datagram socket for `ethertype` on link
+/// `ifindex`. A `filter` (classic BPF) is attached before the bind, so no
+/// unfiltered frame is ever queued.
+pub fn packet_socket(
+    ifindex: u32,
+    ethertype: u16,
+    filter: Option<&[libc::sock_filter]>,
+) -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); the fd is owned right away.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            i32::from(ethertype.to_be()),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    if let Some(filter) = filter {
+        let prog = libc::sock_fprog {
+            len: u16::try_from(filter.len())
+                .map_err(|_| io::Error::other("BPF filter too long"))?,
+            filter: filter.as_ptr().cast_mut(),
+        };
+        // SAFETY: prog points at `filter`, alive for the call; the kernel copies it.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ATTACH_FILTER,
+                (&prog as *const libc::sock_fprog).cast(),
+                std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    let sll = link_sockaddr(ifindex, ethertype);
+    // SAFETY: sll is a valid sockaddr_ll for its size.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sll as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
 }
 
 #[cfg(test)]

@@ -190,52 +190,7 @@ const fn bpf(code: u16, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
 impl RawReceiver {
     /// Opens the packet socket on link `ifindex`, filter attached.
     pub fn open(ifindex: u32) -> io::Result<Self> {
-        let proto = (libc::ETH_P_IP as u16).to_be();
-        // SAFETY: plain socket(2); the fd is owned right away.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                i32::from(proto),
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let prog = libc::sock_fprog {
-            len: FILTER.len() as u16,
-            filter: FILTER.as_ptr() as *mut libc::sock_filter,
-        };
-        let prog_bytes = {
-            let ptr = &prog as *const libc::sock_fprog as *const u8;
-            // SAFETY: prog is a live sock_fprog; we view its bytes for setsockopt.
-            unsafe { std::slice::from_raw_parts(ptr, std::mem::size_of::<libc::sock_fprog>()) }
-        };
-        setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_FILTER,
-            prog_bytes,
-        )?;
-        // SAFETY: sockaddr_ll is plain data; zero is valid.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = proto;
-        sll.sll_ifindex = ifindex as i32;
-        let sa = &sll as *const libc::sockaddr_ll as *const libc::sockaddr;
-        // SAFETY: sll is a valid sockaddr_ll for its size.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                sa,
-                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let fd = crate::sys::packet_socket(ifindex, libc::ETH_P_IP as u16, Some(&FILTER))?;
         Ok(RawReceiver { fd })
     }
 
