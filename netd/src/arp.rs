@@ -103,20 +103,10 @@ impl ArpSocket {
     pub fn recv_all(&self) -> io::Result<Vec<Arp>> {
         let mut out = Vec::new();
         let mut buf = [0u8; 256];
-        loop {
-            // SAFETY: buf is valid for its length.
-            let n =
-                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                match e.kind() {
-                    io::ErrorKind::WouldBlock => return Ok(out),
-                    io::ErrorKind::Interrupted => continue,
-                    _ => return Err(e),
-                }
-            }
-            out.extend(parse(&buf[..n as usize]));
+        while let Some(n) = crate::sys::recv_ready(self.fd.as_raw_fd(), &mut buf)? {
+            out.extend(parse(&buf[..n]));
         }
+        Ok(out)
     }
 }
 

@@ -202,19 +202,8 @@ impl RawReceiver {
     /// The next DHCP message seen on the link: `Ok(None)` when none waits.
     pub fn recv(&self) -> io::Result<Option<Message>> {
         let mut buf = [0u8; 2048];
-        loop {
-            // SAFETY: buf is valid for its length.
-            let n =
-                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                match e.kind() {
-                    io::ErrorKind::WouldBlock => return Ok(None),
-                    io::ErrorKind::Interrupted => continue,
-                    _ => return Err(e),
-                }
-            }
-            let Some(payload) = udp_payload(&buf[..n as usize]) else {
+        while let Some(n) = crate::sys::recv_ready(self.fd.as_raw_fd(), &mut buf)? {
+            let Some(payload) = udp_payload(&buf[..n]) else {
                 continue;
             };
             match Message::parse(payload) {
@@ -222,6 +211,7 @@ impl RawReceiver {
                 Err(e) => tracing::debug!(error = %e, "ignoring a packet to port 68"),
             }
         }
+        Ok(None)
     }
 }
 
