@@ -5,8 +5,8 @@
 //!
 //! Guest-time figures come from the guest: stage 1 prints its CLOCK_BOOTTIME
 //! at start and at switch_root, stage 2 when all services are ready. The
-//! phases before the kernel (firmware, systemd-boot) are timed on the host as the serial lines
-//! appear; under TCG QEMU's virtual clock follows the host's, so the two
+//! phases before the kernel (firmware, systemd-boot) are timed on the host
+//! as the serial lines appear; under TCG QEMU's virtual clock follows the host's, so the two
 //! line up (to the ~10 ms the harness polls at). For Debian, systemd's own
 //! `systemd-analyze time` is printed on the serial port by a helper unit.
 
