@@ -137,8 +137,11 @@ fn stage1(cmdline: &Cmdline, t0: f64) -> Result<Never, String> {
     let (for_var, for_stage2): (Vec<String>, Vec<String>) = others
         .into_iter()
         .partition(|m| var_closure.contains(&m.replace('-', "_")));
-    let var_mods = std::thread::spawn(move || modules::load_modules(&for_var, Path::new("/")));
-    let root_mods = std::thread::spawn(move || modules::load_modules(&for_root, Path::new("/")));
+    // The early tracks share the modules.dep just read; the last one,
+    // started later, reads /proc/modules afresh to skip what is loaded.
+    let (mut var_loader, mut root_loader) = (loader.clone(), loader.clone());
+    let var_mods = std::thread::spawn(move || var_loader.load(&for_var));
+    let root_mods = std::thread::spawn(move || root_loader.load(&for_root));
     let (mut report, root) = find_root(sys, &part_name, loader)?;
     join_modules(root_mods, &mut report)?;
     let stage2_mods =

@@ -124,7 +124,7 @@ pub fn loaded_now() -> BTreeSet<String> {
 /// A module loader that remembers what is loaded: the kernel checks a
 /// module's signature before it notices the module is already there, so
 /// asking again is not free.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Loader {
     dir: PathBuf,
     deps: DepMap,
