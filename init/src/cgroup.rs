@@ -18,6 +18,20 @@ pub struct Cgroups {
 
 const WANTED: [&str; 3] = ["memory", "cpu", "pids"];
 
+/// Enables `controllers` for a cgroup's children: in one write, as each
+/// write to a non-empty subtree waits for the kernel to update every
+/// process in it (an RCU grace period, milliseconds under emulation); one
+/// at a time when the kernel refuses the set, so the others still apply.
+fn enable(subtree_control: &Path, controllers: &[&str]) {
+    let all: Vec<String> = controllers.iter().map(|c| format!("+{c}")).collect();
+    if controllers.is_empty() || std::fs::write(subtree_control, all.join(" ")).is_ok() {
+        return;
+    }
+    for c in all {
+        let _ = std::fs::write(subtree_control, c);
+    }
+}
+
 impl Cgroups {
     /// Prepares `<root>/<base>` (root is normally /sys/fs/cgroup).
     pub fn setup(root: &Path, base: &str) -> Self {
@@ -41,11 +55,12 @@ impl Cgroups {
                 why_not: Some(why),
             };
         }
-        for c in WANTED {
-            if controllers.split_whitespace().any(|x| x == c) {
-                let _ = std::fs::write(root.join("cgroup.subtree_control"), format!("+{c}"));
-                let _ = std::fs::write(dir.join("cgroup.subtree_control"), format!("+{c}"));
-            }
+        let offered: Vec<&str> = WANTED
+            .into_iter()
+            .filter(|c| controllers.split_whitespace().any(|x| x == *c))
+            .collect();
+        for level in [root, dir.as_path()] {
+            enable(&level.join("cgroup.subtree_control"), &offered);
         }
         let enabled: Vec<String> = std::fs::read_to_string(dir.join("cgroup.subtree_control"))
             .unwrap_or_default()

@@ -4,14 +4,25 @@
 //! service can be signalled as a process group), an empty signal mask and
 //! default dispositions (a SIGPIPE left ignored kills services later on a
 //! closed pipe), stdin from /dev/null, stdout and stderr into one pipe that
-//! init reads line by line, and its cgroup joined before exec so nothing it
-//! forks escapes the limits.
+//! init reads line by line, and its cgroup, so nothing it forks escapes the
+//! limits.
+//!
+//! The child is created inside its cgroup (`clone3` with
+//! `CLONE_INTO_CGROUP`, Linux 5.7) instead of moving itself there by
+//! writing `cgroup.procs`: a move takes the kernel's cgroup threadgroup lock
+//! for writing, which waits for an RCU grace period. Under TCG that wait
+//! was 20–40 ms of every service start, on the boot's critical path twice
+//! (docs/INIT.md). Where the kernel refuses the clone (older kernels, a
+//! seccomp filter, a cgroup it cannot seed) init forks and writes
+//! `cgroup.procs` as before.
+//!
+//! Between the clone and the exec the child only makes plain system calls
+//! on memory prepared before: init has other threads, and one of them may
+//! hold a lock (the allocator's) that the child's copy could never release.
 
-use std::ffi::CString;
-use std::os::fd::{FromRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
+use std::ffi::{c_char, CStr, CString};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use crate::config::ServiceSpec;
 
@@ -27,6 +38,92 @@ pub struct Spawned {
 /// The PATH services get.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// The child's steps that can fail, as reported through the exec pipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+enum Step {
+    Stdio = 1,
+    WorkingDir = 2,
+    Ids = 3,
+    Exec = 4,
+}
+
+impl Step {
+    fn from_u32(v: u32) -> Option<Step> {
+        [Step::Stdio, Step::WorkingDir, Step::Ids, Step::Exec]
+            .into_iter()
+            .find(|s| *s as u32 == v)
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            Step::Stdio => "setting up stdin/stdout/stderr",
+            Step::WorkingDir => "changing to the working directory",
+            Step::Ids => "switching user and group",
+            Step::Exec => "exec",
+        }
+    }
+}
+
+/// Everything the child needs, made before the clone.
+struct Plan {
+    prog: CString,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    cwd: Option<CString>,
+    ids: Option<(u32, u32)>,
+    stdin: OwnedFd,
+    output: OwnedFd,
+    report: OwnedFd,
+}
+
+fn cstring(s: impl Into<Vec<u8>>) -> std::io::Result<CString> {
+    CString::new(s).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "a NUL byte in an argument, variable or path",
+        )
+    })
+}
+
+/// The service's environment: a clean one with PATH and NOTIFY_SOCKET, then
+/// its own variables (which may override those), then WATCHDOG_USEC.
+fn environment(spec: &ServiceSpec, notify_socket: &Path) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = vec![
+        ("PATH".into(), DEFAULT_PATH.into()),
+        (
+            "NOTIFY_SOCKET".into(),
+            notify_socket.to_string_lossy().into_owned(),
+        ),
+    ];
+    let mut set = |k: &str, v: String| match env.iter_mut().find(|(key, _)| key == k) {
+        Some(e) => e.1 = v,
+        None => env.push((k.into(), v)),
+    };
+    for (k, v) in &spec.cfg.env {
+        set(k, v.clone());
+    }
+    if spec.cfg.watchdog_ms > 0 {
+        set("WATCHDOG_USEC", (spec.cfg.watchdog_ms * 1000).to_string());
+    }
+    env
+}
+
+/// A descriptor numbered 3 or above, so that putting the child's stdio in
+/// place (dup2 onto 0, 1, 2) never overwrites another of its descriptors.
+fn above_stdio(fd: OwnedFd) -> std::io::Result<OwnedFd> {
+    if fd.as_raw_fd() > 2 {
+        return Ok(fd);
+    }
+    // SAFETY: fcntl on a descriptor we own; the result is a new descriptor.
+    let new = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
+    if new < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `new` is fresh and owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
 fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 writes two descriptors into `fds`.
@@ -34,72 +131,293 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
         return Err(std::io::Error::last_os_error());
     }
     // SAFETY: both descriptors are fresh and owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    Ok((above_stdio(r)?, above_stdio(w)?))
 }
 
-/// Starts `spec`'s program.
+fn open_cloexec(path: &CStr, flags: libc::c_int) -> std::io::Result<OwnedFd> {
+    // SAFETY: a valid NUL-terminated path.
+    let fd = unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is fresh and owned by nobody else.
+    above_stdio(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+impl Plan {
+    fn new(
+        spec: &ServiceSpec,
+        notify_socket: &Path,
+        output: OwnedFd,
+        report: OwnedFd,
+    ) -> std::io::Result<Plan> {
+        let argv = spec
+            .cfg
+            .argv
+            .iter()
+            .map(|a| cstring(a.as_str()))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let prog = argv.first().cloned().unwrap_or_else(|| c"/".into());
+        let envp = environment(spec, notify_socket)
+            .into_iter()
+            .map(|(k, v)| cstring(format!("{k}={v}")))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let cwd = spec
+            .cfg
+            .working_dir
+            .as_ref()
+            .map(|d| cstring(d.as_os_str().as_encoded_bytes()))
+            .transpose()?;
+        Ok(Plan {
+            prog,
+            argv,
+            envp,
+            cwd,
+            ids: spec.ids,
+            stdin: open_cloexec(c"/dev/null", libc::O_RDONLY)?,
+            output,
+            report,
+        })
+    }
+}
+
+/// The kernel's `struct sigaction` for `rt_sigaction(2)` on x86-64; all
+/// zero is SIG_DFL with no flags and an empty mask.
+#[repr(C)]
+#[derive(Default)]
+struct KernelSigaction {
+    handler: usize,
+    flags: u64,
+    restorer: usize,
+    mask: u64,
+}
+
+/// Puts `fd` at `target` without close-on-exec (async-signal-safe).
+fn dup_to(fd: RawFd, target: RawFd) -> bool {
+    // SAFETY: dup2 on plain descriptor numbers.
+    unsafe { libc::dup2(fd, target) == target }
+}
+
+/// The child: set up, exec. A failure writes its step and errno into the
+/// report pipe and exits 127.
+///
+/// # Safety
+/// Called only in a freshly cloned or forked child. It allocates nothing
+/// and calls only async-signal-safe functions on data made before the
+/// clone; `argv` and `envp` are NULL-terminated arrays of pointers into
+/// the plan's strings.
+unsafe fn child(
+    plan: &Plan,
+    argv: &[*const c_char],
+    envp: &[*const c_char],
+    join_procs: Option<&CStr>,
+) -> ! {
+    // SAFETY: see the function's contract.
+    unsafe {
+        let fail = |step: Step| -> ! {
+            let errno = *libc::__errno_location();
+            let mut msg = [0u8; 8];
+            msg[..4].copy_from_slice(&(step as u32).to_ne_bytes());
+            msg[4..].copy_from_slice(&errno.to_ne_bytes());
+            libc::write(plan.report.as_raw_fd(), msg.as_ptr().cast(), msg.len());
+            libc::_exit(127)
+        };
+        libc::setsid();
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        // Every signal, real-time ones included, through the raw call:
+        // glibc's wrapper refuses the two it keeps for itself, and a
+        // disposition of "ignore" survives exec.
+        let default = KernelSigaction::default();
+        for sig in 1..=64 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    &default as *const KernelSigaction,
+                    std::ptr::null_mut::<KernelSigaction>(),
+                    8usize,
+                );
+            }
+        }
+        if let Some(p) = join_procs {
+            // The fallback: move in. A failure leaves the service where init
+            // is, without its limits, as a cgroup-less system would run it.
+            let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd >= 0 {
+                libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::close(fd);
+            }
+        }
+        let out = plan.output.as_raw_fd();
+        if !(dup_to(plan.stdin.as_raw_fd(), 0) && dup_to(out, 1) && dup_to(out, 2)) {
+            fail(Step::Stdio);
+        }
+        if let Some(dir) = &plan.cwd {
+            if libc::chdir(dir.as_ptr()) != 0 {
+                fail(Step::WorkingDir);
+            }
+        }
+        if let Some((uid, gid)) = plan.ids {
+            // Raw system calls: glibc's wrappers would try to change the ids of
+            // every thread of init, and only this one exists in the child.
+            let no_groups: *const libc::gid_t = std::ptr::null();
+            if libc::syscall(libc::SYS_setgroups, 0, no_groups) != 0
+                || libc::syscall(libc::SYS_setgid, gid) != 0
+                || libc::syscall(libc::SYS_setuid, uid) != 0
+            {
+                fail(Step::Ids);
+            }
+        }
+        libc::execve(plan.prog.as_ptr(), argv.as_ptr(), envp.as_ptr());
+        fail(Step::Exec)
+    }
+}
+
+/// `CLONE_INTO_CGROUP` from linux/sched.h (libc's constant is an i32 that
+/// overflows).
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// `struct clone_args` of `clone3(2)`, up to the `cgroup` field (version 2).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// Clones a child born in the cgroup `dir` (fork semantics otherwise).
+/// Returns 0 in the child.
+///
+/// # Safety
+/// As for fork: the child may only do async-signal-safe work until exec.
+unsafe fn clone_into(dir: &OwnedFd) -> std::io::Result<libc::pid_t> {
+    let args = CloneArgs {
+        flags: CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: dir.as_raw_fd() as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: `args` is a valid clone_args of the size passed; the
+    // caller keeps the child to the rules of a forked child.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(rc as libc::pid_t)
+}
+
+/// Creates the child: inside the cgroup whose `cgroup.procs` is given,
+/// by clone3 where the kernel allows it, else by fork and a write.
+fn start(plan: &Plan, cgroup_procs: Option<&Path>) -> std::io::Result<libc::pid_t> {
+    let ptrs = |v: &[CString]| -> Vec<*const c_char> {
+        v.iter()
+            .map(|s| s.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect()
+    };
+    let (argv, envp) = (ptrs(&plan.argv), ptrs(&plan.envp));
+    let procs = cgroup_procs
+        .map(|p| cstring(p.as_os_str().as_encoded_bytes()))
+        .transpose()?;
+    let dir = cgroup_procs
+        .and_then(Path::parent)
+        .and_then(|d| cstring(d.as_os_str().as_encoded_bytes()).ok())
+        .and_then(|d| open_cloexec(&d, libc::O_RDONLY | libc::O_DIRECTORY).ok());
+    if let Some(dir) = &dir {
+        // SAFETY: the child runs only `child`, which keeps to the rules above.
+        match unsafe { clone_into(dir) } {
+            Ok(0) => unsafe { child(plan, &argv, &envp, None) },
+            Ok(pid) => return Ok(pid),
+            Err(e) => tracing::debug!("clone3 into a cgroup refused ({e}); forking instead"),
+        }
+    }
+    // SAFETY: as above; the child only runs `child`.
+    match unsafe { libc::fork() } {
+        0 => unsafe { child(plan, &argv, &envp, procs.as_deref()) },
+        -1 => Err(std::io::Error::last_os_error()),
+        pid => Ok(pid),
+    }
+}
+
+/// Waits until the child has exec'd (the report pipe closes) or reports
+/// what failed; a failed child is reaped here.
+fn wait_for_exec(pid: libc::pid_t, report: OwnedFd) -> std::io::Result<()> {
+    let mut msg = [0u8; 8];
+    let mut got = 0;
+    while got < msg.len() {
+        // SAFETY: reading into the unfilled rest of `msg`.
+        let n = unsafe {
+            libc::read(
+                report.as_raw_fd(),
+                msg[got..].as_mut_ptr().cast(),
+                msg.len() - got,
+            )
+        };
+        match n {
+            0 => break,
+            n if n > 0 => got += n as usize,
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    if got == 0 {
+        return Ok(());
+    }
+    let mut status = 0;
+    // SAFETY: waits for our own child, which exits at once after reporting.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    let word = |r: std::ops::Range<usize>| msg.get(r).and_then(|b| b.try_into().ok());
+    let step = word(0..4).map(u32::from_ne_bytes).and_then(Step::from_u32);
+    let errno = word(4..8).map(i32::from_ne_bytes).unwrap_or(0);
+    let err = std::io::Error::from_raw_os_error(errno);
+    Err(match step {
+        Some(Step::Exec) => err,
+        Some(step) => std::io::Error::new(err.kind(), format!("{}: {err}", step.what())),
+        None => std::io::Error::other("the child failed before exec and said nothing clear"),
+    })
+}
+
+/// Starts `spec`'s program, in the cgroup whose `cgroup.procs` is given.
 pub fn spawn(
     spec: &ServiceSpec,
     notify_socket: &Path,
     cgroup_procs: Option<&Path>,
 ) -> std::io::Result<Spawned> {
     let (read, write) = pipe()?;
-    let write2 = write.try_clone()?;
-    let argv = &spec.cfg.argv;
-    let mut cmd = Command::new(argv.first().map(String::as_str).unwrap_or("/"));
-    cmd.args(argv.iter().skip(1))
-        .env_clear()
-        .env("PATH", DEFAULT_PATH)
-        .env("NOTIFY_SOCKET", notify_socket)
-        .envs(&spec.cfg.env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(write))
-        .stderr(Stdio::from(write2));
-    if spec.cfg.watchdog_ms > 0 {
-        cmd.env("WATCHDOG_USEC", (spec.cfg.watchdog_ms * 1000).to_string());
-    }
-    if let Some(dir) = &spec.cfg.working_dir {
-        cmd.current_dir(dir);
-    }
-    if let Some((uid, gid)) = spec.ids {
-        cmd.uid(uid).gid(gid);
-    }
-    let procs = cgroup_procs.and_then(|p| CString::new(p.as_os_str().as_encoded_bytes()).ok());
-    // SAFETY: the closure only makes async-signal-safe syscalls (setsid,
-    // sigprocmask, sigaction, open, write, close) on data prepared before fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            libc::setsid();
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-            for sig in 1..32 {
-                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                    libc::signal(sig, libc::SIG_DFL);
-                }
-            }
-            if let Some(p) = &procs {
-                let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                if fd >= 0 {
-                    libc::write(fd, b"0".as_ptr().cast(), 1);
-                    libc::close(fd);
-                }
-            }
-            Ok(())
-        });
-    }
-    let child = cmd.spawn()?;
-    // The Child handle is dropped without waiting: init's single reaper
-    // collects every exit and routes it by pid.
-    let pid = child.id() as i32;
-    drop(child);
+    let (report_read, report_write) = pipe()?;
+    let plan = Plan::new(spec, notify_socket, write, report_write)?;
+    let pid = start(&plan, cgroup_procs)?;
+    // Our copies of the child's ends: the report pipe reads EOF at exec.
+    drop(plan);
+    wait_for_exec(pid, report_read)?;
     set_nonblocking(&read)?;
     Ok(Spawned { pid, output: read })
 }
 
 /// Sets O_NONBLOCK.
 pub fn set_nonblocking(fd: &OwnedFd) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
     // SAFETY: fcntl on a descriptor we own.
     unsafe {
         let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
@@ -108,4 +426,105 @@ pub fn set_nonblocking(fd: &OwnedFd) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use std::io::Read;
+
+    fn spec(text: &str) -> ServiceSpec {
+        crate::config::parse_service("svc", Path::new("/etc/svc.toml"), text, Path::new("/"))
+            .unwrap()
+    }
+
+    /// Runs to the end; its output and exit status.
+    fn run(spec: &ServiceSpec, cgroup_procs: Option<&Path>) -> (String, i32) {
+        let sp = spawn(spec, Path::new("/run/test/notify.sock"), cgroup_procs).unwrap();
+        let mut status = 0;
+        // SAFETY: waits for the child just started.
+        assert_eq!(unsafe { libc::waitpid(sp.pid, &mut status, 0) }, sp.pid);
+        let mut out = String::new();
+        let mut f = std::fs::File::from(sp.output);
+        let _ = f.read_to_string(&mut out);
+        (out, libc::WEXITSTATUS(status))
+    }
+
+    #[test]
+    fn environment_session_stdio_and_working_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = spec(&format!(
+            "argv = [\"/bin/sh\", \"-c\", \"echo $PATH; echo $NOTIFY_SOCKET $X $WATCHDOG_USEC; pwd; \
+             ps -o sid= -p $$ | tr -d ' '; echo $$; read l || echo eof; echo err >&2; exit 3\"]\n\
+             env = {{ X = \"x1\" }}\nwatchdog_ms = 500\nworking_dir = {:?}\n",
+            dir.path()
+        ));
+        let (out, code) = run(&s, None);
+        let l: Vec<&str> = out.lines().collect();
+        assert_eq!(code, 3, "{out}");
+        assert_eq!(l[0], DEFAULT_PATH);
+        assert_eq!(l[1], "/run/test/notify.sock x1 500000");
+        assert_eq!(Path::new(l[2]), dir.path().canonicalize().unwrap());
+        // Its own session: the session id is its pid (when ps is there).
+        if !l[3].is_empty() {
+            assert_eq!(l[3], l[4], "{out}");
+        }
+        assert_eq!(&l[5..], ["eof", "err"]);
+    }
+
+    #[test]
+    fn a_service_variable_overrides_path() {
+        let s = spec("argv = [\"/bin/sh\", \"-c\", \"echo $PATH\"]\nenv = { PATH = \"/bin\" }\n");
+        assert_eq!(run(&s, None).0.trim(), "/bin");
+    }
+
+    #[test]
+    fn failures_before_exec_name_the_step() {
+        let mut s = spec("argv = [\"/bin/true\"]\nworking_dir = \"/nonexistent/dir\"\n");
+        let e = spawn(&s, Path::new("/n"), None).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("changing to the working directory: "),
+            "{e}"
+        );
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+        // Validated files are executable, but a file can change after.
+        s.cfg.working_dir = None;
+        let dir = tempfile::tempdir().unwrap();
+        let prog = dir.path().join("not-executable");
+        std::fs::write(&prog, "#!/bin/sh\n").unwrap();
+        s.cfg.argv = vec![prog.to_string_lossy().into_owned()];
+        let e = spawn(&s, Path::new("/n"), None).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied, "{e}");
+    }
+
+    #[test]
+    fn a_missing_cgroup_falls_back_and_still_starts() {
+        // No such cgroup: clone3 cannot open it, the fork's write fails,
+        // and the service runs anyway (as on a system without cgroup2).
+        let s = spec("argv = [\"/bin/sh\", \"-c\", \"echo ran\"]\n");
+        let (out, code) = run(&s, Some(Path::new("/nonexistent/cg/cgroup.procs")));
+        assert_eq!((out.trim(), code), ("ran", 0));
+    }
+
+    #[test]
+    fn signals_are_unblocked_and_default_in_the_child() {
+        // init blocks its signals (signalfd) and ignores SIGPIPE; the child must not inherit that.
+        let s = spec(
+            "argv = [\"/bin/sh\", \"-c\", \"exec grep -E '^Sig(Blk|Ign)' /proc/self/status\"]\n",
+        );
+        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+        let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+        unsafe {
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGUSR2);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+        }
+        let (out, _) = run(&s, None);
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+        assert!(out.contains("SigBlk:\t0000000000000000"), "{out}");
+        // The test harness ignores SIGPIPE, as Rust programs do.
+        assert!(out.contains("SigIgn:\t0000000000000000"), "{out}");
+    }
 }

@@ -223,12 +223,29 @@ fn stage1(cmdline: &Cmdline, t0: f64) -> Result<Never, String> {
     exec_init()
 }
 
-/// Stage 2's first programs, in the order it runs them.
-const READ_AHEAD: [&str; 3] = [
+/// What stage 2 reads first, in that order: init's and the services'
+/// settings (a few small files, each a cold read otherwise), then the
+/// programs as they are run. A directory stands for the files under it.
+const READ_AHEAD: [&str; 4] = [
+    "etc/fluxnode",
     "usr/sbin/fluxnode-init",
     "usr/bin/fluxnode-netd",
     "usr/lib/fluxnode/fluxnode-modload",
 ];
+
+/// `path` if it is a file, else the files under it (sorted, depth first).
+fn files_under(path: &Path, out: &mut Vec<PathBuf>) {
+    match std::fs::read_dir(path) {
+        Ok(rd) => {
+            let mut entries: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+            entries.sort();
+            for e in entries {
+                files_under(&e, out);
+            }
+        }
+        Err(_) => out.push(path.to_path_buf()),
+    }
+}
 
 /// Reads `files` (under `root`) in a child process, so their pages are in
 /// the page cache when stage 2 runs them: every first read of a root page
@@ -241,9 +258,13 @@ fn read_ahead(root: &Path, files: &[&str]) -> String {
     use std::os::fd::AsRawFd;
     // Opened here: the root is moved to / while the child reads, and a
     // path under /newroot would no longer resolve.
-    let open: Vec<std::fs::File> = files
+    let mut paths = Vec::new();
+    for f in files {
+        files_under(&root.join(f), &mut paths);
+    }
+    let open: Vec<std::fs::File> = paths
         .iter()
-        .filter_map(|f| std::fs::File::open(root.join(f)).ok())
+        .filter_map(|f| std::fs::File::open(f).ok())
         .collect();
     let mut buf = vec![0u8; 128 * 1024];
     // SAFETY: the child only calls read(2) and _exit(2) (async-signal-safe)
@@ -260,7 +281,7 @@ fn read_ahead(root: &Path, files: &[&str]) -> String {
             unsafe { libc::_exit(0) }
         }
         -1 => format!("no read-ahead ({})", std::io::Error::last_os_error()),
-        pid => format!("reading ahead {} programs (pid {pid})", open.len()),
+        pid => format!("reading ahead {} files (pid {pid})", open.len()),
     }
 }
 
