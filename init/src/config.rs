@@ -141,6 +141,11 @@ pub struct ServiceFile {
     /// Start after these are ready; fail if they fail.
     #[serde(default)]
     pub requires: Vec<String>,
+    /// May start before /var is mounted (stage 1 mounts it in the
+    /// background). Off by default: a service waits for /var, like
+    /// systemd's default dependency on local-fs.target.
+    #[serde(default)]
+    pub early: bool,
     /// Extra environment.
     #[serde(default)]
     pub env: BTreeMap<String, String>,

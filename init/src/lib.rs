@@ -151,6 +151,16 @@ pub fn stage2(mode: Mode, mut paths: supervisor::Paths, debug: bool) {
     if mode == Mode::Machine {
         powerbutton::spawn_watcher();
     }
+    // Stage 1's child that is still preparing /var, if any (as PID 1 only:
+    // nobody else can be its parent). Tests stand in a child of their own.
+    if let (false, Some(pid)) = (
+        mode == Mode::Foreground,
+        std::env::var(stage1::var::PID_ENV)
+            .ok()
+            .and_then(|p| p.parse().ok()),
+    ) {
+        sup.await_var(pid);
+    }
     let kind = sup.run();
     sup.finish();
     match mode {

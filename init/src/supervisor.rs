@@ -83,6 +83,19 @@ pub struct Supervisor {
     startup_reported: bool,
     required_ready_since: Option<u64>,
     boot_completed: bool,
+    var: VarState,
+    late_mounted: bool,
+}
+
+/// /var, which stage 1's child mounts in the background (`stage1::var`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VarState {
+    /// Mounted, or nobody mounts it for us (tests, a system without stage 1).
+    Ready,
+    /// The child with this pid is still at work.
+    Pending(i32),
+    /// The child failed; init reboots.
+    Failed,
 }
 
 /// How long to look for a late watchdog device, and how often.
@@ -182,7 +195,20 @@ impl Supervisor {
             startup_reported: false,
             required_ready_since: None,
             boot_completed: false,
+            var: VarState::Ready,
+            late_mounted: mode == Mode::Foreground,
         })
+    }
+
+    /// Holds back the services that need /var (all but `early` ones),
+    /// "all services ready" and boot-complete until the child `pid` (stage
+    /// 1's, now init's) has mounted it and exited 0.
+    pub fn await_var(&mut self, pid: i32) {
+        tracing::debug!("/var is being prepared by pid {pid}");
+        self.var = VarState::Pending(pid);
+        // It may have finished already: its SIGCHLD then went to stage 1,
+        // which ignored it, and only the zombie is left.
+        self.reap();
     }
 
     /// Runs until every service has stopped after a shutdown request.
@@ -204,6 +230,11 @@ impl Supervisor {
     fn turn(&mut self) -> Option<ShutdownKind> {
         let now = sys::monotonic_ms();
         self.start_eligible(now);
+        if !self.late_mounted && self.var == VarState::Ready {
+            // After the first services are spawned: see LATE_MOUNTS.
+            self.late_mounted = true;
+            crate::mounts::mount_late();
+        }
         self.report_startup();
         self.check_boot_complete(now);
         if let Some(kind) = self.shutdown {
@@ -250,6 +281,9 @@ impl Supervisor {
 
     fn deps_state(&self, i: usize) -> Deps {
         let cfg = &self.services[i].spec.cfg;
+        if !cfg.early && self.var != VarState::Ready {
+            return Deps::Wait;
+        }
         for d in &cfg.requires {
             let Some(&j) = self.index.get(d) else {
                 return Deps::Broken(d.clone());
@@ -472,8 +506,24 @@ impl Supervisor {
         while let Some((pid, status)) = sys::reap_one() {
             match self.services.iter().position(|s| s.pid() == Some(pid)) {
                 Some(i) => self.on_exit(i, status),
+                None if self.var == VarState::Pending(pid) => self.on_var_done(status),
                 None => tracing::debug!("reaped orphan {pid} ({status})"),
             }
+        }
+    }
+
+    fn on_var_done(&mut self, status: ExitStatus) {
+        if status.success() {
+            self.var = VarState::Ready;
+            tracing::info!("/var is ready (t={:.3} s)", crate::sys::uptime());
+            return;
+        }
+        self.var = VarState::Failed;
+        // Its own line above says what failed. Rebooting lets boot counting
+        // fall back, as a failure in stage 1 itself would.
+        tracing::error!("/var could not be prepared ({status}); rebooting");
+        if self.shutdown.is_none() {
+            self.begin_shutdown(ShutdownKind::Reboot);
         }
     }
 
@@ -814,7 +864,7 @@ impl Supervisor {
                 State::Waiting | State::Backoff { .. } | State::Running { ready: false, .. }
             )
         });
-        if pending {
+        if pending || self.var != VarState::Ready {
             return;
         }
         self.startup_reported = true;
@@ -839,11 +889,12 @@ impl Supervisor {
         if self.boot_completed || self.shutdown.is_some() {
             return;
         }
-        let ok = self
-            .services
-            .iter()
-            .filter(|s| s.spec.cfg.required)
-            .all(Service::is_ready);
+        let ok = self.var == VarState::Ready
+            && self
+                .services
+                .iter()
+                .filter(|s| s.spec.cfg.required)
+                .all(Service::is_ready);
         match (ok, self.required_ready_since) {
             (false, _) => self.required_ready_since = None,
             (true, None) => self.required_ready_since = Some(now),

@@ -427,3 +427,58 @@ fn ctl_stops_starts_and_restarts_a_service() {
     assert_eq!(code, 0);
     assert_eq!(ns.wait_exit(20), 0, "{}", ns.log());
 }
+
+#[test]
+fn services_wait_for_var_unless_early() {
+    need_namespaces!();
+    // The shell child stands for stage 1's /var child: it "mounts" for 1.5 s.
+    let mut ns = Ns::start_with_var(
+        "var",
+        &[
+            ("net", sh("echo up; exec sleep 60", "early = true")),
+            ("app", sh("echo up; exec sleep 60", "")),
+        ],
+        "",
+        "sleep 1.5",
+    );
+    let early = ns.wait_for("net: up", 20);
+    let var = ns.wait_for("/var is ready", 20);
+    let app = ns.wait_for("app: up", 20);
+    let all = ns.wait_for("all services ready", 20);
+    let log = ns.log();
+    assert!(
+        early.at < var.at,
+        "an early service waited for /var:\n{log}"
+    );
+    assert!(
+        var.at <= app.at,
+        "a service started before /var was ready:\n{log}"
+    );
+    assert!(var.at <= all.at, "ready reported before /var:\n{log}");
+    ns.signal(libc::SIGTERM);
+    assert_eq!(ns.wait_exit(20), 0, "{log}");
+}
+
+#[test]
+fn a_failed_var_child_means_reboot_and_its_dependents_never_start() {
+    need_namespaces!();
+    let mut ns = Ns::start_with_var(
+        "varfail",
+        &[
+            ("net", sh("echo up; exec sleep 60", "early = true")),
+            ("app", sh("echo up; exec sleep 60", "")),
+        ],
+        "",
+        "sleep 0.3; exit 1",
+    );
+    ns.wait_for("/var could not be prepared (exit status 1); rebooting", 20);
+    // In a namespace a reboot is an ordered exit 0.
+    assert_eq!(ns.wait_exit(20), 0, "{}", ns.log());
+    let log = ns.log();
+    assert!(log.contains("net: up"), "{log}");
+    assert!(
+        !log.contains("app: up"),
+        "a service that needs /var ran:\n{log}"
+    );
+    assert!(!log.contains("all services ready"), "{log}");
+}

@@ -55,6 +55,8 @@ struct MainRun {
     log1: String,
     /// Serial log of boot 2 (its own file).
     log2: String,
+    /// Serial log of boot 3: a clean /var, mounted in the background.
+    log3: String,
     /// Files in the ESP's EFI/Linux after boot 1.
     esp_after: Vec<String>,
     /// Files in the ESP's EFI/Linux as built.
@@ -191,9 +193,25 @@ fn main_sequence() -> Result<MainRun, String> {
     vm.wait_for("bless", Duration::from_secs(30))?;
     exits.push(power_off(&mut vm)?);
     let log2 = vm.log();
+    drop(vm);
+
+    // Boot 3: /var is clean now, so stage 1 leaves it to its child and
+    // stage 2 starts while it is mounted (every later boot does this).
+    std::fs::create_dir_all(dir.join("boot3")).map_err(|e| e.to_string())?;
+    std::fs::copy(
+        dir.join("boot2/OVMF_VARS.fd"),
+        dir.join("boot3/OVMF_VARS.fd"),
+    )
+    .map_err(|e| e.to_string())?;
+    cfg.dir = dir.join("boot3");
+    let mut vm = Vm::start(&cfg)?;
+    vm.wait_for("PROBE done=1", BOOT)?;
+    vm.wait_for("fluxnode-init: all services ready", BOOT)?;
+    let log3 = vm.log();
     Ok(MainRun {
         log1,
         log2,
+        log3,
         esp_after,
         esp_built,
         exits,
@@ -507,6 +525,34 @@ fn boot_var_survives_reboot() {
     );
     assert!(!r.log2.contains("formatting"), "no second format");
     assert!(r.log1.contains("/var formatted"));
+}
+
+#[test]
+fn boot_clean_var_is_mounted_in_the_background() {
+    need_qemu!();
+    let r = main_run();
+    let log = &r.log3;
+    assert!(
+        log.contains("/var in the background (pid "),
+        "{}",
+        tail(log)
+    );
+    assert!(!log.contains("checking vda4") && !log.contains("formatting"));
+    let at = |pat: &str| {
+        log.find(pat)
+            .unwrap_or_else(|| panic!("no {pat:?} in boot 3:\n{}", tail(log)))
+    };
+    // The services that need /var (the probe) start only once it is
+    // mounted, and so does "all services ready".
+    let ready = at("fluxnode-init: /var is ready (t=");
+    assert!(ready < at("fluxnode-init: started probe"));
+    assert!(ready < at("fluxnode-init: all services ready"));
+    let p = probes(log, "fluxnode-init: stage 2 starting");
+    assert_eq!(
+        p.get("var").map(String::as_str),
+        Some("/dev/vda4 ext4 rw part=data")
+    );
+    assert_eq!(p.get("var_boots").map(String::as_str), Some("3"));
 }
 
 #[test]

@@ -5,9 +5,10 @@
 //! `/etc/fluxnode/modules.initrd` ([`modules`]); finds the booted slot's
 //! partition by GPT name (`root_<fluxnode.slot>`, [`blockdev`]); opens it as
 //! dm-verity with the root hash from the command line ([`verity`]); mounts
-//! the erofs root read-only; moves /dev, /proc, /sys into it; formats or
-//! checks and mounts `data` at /var ([`data`]); frees the initramfs; and
-//! switch_roots into stage 2 (`/sbin/init`).
+//! the erofs root read-only; moves /dev, /proc, /sys into it; frees the
+//! initramfs; and switch_roots into stage 2 (`/sbin/init`). Meanwhile a
+//! child process loads ext4 and formats or checks and mounts `data` at
+//! /var ([`var`], [`data`]); stage 2 waits for it where /var is needed.
 //!
 //! Any failure prints one line (`fluxnode-init: FATAL: ...`) on the console
 //! and reboots after a delay, so systemd-boot's boot counting can fall back
@@ -18,6 +19,7 @@ pub mod data;
 pub mod gpt;
 pub mod modalias;
 pub mod modules;
+pub mod var;
 pub mod verity;
 
 use std::collections::BTreeSet;
@@ -35,8 +37,8 @@ const NEWROOT: &str = "/newroot";
 const ROOT_MODULES: [&str; 2] = ["dm_verity", "erofs"];
 
 /// The modules of `modules.initrd` that /var needs (with what they need):
-/// the longest chain of stage 1 under TCG (~0.35 s), so it gets a thread
-/// of its own from the start.
+/// the longest chain of stage 1 under TCG (~0.35 s), loaded by the /var
+/// child ([`var`]) off stage 1's path.
 const VAR_MODULES: [&str; 1] = ["ext4"];
 
 fn say(msg: &str) {
@@ -125,9 +127,9 @@ fn stage1(cmdline: &Cmdline, t0: f64) -> Result<Never, String> {
         modules::read_list(Path::new("/etc/fluxnode/modules.initrd")).map_err(|e| e.to_string())?;
     // Tracks at once, each waited for only where it is needed: the disk's
     // drivers (here, until the root partition shows up); dm-verity and
-    // erofs (before the verity device); ext4 (before /var); and once the
-    // root's modules are in, the rest (efivarfs, vfat: before stage 2).
-    // One after the other they took 0.6 s under TCG.
+    // erofs (before the verity device); ext4 and then the rest (efivarfs,
+    // vfat: for blessing) by the /var child, which stage 2 waits for where
+    // /var is needed. One after the other they took 0.6 s under TCG.
     let loader = modules::Loader::new(Path::new("/")).map_err(|e| e.to_string())?;
     let root_closure = loader.closure(&ROOT_MODULES.map(String::from));
     let var_closure = loader.closure(&VAR_MODULES.map(String::from));
@@ -137,15 +139,14 @@ fn stage1(cmdline: &Cmdline, t0: f64) -> Result<Never, String> {
     let (for_var, for_stage2): (Vec<String>, Vec<String>) = others
         .into_iter()
         .partition(|m| var_closure.contains(&m.replace('-', "_")));
+    // Forked before any thread starts (see `var`).
+    let mut var_child = var::start(&loader, &for_var, &for_stage2, t0)?;
     // The early tracks share the modules.dep just read; the last one,
     // started later, reads /proc/modules afresh to skip what is loaded.
-    let (mut var_loader, mut root_loader) = (loader.clone(), loader.clone());
-    let var_mods = std::thread::spawn(move || var_loader.load(&for_var));
+    let mut root_loader = loader.clone();
     let root_mods = std::thread::spawn(move || root_loader.load(&for_root));
     let (mut report, root) = find_root(sys, &part_name, loader)?;
     join_modules(root_mods, &mut report)?;
-    let stage2_mods =
-        std::thread::spawn(move || modules::load_modules(&for_stage2, Path::new("/")));
     let t_mod = uptime();
     if root.sectors < data_blocks * 8 {
         return Err(format!(
@@ -174,33 +175,28 @@ fn stage1(cmdline: &Cmdline, t0: f64) -> Result<Never, String> {
         ));
     }
     let t_root = uptime();
-    join_modules(var_mods, &mut report)?;
-    let t_later = uptime();
-    // Only now: its dm-verity hashing runs in high-priority kernel workers
-    // and would take the CPU from the ext4 load that /var waits for.
-    let reader = read_ahead(Path::new(NEWROOT), &READ_AHEAD);
     for d in ["/dev", "/proc", "/sys"] {
         mount(d, &format!("{NEWROOT}{d}"), "", libc::MS_MOVE, "")?;
     }
-    let t_data0 = uptime();
-    let (data_dev, data_note) = prepare_data(Path::new(NEWROOT))?;
-    // Before the initramfs, where the module files are, is freed.
-    join_modules(stage2_mods, &mut report)?;
+    var_child.send_root(Path::new(NEWROOT))?;
+    let var_in_background = !var::needs_work(Path::new(NEWROOT));
+    let reader = read_ahead(Path::new(NEWROOT), &READ_AHEAD);
     for (m, why) in &report.failed {
         say(&format!("warning: module {m} not loaded: {why}"));
     }
+    if !var_child.wait_files_open() {
+        say("warning: the /var child ended early; stage 2 will say what it left undone");
+    }
+    let var_pid = var_child.pid();
+    let var_note = if var_in_background {
+        format!("/var in the background (pid {var_pid})")
+    } else {
+        var_child.wait()?;
+        format!("/var ready at {:.2} s", uptime() - t0)
+    };
     free_initramfs();
     enter_root(Path::new(NEWROOT))?;
-    // /var is mounted from inside the new root, so mountinfo shows /dev/<part>.
-    mount(
-        &data_dev,
-        "/var",
-        "ext4",
-        libc::MS_NOSUID | libc::MS_NODEV,
-        "",
-    )
-    .map_err(|e| format!("{e} (data partition)"))?;
-    let t_data = uptime();
+    let t_end = uptime();
     let mut slow = report.loaded.clone();
     slow.sort_by_key(|b| std::cmp::Reverse(b.1));
     let slow: Vec<String> = slow
@@ -209,18 +205,16 @@ fn stage1(cmdline: &Cmdline, t0: f64) -> Result<Never, String> {
         .map(|(m, d)| format!("{m} {:.0}", d.as_secs_f64() * 1e3))
         .collect();
     say(&format!(
-        "stage 1: slot {slot} root {} verified; {} modules (the root's in by {:.2} s; slowest ms: {}); root at {:.2} s; /var's modules at {:.2} s; /var {data_note} in {:.2} s; {reader}; switch_root at t={:.3} s ({:.2} s in stage 1)",
+        "stage 1: slot {slot} root {} verified; {} modules (the root's in by {:.2} s; slowest ms: {}); root at {:.2} s; {var_note}; {reader}; switch_root at t={:.3} s ({:.2} s in stage 1)",
         root.devname,
         report.loaded.len(),
         t_mod - t0,
         slow.join(", "),
         t_root - t0,
-        t_later - t0,
-        t_data - t_data0,
-        t_data,
-        t_data - t0,
+        t_end,
+        t_end - t0,
     ));
-    exec_init()
+    exec_init(var_in_background.then_some(var_pid))
 }
 
 /// What stage 2 reads first, in that order: init's and the services'
@@ -368,89 +362,6 @@ fn loader_mark_failed(loader: &mut modules::Loader, m: &str) {
     loader.mark_loaded(m);
 }
 
-fn prepare_data(newroot: &Path) -> Result<(String, &'static str), String> {
-    let sys = newroot.join("sys");
-    let part = blockdev::find_by_partname(&sys, "data").ok_or("no partition named data")?;
-    let node = newroot.join("dev").join(&part.devname);
-    let in_root = format!("/dev/{}", part.devname);
-    let state = data::inspect(&node).map_err(|e| format!("reading {}: {e}", node.display()))?;
-    let note = match state {
-        data::DataState::Blank => {
-            grow_data(&sys, newroot, &part.devname);
-            say(&format!(
-                "formatting {} as ext4 for /var (first boot)",
-                part.devname
-            ));
-            let code = data::run_in(
-                newroot,
-                &[
-                    "/usr/sbin/mke2fs",
-                    "-q",
-                    "-F",
-                    "-t",
-                    "ext4",
-                    "-L",
-                    "data",
-                    "-m",
-                    "0",
-                    "-E",
-                    "lazy_itable_init=1,lazy_journal_init=1",
-                    &in_root,
-                ],
-            )
-            .map_err(|e| format!("running mke2fs: {e}"))?;
-            if code != 0 {
-                return Err(format!("mke2fs on {} exited {code}", part.devname));
-            }
-            "formatted"
-        }
-        data::DataState::NeedsCheck => {
-            say(&format!(
-                "checking {} (not clean, or errors recorded)",
-                part.devname
-            ));
-            let code = data::run_in(newroot, &["/usr/sbin/e2fsck", "-p", &in_root])
-                .map_err(|e| format!("running e2fsck: {e}"))?;
-            if code >= 4 {
-                return Err(format!(
-                    "e2fsck -p on {} exited {code}: the data partition needs manual repair",
-                    part.devname
-                ));
-            }
-            "checked"
-        }
-        data::DataState::Clean => "mounted",
-        data::DataState::Foreign => {
-            return Err(format!(
-                "{} holds something that is not ext4; refusing to format it",
-                part.devname
-            ));
-        }
-    };
-    Ok((in_root, note))
-}
-
-/// Grows the blank data partition to the end of its disk (first boot on a
-/// disk larger than the image). A failure only costs space: it is said and
-/// the partition is formatted at the size it has.
-fn grow_data(sys: &Path, newroot: &Path, devname: &str) {
-    let Some(disk) = blockdev::parent_disk(sys, devname) else {
-        say(&format!(
-            "warning: no disk found for {devname}; /var keeps its size"
-        ));
-        return;
-    };
-    match gpt::grow(&newroot.join("dev").join(&disk), "data") {
-        Ok(Some((old, new))) => say(&format!(
-            "grew {devname} (data) from {old} MiB to {new} MiB, to the end of {disk}"
-        )),
-        Ok(None) => {}
-        Err(e) => say(&format!(
-            "warning: not growing {devname}: {e}; /var keeps its size"
-        )),
-    }
-}
-
 /// Deletes the initramfs's files (it is RAM) but not the mounts under it.
 fn free_initramfs() {
     use std::os::unix::fs::MetadataExt;
@@ -505,14 +416,31 @@ fn enter_root(newroot: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn exec_init() -> Result<Never, String> {
+fn exec_init(var_pid: Option<libc::pid_t>) -> Result<Never, String> {
     // Exec the real file so PID 1's name is fluxnode-init, not "init".
     let target =
         std::fs::canonicalize("/sbin/init").unwrap_or_else(|_| PathBuf::from("/sbin/init"));
     let prog = CString::new(target.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
     let argv = [prog.as_ptr(), std::ptr::null()];
-    // SAFETY: argv is a NULL-terminated array of NUL-terminated strings.
-    unsafe { libc::execv(prog.as_ptr(), argv.as_ptr()) };
+    // The kernel's environment for init, and the pid of the /var child
+    // when it is still at work.
+    let env: Vec<CString> = std::env::vars_os()
+        .filter(|(k, _)| k != var::PID_ENV)
+        .filter_map(|(k, v)| {
+            let mut kv = k.into_encoded_bytes();
+            kv.push(b'=');
+            kv.extend(v.into_encoded_bytes());
+            CString::new(kv).ok()
+        })
+        .chain(var_pid.and_then(|p| CString::new(format!("{}={p}", var::PID_ENV)).ok()))
+        .collect();
+    let envp: Vec<*const libc::c_char> = env
+        .iter()
+        .map(|e| e.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    // SAFETY: argv and envp are NULL-terminated arrays of NUL-terminated strings.
+    unsafe { libc::execve(prog.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
     Err(format!(
         "exec {} in the new root: {} (verity error?)",
         target.display(),

@@ -129,6 +129,8 @@ pub struct Loader {
     dir: PathBuf,
     deps: DepMap,
     loaded: BTreeSet<String>,
+    /// Module files opened ahead by [`Loader::open_ahead`], by name.
+    opened: std::sync::Arc<BTreeMap<String, std::fs::File>>,
 }
 
 impl Loader {
@@ -144,7 +146,31 @@ impl Loader {
             dir,
             deps: parse_dep(&text),
             loaded: loaded_now(),
+            opened: Default::default(),
         })
+    }
+
+    /// Opens the files of `names` and their dependencies (those not loaded)
+    /// now, for a later [`Loader::load`] to use: the files may be deleted
+    /// meanwhile (stage 1 frees the initramfs while its /var child still
+    /// loads ext4). Returns how many it opened.
+    pub fn open_ahead(&mut self, names: &[String]) -> Result<usize, ModuleError> {
+        let mut opened = BTreeMap::new();
+        for n in self.closure(names) {
+            let Some((rel, _)) = self.deps.get(&n) else {
+                continue;
+            };
+            if self.loaded.contains(&n) {
+                continue;
+            }
+            let path = self.dir.join(rel);
+            let f =
+                std::fs::File::open(&path).map_err(|source| ModuleError::Read { path, source })?;
+            opened.insert(n, f);
+        }
+        let count = opened.len();
+        self.opened = std::sync::Arc::new(opened);
+        Ok(count)
     }
 
     /// The modules directory.
@@ -191,6 +217,7 @@ impl Loader {
         let already = self.loaded.clone();
         let dir = self.dir.clone();
         let table = self.deps.clone();
+        let opened = self.opened.clone();
         let r = run_parallel(names, &deps, workers, &|name| {
             if already.contains(name) {
                 return Ok(());
@@ -198,7 +225,11 @@ impl Loader {
             let (rel, _) = table
                 .get(name)
                 .ok_or_else(|| "not in modules.dep".to_string())?;
-            finit(&dir.join(rel))
+            let path = dir.join(rel);
+            match opened.get(name) {
+                Some(f) => finit_file(f, &path),
+                None => finit(&path),
+            }
         })?;
         for (n, _) in &r.loaded {
             self.loaded.insert(n.clone());
@@ -212,12 +243,17 @@ impl Loader {
 /// Loads one module file; an already loaded module counts as success.
 pub fn finit(path: &Path) -> Result<(), String> {
     let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    finit_file(&f, path)
+}
+
+/// Loads the module file `f` (opened from `path`, named in errors).
+fn finit_file(f: &std::fs::File, path: &Path) -> Result<(), String> {
     let params = CString::default();
     // SAFETY: a valid fd and a NUL-terminated empty parameter string.
     let r = unsafe {
         libc::syscall(
             libc::SYS_finit_module,
-            std::os::fd::AsRawFd::as_raw_fd(&f),
+            std::os::fd::AsRawFd::as_raw_fd(f),
             params.as_ptr(),
             0,
         )
@@ -407,10 +443,36 @@ mod tests {
             dir: PathBuf::new(),
             deps: parse_dep(DEP),
             loaded: BTreeSet::new(),
+            opened: Default::default(),
         };
         let c = l.closure(&["a".into(), "d-x".into(), "zz".into()]);
         let want: BTreeSet<String> = ["a", "b", "c", "d_x", "zz"].map(String::from).into();
         assert_eq!(c, want);
+    }
+
+    #[test]
+    fn files_opened_ahead_outlive_their_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("kernel")).unwrap();
+        for m in ["a", "b", "c"] {
+            std::fs::write(dir.path().join(format!("kernel/{m}.ko")), m).unwrap();
+        }
+        let mut l = Loader {
+            dir: dir.path().into(),
+            deps: parse_dep(DEP),
+            loaded: ["c".to_string()].into(),
+            opened: Default::default(),
+        };
+        // a and b; c is loaded already.
+        assert_eq!(l.open_ahead(&["a".into()]).unwrap(), 2);
+        std::fs::remove_dir_all(dir.path().join("kernel")).unwrap();
+        let mut text = String::new();
+        let mut f = l.opened.get("b").unwrap();
+        std::io::Read::read_to_string(&mut f, &mut text).unwrap();
+        assert_eq!(text, "b");
+        // A file that is not there is an error naming it.
+        let e = l.open_ahead(&["e".into()]).unwrap_err().to_string();
+        assert!(e.contains("kernel/e.ko"), "{e}");
     }
 
     #[test]

@@ -94,20 +94,48 @@ pub fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// A scratch directory with `services` (name, toml) and `init_toml`.
+fn write_config(name: &str, services: &[(&str, String)], init_toml: &str) -> PathBuf {
+    let dir = scratch(name);
+    for (n, text) in services {
+        std::fs::write(dir.join("services").join(format!("{n}.toml")), text).unwrap();
+    }
+    std::fs::write(dir.join("init.toml"), init_toml).unwrap();
+    dir
+}
+
 impl Ns {
     /// Writes `services` (name, toml) and `init_toml`, then starts init.
     pub fn start(name: &str, services: &[(&str, String)], init_toml: &str) -> Ns {
-        let dir = scratch(name);
-        for (n, text) in services {
-            std::fs::write(dir.join("services").join(format!("{n}.toml")), text).unwrap();
-        }
-        std::fs::write(dir.join("init.toml"), init_toml).unwrap();
-        Self::spawn(dir)
+        Self::spawn(write_config(name, services, init_toml))
+    }
+
+    /// As [`Ns::start`], with `var_script` (a shell command) standing for
+    /// stage 1's /var child: it runs as init's child, pid 2 in the
+    /// namespace, and init is told to wait for it as for /var.
+    pub fn start_with_var(
+        name: &str,
+        services: &[(&str, String)],
+        init_toml: &str,
+        var_script: &str,
+    ) -> Ns {
+        Self::spawn_with(write_config(name, services, init_toml), Some(var_script))
     }
 
     pub fn spawn(dir: PathBuf) -> Ns {
-        let mut child = Command::new("unshare")
-            .args(["--pid", "--fork", "--mount", "--mount-proc", "--kill-child"])
+        Self::spawn_with(dir, None)
+    }
+
+    fn spawn_with(dir: PathBuf, var_script: Option<&str>) -> Ns {
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--pid", "--fork", "--mount", "--mount-proc", "--kill-child"]);
+        if let Some(script) = var_script {
+            // sh is pid 1; its background subshell pid 2; then sh becomes init.
+            cmd.args(["/bin/sh", "-c"])
+                .arg(format!("( {script} ) & exec \"$0\" \"$@\""))
+                .env("FLUXNODE_VAR_PID", "2");
+        }
+        let mut child = cmd
             .arg(INIT)
             .arg("--services")
             .arg(dir.join("services"))

@@ -1,0 +1,369 @@
+//! /var, prepared in the background by a child process of stage 1.
+//!
+//! /var needs ext4 (and its dependencies): under TCG the longest module
+//! chain of stage 1 (ext4 alone 0.2-0.35 s), then the partition checked,
+//! formatted on first boot, and mounted (0.07-0.1 s). Stage 1 used to wait
+//! for all of that before switch_root, although the first services (netd,
+//! the late modules) never touch /var. Now a child forked at the start of
+//! stage 1 does it while stage 1 and then stage 2 go on:
+//!
+//! 1. it opens the module files at once and says so (`o` on its socket), so
+//!    stage 1 may free the initramfs while it still loads from them;
+//! 2. it loads ext4 and what ext4 needs;
+//! 3. it waits for the new root (a directory descriptor passed over its
+//!    socket once stage 1 has mounted it and moved /dev, /proc, /sys in),
+//!    and chroots there: stage 1's own move of the root later leaves that
+//!    view as it is;
+//! 4. it grows, formats or checks the data partition as needed, mounts it
+//!    at /var and prints one line;
+//! 5. it loads the modules nothing needs before blessing (efivarfs, vfat)
+//!    and exits 0 — or prints what failed and exits 1.
+//!
+//! Formatting (first boot) and checking (unclean) still finish before
+//! stage 2 starts ([`needs_work`]). Otherwise stage 1 passes the child's
+//! pid to stage 2 (`FLUXNODE_VAR_PID`), which
+//! holds back every service not marked `early`, "all services ready" and
+//! boot-complete until the child has exited 0, and reboots (so boot
+//! counting can fall back) when it failed. A child forked before stage 1
+//! starts any thread is a plain single-threaded process, free to allocate
+//! and to start its own module-loading threads.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+use super::{blockdev, data, gpt, modules, mount, say};
+use crate::sys::uptime;
+
+/// The environment variable through which stage 2 learns the child's pid.
+pub const PID_ENV: &str = "FLUXNODE_VAR_PID";
+
+/// Stage 1's handle on the child.
+#[derive(Debug)]
+pub struct VarChild {
+    pid: libc::pid_t,
+    sock: UnixStream,
+}
+
+/// Forks the child. `loader` has stage 1's modules.dep; `modules` are the
+/// ones /var needs, `later` the ones it loads once /var is mounted
+/// (efivarfs, vfat: nothing before blessing needs them). Call before stage
+/// 1 starts any thread.
+pub fn start(
+    loader: &modules::Loader,
+    modules: &[String],
+    later: &[String],
+    t0: f64,
+) -> Result<VarChild, String> {
+    let (ours, theirs) =
+        UnixStream::pair().map_err(|e| format!("a socket pair for the /var child: {e}"))?;
+    // SAFETY: stage 1 has no other thread yet: the child is a complete
+    // copy and may do anything a process may.
+    match unsafe { libc::fork() } {
+        -1 => Err(format!(
+            "forking the /var child: {}",
+            std::io::Error::last_os_error()
+        )),
+        0 => {
+            drop(ours);
+            let code = match child(loader.clone(), modules, later, theirs, t0) {
+                Ok(()) => 0,
+                Err(e) => {
+                    say(&format!("/var: {e}"));
+                    1
+                }
+            };
+            // SAFETY: ends the child without the parent's exit handlers.
+            unsafe { libc::_exit(code) }
+        }
+        pid => Ok(VarChild { pid, sock: ours }),
+    }
+}
+
+impl VarChild {
+    /// Its pid.
+    pub fn pid(&self) -> libc::pid_t {
+        self.pid
+    }
+
+    /// Hands over the new root (mounted, with /dev, /proc and /sys in it).
+    pub fn send_root(&self, root: &Path) -> Result<(), String> {
+        let dir = std::fs::File::open(root).map_err(|e| format!("{}: {e}", root.display()))?;
+        send_fd(&self.sock, dir.as_raw_fd())
+            .map_err(|e| format!("passing the new root to the /var child: {e}"))
+    }
+
+    /// Waits until the child holds its module files open (at once, in
+    /// practice: it does that first). False when it died before.
+    pub fn wait_files_open(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.sock.read(&mut b), Ok(1) if b[0] == b'o')
+    }
+
+    /// Waits for the child to finish; an error when it failed (its own
+    /// line on the console says what).
+    pub fn wait(self) -> Result<(), String> {
+        let mut status = 0;
+        // SAFETY: waits for our own child; writes only into `status`.
+        let r = unsafe { libc::waitpid(self.pid, &mut status, 0) };
+        if r == self.pid && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+            return Ok(());
+        }
+        Err("/var could not be prepared (see the line above)".into())
+    }
+}
+
+/// Whether /var needs more than a mount: a blank partition to format, a
+/// file system to check, or something unexpected (the child then reports
+/// it). That work finishes in stage 1, before stage 2 starts, as it always
+/// did: once, under TCG on a loaded host, e2fsck running alongside stage
+/// 2's start left both vCPUs in a soft lockup for minutes. Only a clean
+/// /var (load ext4, mount) goes on in the background: every later boot.
+pub fn needs_work(root: &Path) -> bool {
+    let Some(part) = blockdev::find_by_partname(&root.join("sys"), "data") else {
+        return true;
+    };
+    !matches!(
+        data::inspect(&root.join("dev").join(&part.devname)),
+        Ok(data::DataState::Clean)
+    )
+}
+
+fn child(
+    mut loader: modules::Loader,
+    mods: &[String],
+    later: &[String],
+    mut sock: UnixStream,
+    t0: f64,
+) -> Result<(), String> {
+    let all: Vec<String> = mods.iter().chain(later).cloned().collect();
+    let files = loader.open_ahead(&all).map_err(|e| e.to_string())?;
+    sock.write_all(b"o")
+        .map_err(|e| format!("telling stage 1: {e}"))?;
+    let report = loader.load(mods).map_err(|e| e.to_string())?;
+    if let Some((m, why)) = report.failed.first() {
+        return Err(format!("module {m} not loaded: {why}"));
+    }
+    let t_mods = uptime();
+    let Some(root) = recv_fd(&sock).map_err(|e| format!("waiting for the new root: {e}"))? else {
+        // Stage 1 failed before its root was mounted; it says why.
+        return Ok(());
+    };
+    // SAFETY: fchdir on a directory descriptor we own, then plain chroot/chdir.
+    unsafe {
+        if libc::fchdir(root.as_raw_fd()) != 0
+            || libc::chroot(c".".as_ptr()) != 0
+            || libc::chdir(c"/".as_ptr()) != 0
+        {
+            return Err(format!(
+                "entering the new root: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    let (dev, note) = prepare_data(Path::new("/"))?;
+    mount(&dev, "/var", "ext4", libc::MS_NOSUID | libc::MS_NODEV, "")
+        .map_err(|e| format!("{e} (data partition)"))?;
+    say(&format!(
+        "stage 1: /var {note} ({dev}; ext4's modules in by {:.2} s; mounted at t={:.3} s)",
+        t_mods - t0,
+        uptime()
+    ));
+    match loader.load(later) {
+        Ok(r) => r
+            .failed
+            .iter()
+            .for_each(|(m, why)| say(&format!("warning: module {m} not loaded: {why}"))),
+        Err(e) => say(&format!("warning: modules {later:?} not loaded: {e}")),
+    }
+    say(&format!(
+        "stage 1: {files} modules loaded in the background, done at t={:.3} s",
+        uptime()
+    ));
+    Ok(())
+}
+
+fn send_fd(sock: &UnixStream, fd: i32) -> std::io::Result<()> {
+    let byte = [b'r'];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_ptr() as *mut libc::c_void,
+        iov_len: 1,
+    };
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
+    let mut control = vec![0u8; space];
+    // SAFETY: msghdr is plain data; the pointers set below outlive the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space;
+    // SAFETY: the control buffer holds one cmsg with room for an int.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<i32>(), fd);
+    }
+    // SAFETY: a valid socket and message.
+    if unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Receives one descriptor; `None` at EOF (the sender is gone).
+fn recv_fd(sock: &UnixStream) -> std::io::Result<Option<OwnedFd>> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: a pure size computation.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
+    let mut control = vec![0u8; space];
+    // SAFETY: plain data; the pointers set below outlive the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space;
+    let n = loop {
+        // SAFETY: a valid socket and message buffers.
+        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n >= 0 {
+            break n;
+        }
+        let e = std::io::Error::last_os_error();
+        match e.kind() {
+            std::io::ErrorKind::Interrupted => {}
+            // The sender closed with our byte unread: gone, like EOF.
+            std::io::ErrorKind::ConnectionReset => return Ok(None),
+            _ => return Err(e),
+        }
+    };
+    if n == 0 {
+        return Ok(None);
+    }
+    // SAFETY: walking the control buffer the kernel filled.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        if c.is_null() || (*c).cmsg_level != libc::SOL_SOCKET || (*c).cmsg_type != libc::SCM_RIGHTS
+        {
+            return Err(std::io::Error::other("a message without a descriptor"));
+        }
+        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<i32>());
+        Ok(Some(OwnedFd::from_raw_fd(fd)))
+    }
+}
+
+/// Formats (first boot, after growing), checks (unclean) or just finds the
+/// data partition, under `root`. Returns its device path in the root and
+/// what was done.
+fn prepare_data(root: &Path) -> Result<(String, &'static str), String> {
+    let sys = root.join("sys");
+    let part = blockdev::find_by_partname(&sys, "data").ok_or("no partition named data")?;
+    let node = root.join("dev").join(&part.devname);
+    let in_root = format!("/dev/{}", part.devname);
+    let state = data::inspect(&node).map_err(|e| format!("reading {}: {e}", node.display()))?;
+    let note = match state {
+        data::DataState::Blank => {
+            grow_data(&sys, root, &part.devname);
+            say(&format!(
+                "formatting {} as ext4 for /var (first boot)",
+                part.devname
+            ));
+            let code = data::run_in(
+                root,
+                &[
+                    "/usr/sbin/mke2fs",
+                    "-q",
+                    "-F",
+                    "-t",
+                    "ext4",
+                    "-L",
+                    "data",
+                    "-m",
+                    "0",
+                    "-E",
+                    "lazy_itable_init=1,lazy_journal_init=1",
+                    &in_root,
+                ],
+            )
+            .map_err(|e| format!("running mke2fs: {e}"))?;
+            if code != 0 {
+                return Err(format!("mke2fs on {} exited {code}", part.devname));
+            }
+            "formatted"
+        }
+        data::DataState::NeedsCheck => {
+            say(&format!(
+                "checking {} (not clean, or errors recorded)",
+                part.devname
+            ));
+            let code = data::run_in(root, &["/usr/sbin/e2fsck", "-p", &in_root])
+                .map_err(|e| format!("running e2fsck: {e}"))?;
+            if code >= 4 {
+                return Err(format!(
+                    "e2fsck -p on {} exited {code}: the data partition needs manual repair",
+                    part.devname
+                ));
+            }
+            "checked"
+        }
+        data::DataState::Clean => "mounted",
+        data::DataState::Foreign => {
+            return Err(format!(
+                "{} holds something that is not ext4; refusing to format it",
+                part.devname
+            ));
+        }
+    };
+    Ok((in_root, note))
+}
+
+/// Grows the blank data partition to the end of its disk (first boot on a
+/// disk larger than the image). A failure only costs space: it is said and
+/// the partition is formatted at the size it has.
+fn grow_data(sys: &Path, root: &Path, devname: &str) {
+    let Some(disk) = blockdev::parent_disk(sys, devname) else {
+        say(&format!(
+            "warning: no disk found for {devname}; /var keeps its size"
+        ));
+        return;
+    };
+    match gpt::grow(&root.join("dev").join(&disk), "data") {
+        Ok(Some((old, new))) => say(&format!(
+            "grew {devname} (data) from {old} MiB to {new} MiB, to the end of {disk}"
+        )),
+        Ok(None) => {}
+        Err(e) => say(&format!(
+            "warning: not growing {devname}: {e}; /var keeps its size"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_descriptor_crosses_the_socket_and_eof_is_none() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("marker"), "x").unwrap();
+        let f = std::fs::File::open(dir.path()).unwrap();
+        send_fd(&a, f.as_raw_fd()).unwrap();
+        drop(f);
+        let got = recv_fd(&b).unwrap().unwrap();
+        // The received descriptor is the same directory.
+        let via =
+            std::fs::read_to_string(format!("/proc/self/fd/{}/marker", got.as_raw_fd())).unwrap();
+        assert_eq!(via, "x");
+        drop(a);
+        assert!(recv_fd(&b).unwrap().is_none());
+    }
+}
