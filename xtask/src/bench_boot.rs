@@ -302,17 +302,33 @@ pub fn run(rest: &[String]) -> Result<()> {
         serde_json::json!(again.iter().map(Timeline::json).collect::<Vec<_>>());
     report["fluxnode_init_share_first_median_s"] = share_first.into();
     report["fluxnode_init_share_later_median_s"] = share_again.into();
-    println!("fluxnode image: build {:.1} s, UKI {:.1} MiB, root {:.1} MiB (goals: UKI <= 16, root <= 32)", built.seconds, report["uki_mib"].as_f64().unwrap_or(0.0), report["root_mib"].as_f64().unwrap_or(0.0));
-    println!(
+    // With --json, stdout carries only the JSON; the table goes to stderr.
+    macro_rules! table {
+        ($($arg:tt)*) => {
+            if json {
+                eprintln!($($arg)*)
+            } else {
+                println!($($arg)*)
+            }
+        };
+    }
+    table!("fluxnode image: build {:.1} s, UKI {:.1} MiB, root {:.1} MiB (goals: UKI <= 16, root <= 32)", built.seconds, report["uki_mib"].as_f64().unwrap_or(0.0), report["root_mib"].as_f64().unwrap_or(0.0));
+    table!(
         "{:<26} {:>8} {:>10} {:>8} {:>8} {:>14} {:>10}",
-        "boot (s)", "firmware", "bootloader", "kernel", "stage 1", "stage 2→ready", "init share"
+        "boot (s)",
+        "firmware",
+        "bootloader",
+        "kernel",
+        "stage 1",
+        "stage 2→ready",
+        "init share"
     );
     for (name, v) in [
         ("fluxnode first boot", &first),
         ("fluxnode later boot", &again),
     ] {
         for t in v {
-            println!(
+            table!(
                 "{name:<26} {:>8.2} {:>10.2} {:>8.2} {:>8.2} {:>14.2} {:>10.2}",
                 t.firmware_s,
                 t.bootloader_s,
@@ -336,16 +352,19 @@ pub fn run(rest: &[String]) -> Result<()> {
             // disk did not reach "Startup finished" within 10 min here, with
             // the TPM2 PCR barrier units failing; not investigated further).
             let (fw, k, u, _) = debian_boot(&disk, &dir.join("boot"))?;
-            println!(
+            table!(
                 "{:<26} {fw:>8.2} {:>10} {k:>8.2} {:>8} {:>14} {u:>10.2}",
-                "debian 12 + systemd", "-", "(initrd)", "(userspace)"
+                "debian 12 + systemd",
+                "-",
+                "(initrd)",
+                "(userspace)"
             );
             users.push(u);
         }
         let u = med(&mut users);
         report["debian_userspace_median_s"] = u.into();
         report["ratio_debian_over_fluxnode_first"] = (u / share_first).into();
-        println!(
+        table!(
             "userspace to ready, first boots: fluxnode {share_first:.2} s vs debian+systemd {u:.2} s: {:.1}x (fluxnode later boots {share_again:.2} s)",
             u / share_first
         );

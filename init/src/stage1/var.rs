@@ -39,6 +39,9 @@ use crate::sys::uptime;
 /// The environment variable through which stage 2 learns the child's pid.
 pub const PID_ENV: &str = "FLUXNODE_VAR_PID";
 
+/// The child's nice value while stage 1 does not wait for it.
+const BACKGROUND_NICE: libc::c_int = 10;
+
 /// Stage 1's handle on the child.
 #[derive(Debug)]
 pub struct VarChild {
@@ -104,6 +107,9 @@ impl VarChild {
     /// Waits for the child to finish; an error when it failed (its own
     /// line on the console says what).
     pub fn wait(self) -> Result<(), String> {
+        // Stage 1 waits for it now: it gets the CPU back.
+        // SAFETY: setpriority on our own child with plain integers.
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, self.pid as libc::id_t, 0) };
         let mut status = 0;
         // SAFETY: waits for our own child; writes only into `status`.
         let r = unsafe { libc::waitpid(self.pid, &mut status, 0) };
@@ -137,6 +143,11 @@ fn child(
     mut sock: UnixStream,
     t0: f64,
 ) -> Result<(), String> {
+    // Behind stage 1 for the CPU: the root's modules are on the boot's
+    // critical path, /var (on later boots) is not. Stage 1 restores the
+    // priority when it has to wait for us (`VarChild::wait`).
+    // SAFETY: setpriority on ourselves with plain integers.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, BACKGROUND_NICE) };
     let all: Vec<String> = mods.iter().chain(later).cloned().collect();
     let files = loader.open_ahead(&all).map_err(|e| e.to_string())?;
     sock.write_all(b"o")
