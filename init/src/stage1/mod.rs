@@ -178,8 +178,9 @@ fn stage1(cmdline: &Cmdline, t0: f64) -> Result<Never, String> {
     for d in ["/dev", "/proc", "/sys"] {
         mount(d, &format!("{NEWROOT}{d}"), "", libc::MS_MOVE, "")?;
     }
-    var_child.send_root(Path::new(NEWROOT))?;
-    let var_in_background = !var::needs_work(Path::new(NEWROOT));
+    let found = var::inspect(Path::new(NEWROOT));
+    var_child.send_root(Path::new(NEWROOT), &found)?;
+    let var_in_background = !var::needs_work(&found);
     let reader = read_ahead(Path::new(NEWROOT), &READ_AHEAD);
     for (m, why) in &report.failed {
         say(&format!("warning: module {m} not loaded: {why}"));

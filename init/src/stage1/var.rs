@@ -11,9 +11,10 @@
 //!    stage 1 may free the initramfs while it still loads from them;
 //! 2. it loads ext4 and what ext4 needs;
 //! 3. it waits for the new root (a directory descriptor passed over its
-//!    socket once stage 1 has mounted it and moved /dev, /proc, /sys in),
-//!    and chroots there: stage 1's own move of the root later leaves that
-//!    view as it is;
+//!    socket once stage 1 has mounted it and moved /dev, /proc, /sys in,
+//!    with what stage 1 found on the data partition: [`inspect`]), and
+//!    chroots there: stage 1's own move of the root later leaves that view
+//!    as it is;
 //! 4. it grows, formats or checks the data partition as needed, mounts it
 //!    at /var and prints one line;
 //! 5. it loads the modules nothing needs before blessing (efivarfs, vfat)
@@ -90,10 +91,11 @@ impl VarChild {
         self.pid
     }
 
-    /// Hands over the new root (mounted, with /dev, /proc and /sys in it).
-    pub fn send_root(&self, root: &Path) -> Result<(), String> {
+    /// Hands over the new root (mounted, with /dev, /proc and /sys in it)
+    /// and what [`inspect`] found there, so the child need not look again.
+    pub fn send_root(&self, root: &Path, found: &Found) -> Result<(), String> {
         let dir = std::fs::File::open(root).map_err(|e| format!("{}: {e}", root.display()))?;
-        send_fd(&self.sock, dir.as_raw_fd())
+        send_fd(&self.sock, dir.as_raw_fd(), &encode(found))
             .map_err(|e| format!("passing the new root to the /var child: {e}"))
     }
 
@@ -120,20 +122,53 @@ impl VarChild {
     }
 }
 
-/// Whether /var needs more than a mount: a blank partition to format, a
-/// file system to check, or something unexpected (the child then reports
-/// it). That work finishes in stage 1, before stage 2 starts, as it always
-/// did: once, under TCG on a loaded host, e2fsck running alongside stage
-/// 2's start left both vCPUs in a soft lockup for minutes. Only a clean
-/// /var (load ext4, mount) goes on in the background: every later boot.
-pub fn needs_work(root: &Path) -> bool {
-    let Some(part) = blockdev::find_by_partname(&root.join("sys"), "data") else {
-        return true;
+/// What stage 1 found on the data partition (its device name and state),
+/// or why it could not look.
+pub type Found = Result<(String, data::DataState), String>;
+
+/// Finds the data partition under `root` and reads its state, once, for
+/// both stage 1 (whether to wait) and the child (what to do).
+pub fn inspect(root: &Path) -> Found {
+    let part =
+        blockdev::find_by_partname(&root.join("sys"), "data").ok_or("no partition named data")?;
+    let node = root.join("dev").join(&part.devname);
+    let state = data::inspect(&node).map_err(|e| format!("reading {}: {e}", node.display()))?;
+    Ok((part.devname, state))
+}
+
+/// Whether /var is more than a mount: a blank partition to format, a file
+/// system to check, or a failure to report. That work finishes in stage 1,
+/// before stage 2 starts, as it always did: once, under TCG on a loaded
+/// host, e2fsck running alongside stage 2's start left both vCPUs in a soft
+/// lockup for minutes. Only a clean /var (load ext4, mount) goes on in the
+/// background: every later boot.
+pub fn needs_work(found: &Found) -> bool {
+    !matches!(found, Ok((_, data::DataState::Clean)))
+}
+
+/// One byte for the state (`-` for an error), then the device name or the
+/// error.
+fn encode(found: &Found) -> Vec<u8> {
+    let (tag, text) = match found {
+        Ok((dev, data::DataState::Blank)) => (b'b', dev),
+        Ok((dev, data::DataState::Clean)) => (b'c', dev),
+        Ok((dev, data::DataState::NeedsCheck)) => (b'n', dev),
+        Ok((dev, data::DataState::Foreign)) => (b'f', dev),
+        Err(e) => (b'-', e),
     };
-    !matches!(
-        data::inspect(&root.join("dev").join(&part.devname)),
-        Ok(data::DataState::Clean)
-    )
+    std::iter::once(tag).chain(text.bytes()).collect()
+}
+
+fn decode(msg: &[u8]) -> Found {
+    let text = String::from_utf8_lossy(msg.get(1..).unwrap_or_default()).into_owned();
+    let state = match msg.first() {
+        Some(b'b') => data::DataState::Blank,
+        Some(b'c') => data::DataState::Clean,
+        Some(b'n') => data::DataState::NeedsCheck,
+        Some(b'f') => data::DataState::Foreign,
+        _ => return Err(text),
+    };
+    Ok((text, state))
 }
 
 fn child(
@@ -157,7 +192,8 @@ fn child(
         return Err(format!("module {m} not loaded: {why}"));
     }
     let t_mods = uptime();
-    let Some(root) = recv_fd(&sock).map_err(|e| format!("waiting for the new root: {e}"))? else {
+    let Some((root, msg)) = recv_fd(&sock).map_err(|e| format!("waiting for the new root: {e}"))?
+    else {
         // Stage 1 failed before its root was mounted; it says why.
         return Ok(());
     };
@@ -173,7 +209,7 @@ fn child(
             ));
         }
     }
-    let (dev, note) = prepare_data(Path::new("/"))?;
+    let (dev, note) = prepare_data(Path::new("/"), decode(&msg)?)?;
     mount(&dev, "/var", "ext4", libc::MS_NOSUID | libc::MS_NODEV, "")
         .map_err(|e| format!("{e} (data partition)"))?;
     say(&format!(
@@ -195,21 +231,30 @@ fn child(
     Ok(())
 }
 
-fn send_fd(sock: &UnixStream, fd: i32) -> std::io::Result<()> {
-    let byte = [b'r'];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_ptr() as *mut libc::c_void,
-        iov_len: 1,
-    };
-    // SAFETY: CMSG_SPACE is a pure size computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
-    let mut control = vec![0u8; space];
-    // SAFETY: msghdr is plain data; the pointers set below outlive the call.
+/// A msghdr over one buffer and room for one descriptor's control message.
+fn message(iov: &mut libc::iovec, control: &mut [u8]) -> libc::msghdr {
+    // SAFETY: msghdr is plain data; the caller keeps the pointers alive.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
+    msg.msg_iov = iov;
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space;
+    msg.msg_controllen = control.len();
+    msg
+}
+
+fn control_space() -> usize {
+    // SAFETY: a pure size computation.
+    unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) as usize }
+}
+
+/// Sends `fd` with `payload` (not empty) in one message.
+fn send_fd(sock: &UnixStream, fd: i32, payload: &[u8]) -> std::io::Result<()> {
+    let mut iov = libc::iovec {
+        iov_base: payload.as_ptr() as *mut libc::c_void,
+        iov_len: payload.len(),
+    };
+    let mut control = vec![0u8; control_space()];
+    let msg = message(&mut iov, &mut control);
     // SAFETY: the control buffer holds one cmsg with room for an int.
     unsafe {
         let c = libc::CMSG_FIRSTHDR(&msg);
@@ -225,27 +270,20 @@ fn send_fd(sock: &UnixStream, fd: i32) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Receives one descriptor; `None` at EOF (the sender is gone).
-fn recv_fd(sock: &UnixStream) -> std::io::Result<Option<OwnedFd>> {
-    let mut byte = [0u8; 1];
+/// Receives one descriptor and its payload; `None` when the sender is gone.
+fn recv_fd(sock: &UnixStream) -> std::io::Result<Option<(OwnedFd, Vec<u8>)>> {
+    let mut buf = vec![0u8; 4096];
     let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
     };
-    // SAFETY: a pure size computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
-    let mut control = vec![0u8; space];
-    // SAFETY: plain data; the pointers set below outlive the call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space;
+    let mut control = vec![0u8; control_space()];
+    let mut msg = message(&mut iov, &mut control);
     let n = loop {
         // SAFETY: a valid socket and message buffers.
         let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
         if n >= 0 {
-            break n;
+            break n as usize;
         }
         let e = std::io::Error::last_os_error();
         match e.kind() {
@@ -258,6 +296,7 @@ fn recv_fd(sock: &UnixStream) -> std::io::Result<Option<OwnedFd>> {
     if n == 0 {
         return Ok(None);
     }
+    buf.truncate(n);
     // SAFETY: walking the control buffer the kernel filled.
     unsafe {
         let c = libc::CMSG_FIRSTHDR(&msg);
@@ -266,25 +305,24 @@ fn recv_fd(sock: &UnixStream) -> std::io::Result<Option<OwnedFd>> {
             return Err(std::io::Error::other("a message without a descriptor"));
         }
         let fd = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<i32>());
-        Ok(Some(OwnedFd::from_raw_fd(fd)))
+        Ok(Some((OwnedFd::from_raw_fd(fd), buf)))
     }
 }
 
-/// Formats (first boot, after growing), checks (unclean) or just finds the
-/// data partition, under `root`. Returns its device path in the root and
-/// what was done.
-fn prepare_data(root: &Path) -> Result<(String, &'static str), String> {
+/// Formats (first boot, after growing) or checks (unclean) the data
+/// partition `devname` under `root`, as its `state` asks. Returns its device
+/// path in the root and what was done.
+fn prepare_data(
+    root: &Path,
+    (devname, state): (String, data::DataState),
+) -> Result<(String, &'static str), String> {
     let sys = root.join("sys");
-    let part = blockdev::find_by_partname(&sys, "data").ok_or("no partition named data")?;
-    let node = root.join("dev").join(&part.devname);
-    let in_root = format!("/dev/{}", part.devname);
-    let state = data::inspect(&node).map_err(|e| format!("reading {}: {e}", node.display()))?;
+    let in_root = format!("/dev/{devname}");
     let note = match state {
         data::DataState::Blank => {
-            grow_data(&sys, root, &part.devname);
+            grow_data(&sys, root, &devname);
             say(&format!(
-                "formatting {} as ext4 for /var (first boot)",
-                part.devname
+                "formatting {devname} as ext4 for /var (first boot)"
             ));
             let code = data::run_in(
                 root,
@@ -305,21 +343,19 @@ fn prepare_data(root: &Path) -> Result<(String, &'static str), String> {
             )
             .map_err(|e| format!("running mke2fs: {e}"))?;
             if code != 0 {
-                return Err(format!("mke2fs on {} exited {code}", part.devname));
+                return Err(format!("mke2fs on {devname} exited {code}"));
             }
             "formatted"
         }
         data::DataState::NeedsCheck => {
             say(&format!(
-                "checking {} (not clean, or errors recorded)",
-                part.devname
+                "checking {devname} (not clean, or errors recorded)"
             ));
             let code = data::run_in(root, &["/usr/sbin/e2fsck", "-p", &in_root])
                 .map_err(|e| format!("running e2fsck: {e}"))?;
             if code >= 4 {
                 return Err(format!(
-                    "e2fsck -p on {} exited {code}: the data partition needs manual repair",
-                    part.devname
+                    "e2fsck -p on {devname} exited {code}: the data partition needs manual repair"
                 ));
             }
             "checked"
@@ -327,8 +363,7 @@ fn prepare_data(root: &Path) -> Result<(String, &'static str), String> {
         data::DataState::Clean => "mounted",
         data::DataState::Foreign => {
             return Err(format!(
-                "{} holds something that is not ext4; refusing to format it",
-                part.devname
+                "{devname} holds something that is not ext4; refusing to format it"
             ));
         }
     };
@@ -367,14 +402,34 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("marker"), "x").unwrap();
         let f = std::fs::File::open(dir.path()).unwrap();
-        send_fd(&a, f.as_raw_fd()).unwrap();
+        let found: Found = Ok(("vda4".into(), data::DataState::NeedsCheck));
+        send_fd(&a, f.as_raw_fd(), &encode(&found)).unwrap();
         drop(f);
-        let got = recv_fd(&b).unwrap().unwrap();
+        let (got, msg) = recv_fd(&b).unwrap().unwrap();
+        assert_eq!(decode(&msg), found);
         // The received descriptor is the same directory.
         let via =
             std::fs::read_to_string(format!("/proc/self/fd/{}/marker", got.as_raw_fd())).unwrap();
         assert_eq!(via, "x");
         drop(a);
         assert!(recv_fd(&b).unwrap().is_none());
+    }
+
+    #[test]
+    fn what_stage_1_found_round_trips() {
+        use data::DataState::*;
+        for found in [
+            Ok(("vda4".to_string(), Blank)),
+            Ok(("nvme0n1p4".to_string(), Clean)),
+            Ok(("sda4".to_string(), NeedsCheck)),
+            Ok(("vdb4".to_string(), Foreign)),
+            Err("no partition named data".to_string()),
+        ] {
+            assert_eq!(decode(&encode(&found)), found);
+        }
+        assert!(!needs_work(&Ok(("vda4".into(), Clean))));
+        assert!(needs_work(&Ok(("vda4".into(), NeedsCheck))));
+        assert!(needs_work(&Err("x".into())));
+        assert!(decode(b"").is_err());
     }
 }
