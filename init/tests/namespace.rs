@@ -428,19 +428,25 @@ fn ctl_stops_starts_and_restarts_a_service() {
     assert_eq!(ns.wait_exit(20), 0, "{}", ns.log());
 }
 
-#[test]
-fn services_wait_for_var_unless_early() {
-    need_namespaces!();
-    // The shell child stands for stage 1's /var child: it "mounts" for 1.5 s.
-    let mut ns = Ns::start_with_var(
-        "var",
+/// An `early` service (net) and one that needs /var (app), with
+/// `var_script` standing for stage 1's /var child.
+fn early_and_late(name: &str, var_script: &str) -> Ns {
+    Ns::start_with_var(
+        name,
         &[
             ("net", sh("echo up; exec sleep 60", "early = true")),
             ("app", sh("echo up; exec sleep 60", "")),
         ],
         "",
-        "sleep 1.5",
-    );
+        var_script,
+    )
+}
+
+#[test]
+fn services_wait_for_var_unless_early() {
+    need_namespaces!();
+    // The shell child stands for stage 1's /var child: it "mounts" for 1.5 s.
+    let mut ns = early_and_late("var", "sleep 1.5");
     let early = ns.wait_for("net: up", 20);
     let var = ns.wait_for("/var is ready", 20);
     let app = ns.wait_for("app: up", 20);
@@ -462,15 +468,7 @@ fn services_wait_for_var_unless_early() {
 #[test]
 fn a_failed_var_child_means_reboot_and_its_dependents_never_start() {
     need_namespaces!();
-    let mut ns = Ns::start_with_var(
-        "varfail",
-        &[
-            ("net", sh("echo up; exec sleep 60", "early = true")),
-            ("app", sh("echo up; exec sleep 60", "")),
-        ],
-        "",
-        "sleep 0.3; exit 1",
-    );
+    let mut ns = early_and_late("varfail", "sleep 0.3; exit 1");
     ns.wait_for("/var could not be prepared (exit status 1); rebooting", 20);
     // In a namespace a reboot is an ordered exit 0.
     assert_eq!(ns.wait_exit(20), 0, "{}", ns.log());

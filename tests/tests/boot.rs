@@ -178,16 +178,7 @@ fn main_sequence() -> Result<MainRun, String> {
     mark_ext4_errors(&disk, data_off)?;
 
     // Boot 2: the same disk (and the same firmware variables).
-    std::fs::create_dir_all(dir.join("boot2")).map_err(|e| e.to_string())?;
-    std::fs::copy(
-        dir.join("boot1/OVMF_VARS.fd"),
-        dir.join("boot2/OVMF_VARS.fd"),
-    )
-    .map_err(|e| e.to_string())?;
-    cfg.dir = dir.join("boot2");
-    let mut vm = Vm::start(&cfg)?;
-    vm.wait_for("PROBE done=1", BOOT)?;
-    vm.wait_for("fluxnode-init: all services ready", BOOT)?;
+    let mut vm = boot_again(&mut cfg, &dir, "boot1", "boot2")?;
     // After the boot-complete grace period init says whether it blessed.
     vm.wait_for("fluxnode-init: boot complete", Duration::from_secs(90))?;
     vm.wait_for("bless", Duration::from_secs(30))?;
@@ -197,16 +188,7 @@ fn main_sequence() -> Result<MainRun, String> {
 
     // Boot 3: /var is clean now, so stage 1 leaves it to its child and
     // stage 2 starts while it is mounted (every later boot does this).
-    std::fs::create_dir_all(dir.join("boot3")).map_err(|e| e.to_string())?;
-    std::fs::copy(
-        dir.join("boot2/OVMF_VARS.fd"),
-        dir.join("boot3/OVMF_VARS.fd"),
-    )
-    .map_err(|e| e.to_string())?;
-    cfg.dir = dir.join("boot3");
-    let mut vm = Vm::start(&cfg)?;
-    vm.wait_for("PROBE done=1", BOOT)?;
-    vm.wait_for("fluxnode-init: all services ready", BOOT)?;
+    let vm = boot_again(&mut cfg, &dir, "boot2", "boot3")?;
     let log3 = vm.log();
     Ok(MainRun {
         log1,
@@ -216,6 +198,22 @@ fn main_sequence() -> Result<MainRun, String> {
         esp_built,
         exits,
     })
+}
+
+/// Boots the same disk again in `dir/to`, with the firmware variables
+/// `dir/from` ended with, until the probe is done and all services are ready.
+fn boot_again(cfg: &mut VmConfig, dir: &Path, from: &str, to: &str) -> Result<Vm, String> {
+    std::fs::create_dir_all(dir.join(to)).map_err(|e| e.to_string())?;
+    std::fs::copy(
+        dir.join(from).join("OVMF_VARS.fd"),
+        dir.join(to).join("OVMF_VARS.fd"),
+    )
+    .map_err(|e| e.to_string())?;
+    cfg.dir = dir.join(to);
+    let mut vm = Vm::start(cfg)?;
+    vm.wait_for("PROBE done=1", BOOT)?;
+    vm.wait_for("fluxnode-init: all services ready", BOOT)?;
+    Ok(vm)
 }
 
 /// CRC-32C without the final inversion, as ext4's metadata checksums use it.

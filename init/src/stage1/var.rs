@@ -225,7 +225,7 @@ fn child(
         Err(e) => say(&format!("warning: modules {later:?} not loaded: {e}")),
     }
     say(&format!(
-        "stage 1: {files} modules loaded in the background, done at t={:.3} s",
+        "stage 1: the /var child loaded its {files} modules, done at t={:.3} s",
         uptime()
     ));
     Ok(())
