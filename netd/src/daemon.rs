@@ -62,6 +62,8 @@ struct Service<'a> {
     /// Open only while the DHCP client probes a new address.
     arp: Option<ArpSocket>,
     next_watchdog: Option<Instant>,
+    /// Whether `lo` has been brought up (see [`Service::loopback`]).
+    loopback_done: bool,
 }
 
 fn in_subnet(a: Ipv4Addr, b: Ipv4Addr, prefix: u8) -> bool {
@@ -165,8 +167,15 @@ impl Service<'_> {
         }
     }
 
-    /// Brings `lo` up (the kernel gives it 127.0.0.1/8 when it comes up).
+    /// Brings `lo` up (the kernel gives it 127.0.0.1/8 when it comes up),
+    /// once. DHCP does it after its first DISCOVER is out, or as soon as
+    /// it has to wait (for a link, for carrier): ~20 ms under TCG that the
+    /// lease need not wait for, and nothing on the node uses loopback
+    /// before netd is ready.
     fn loopback(&mut self) -> Result<(), Error> {
+        if std::mem::replace(&mut self.loopback_done, true) {
+            return Ok(());
+        }
         let links = self.nl.links()?;
         match links.iter().find(|l| l.is_loopback()) {
             Some(lo) => {
@@ -189,6 +198,7 @@ impl Service<'_> {
                 return self.wait_for_carrier(l);
             }
             if !told {
+                self.loopback()?;
                 let what = wanted
                     .map(|w| format!("link {w}"))
                     .unwrap_or_else(|| "a wired link".into());
@@ -247,6 +257,7 @@ impl Service<'_> {
                 tracing::warn!(name = %l.name, "no carrier after {CARRIER_WAIT:?}; going on anyway");
                 return Ok(Some(l));
             }
+            self.loopback()?;
             let (stop, readable) = self.wait(&[monitor.fd()], Some(until))?;
             if stop {
                 return Ok(None);
@@ -429,6 +440,7 @@ impl Service<'_> {
         for a in client.start(Instant::now()) {
             self.apply(link, &sock, a)?;
         }
+        self.loopback()?;
         loop {
             let mut fds = vec![sock.fd(), monitor.fd(), raw.fd()];
             fds.extend(self.arp.as_ref().map(ArpSocket::fd));
@@ -532,14 +544,16 @@ pub fn run(paths: &Paths, notify: &Notifier) -> Result<(), Error> {
         stale: Vec::new(),
         arp: None,
         next_watchdog,
+        loopback_done: false,
     };
-    svc.loopback()?;
     match &cfg.mode {
         Mode::Off => {
+            svc.loopback()?;
             notify.ready("loopback only (fluxnode.net=off)");
             while !svc.wait(&[], None)?.0 {}
         }
         Mode::Static(s) => {
+            svc.loopback()?;
             if let Some(link) = svc.find_link(cfg.interface.as_deref())? {
                 svc.run_static(&link, s)?;
             }

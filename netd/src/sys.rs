@@ -135,6 +135,12 @@ pub fn link_sockaddr(ifindex: u32, ethertype: u16) -> libc::sockaddr_ll {
 /// Opens a non-blocking `AF_PACKET` datagram socket for `ethertype` on link
 /// `ifindex`. A `filter` (classic BPF) is attached before the bind, so no
 /// unfiltered frame is ever queued.
+///
+/// The socket is made with protocol 0, which receives nothing, and gets
+/// its EtherType only with the bind. Made with the EtherType, it would
+/// receive from every link at once, and the bind would then have to
+/// unhook it, which waits for an RCU grace period (`synchronize_net`):
+/// 20-30 ms under TCG, on the way to the first DISCOVER.
 pub fn packet_socket(
     ifindex: u32,
     ethertype: u16,
@@ -145,7 +151,7 @@ pub fn packet_socket(
         libc::socket(
             libc::AF_PACKET,
             libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            i32::from(ethertype.to_be()),
+            0,
         )
     };
     if fd < 0 {

@@ -19,6 +19,7 @@ pub mod data;
 pub mod gpt;
 pub mod modalias;
 pub mod modules;
+pub mod readahead;
 pub mod var;
 pub mod verity;
 
@@ -175,13 +176,14 @@ fn stage1(cmdline: &Cmdline, t0: f64) -> Result<Never, String> {
         ));
     }
     let t_root = uptime();
+    // First: stage 2's exec is what waits for these pages.
+    let mut reader = readahead::ReadAhead::start(Path::new("/"), Path::new(NEWROOT), &READ_AHEAD);
     for d in ["/dev", "/proc", "/sys"] {
         mount(d, &format!("{NEWROOT}{d}"), "", libc::MS_MOVE, "")?;
     }
     let found = var::inspect(Path::new(NEWROOT));
     var_child.send_root(Path::new(NEWROOT), &found)?;
     let var_in_background = !var::needs_work(&found);
-    let reader = read_ahead(Path::new(NEWROOT), &READ_AHEAD);
     for (m, why) in &report.failed {
         say(&format!("warning: module {m} not loaded: {why}"));
     }
@@ -195,7 +197,7 @@ fn stage1(cmdline: &Cmdline, t0: f64) -> Result<Never, String> {
         var_child.wait()?;
         format!("/var ready at {:.2} s", uptime() - t0)
     };
-    free_initramfs();
+    reader.free_initramfs();
     enter_root(Path::new(NEWROOT))?;
     let t_end = uptime();
     let mut slow = report.loaded.clone();
@@ -206,12 +208,13 @@ fn stage1(cmdline: &Cmdline, t0: f64) -> Result<Never, String> {
         .map(|(m, d)| format!("{m} {:.0}", d.as_secs_f64() * 1e3))
         .collect();
     say(&format!(
-        "stage 1: slot {slot} root {} verified; {} modules (the root's in by {:.2} s; slowest ms: {}); root at {:.2} s; {var_note}; {reader}; switch_root at t={:.3} s ({:.2} s in stage 1)",
+        "stage 1: slot {slot} root {} verified; {} modules (the root's in by {:.2} s; slowest ms: {}); root at {:.2} s; {var_note}; {}; switch_root at t={:.3} s ({:.2} s in stage 1)",
         root.devname,
         report.loaded.len(),
         t_mod - t0,
         slow.join(", "),
         t_root - t0,
+        reader.describe(),
         t_end,
         t_end - t0,
     ));
@@ -227,58 +230,6 @@ const READ_AHEAD: [&str; 4] = [
     "usr/bin/fluxnode-netd",
     "usr/lib/fluxnode/fluxnode-modload",
 ];
-
-/// `path` if it is a file, else the files under it (sorted, depth first).
-fn files_under(path: &Path, out: &mut Vec<PathBuf>) {
-    match std::fs::read_dir(path) {
-        Ok(rd) => {
-            let mut entries: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
-            entries.sort();
-            for e in entries {
-                files_under(&e, out);
-            }
-        }
-        Err(_) => out.push(path.to_path_buf()),
-    }
-}
-
-/// Reads `files` (under `root`) in a child process, so their pages are in
-/// the page cache when stage 2 runs them: every first read of a root page
-/// is a dm-verity hash check and a decompression, slow under emulation,
-/// and otherwise it would all happen in exec's page faults, on the boot's
-/// critical path. A process rather than a thread, so it goes on reading
-/// through the exec of stage 2 (which reaps it as an orphan). Returns what
-/// to say about it.
-fn read_ahead(root: &Path, files: &[&str]) -> String {
-    use std::os::fd::AsRawFd;
-    // Opened here: the root is moved to / while the child reads, and a
-    // path under /newroot would no longer resolve.
-    let mut paths = Vec::new();
-    for f in files {
-        files_under(&root.join(f), &mut paths);
-    }
-    let open: Vec<std::fs::File> = paths
-        .iter()
-        .filter_map(|f| std::fs::File::open(f).ok())
-        .collect();
-    let mut buf = vec![0u8; 128 * 1024];
-    // SAFETY: the child only calls read(2) and _exit(2) (async-signal-safe)
-    // on descriptors and a buffer made before the fork; it touches nothing
-    // another thread of stage 1 might hold locked.
-    match unsafe { libc::fork() } {
-        0 => {
-            for f in &open {
-                // SAFETY: a valid descriptor and a buffer of buf.len() bytes.
-                while unsafe { libc::read(f.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0 {
-                }
-            }
-            // SAFETY: ends the child without running the parent's exit handlers.
-            unsafe { libc::_exit(0) }
-        }
-        -1 => format!("no read-ahead ({})", std::io::Error::last_os_error()),
-        pid => format!("reading ahead {} files (pid {pid})", open.len()),
-    }
-}
 
 /// Waits for a module-loading thread and adds what it did to `report`.
 fn join_modules(
@@ -361,35 +312,6 @@ fn find_root(
 
 fn loader_mark_failed(loader: &mut modules::Loader, m: &str) {
     loader.mark_loaded(m);
-}
-
-/// Deletes the initramfs's files (it is RAM) but not the mounts under it.
-fn free_initramfs() {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(rootdev) = std::fs::metadata("/").map(|m| m.dev()) else {
-        return;
-    };
-    fn wipe(dir: &Path, rootdev: u64) {
-        let Ok(rd) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            let Ok(m) = std::fs::symlink_metadata(&p) else {
-                continue;
-            };
-            if m.dev() != rootdev {
-                continue;
-            }
-            if m.is_dir() {
-                wipe(&p, rootdev);
-                let _ = std::fs::remove_dir(&p);
-            } else {
-                let _ = std::fs::remove_file(&p);
-            }
-        }
-    }
-    wipe(Path::new("/"), rootdev);
 }
 
 fn enter_root(newroot: &Path) -> Result<(), String> {
