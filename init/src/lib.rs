@@ -148,9 +148,6 @@ pub fn stage2(mode: Mode, mut paths: supervisor::Paths, debug: bool) {
             std::process::exit(1);
         }
     };
-    if mode == Mode::Machine {
-        powerbutton::spawn_watcher();
-    }
     // Stage 1's child that is still preparing /var, if any (as PID 1 only:
     // nobody else can be its parent). Tests stand in a child of their own.
     if let (false, Some(pid)) = (

@@ -108,6 +108,9 @@ pub struct Service {
     pub log: VecDeque<String>,
     /// The cgroup.procs path it joins.
     pub cgroup_procs: Option<std::path::PathBuf>,
+    /// Where its current process reports a failure before exec
+    /// ([`crate::spawn::failure_before_exec`]), read when it exits.
+    pub exec_report: Option<std::os::fd::OwnedFd>,
 }
 
 /// The read end of a service's stdout+stderr pipe.
@@ -139,6 +142,7 @@ impl Service {
             outputs: Vec::new(),
             log: VecDeque::new(),
             cgroup_procs: None,
+            exec_report: None,
         }
     }
 

@@ -158,6 +158,30 @@ fn start_limit_fails_and_escalates() {
 }
 
 #[test]
+fn a_failure_before_exec_is_reported_with_its_step() {
+    need_namespaces!();
+    // init does not wait for a child's exec: the step that failed comes
+    // back through the report pipe when the child exits, and the service
+    // fails like any other exit (here until its start limit).
+    let ns = Ns::start(
+        "preexec",
+        &[(
+            "lost",
+            sh(
+                "exit 0",
+                "working_dir = \"/nonexistent/fluxnode-test\"\n[backoff]\ninitial_ms = 10\njitter = 0.0\n[start_limit]\nburst = 2\ninterval_s = 30",
+            ),
+        )],
+        "",
+    );
+    ns.wait_for(
+        "cannot start /bin/sh: changing to the working directory: No such file or directory",
+        20,
+    );
+    ns.wait_for("lost failed: start limit hit: 2 starts within 30 s", 20);
+}
+
+#[test]
 fn double_forked_orphans_are_reaped() {
     need_namespaces!();
     let ns = Ns::start(
