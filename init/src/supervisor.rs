@@ -90,7 +90,7 @@ pub struct Supervisor {
 }
 
 /// init.toml and the service files, as read.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Settings {
     config: InitConfig,
     specs: Vec<crate::config::ServiceSpec>,
@@ -154,19 +154,13 @@ impl Supervisor {
     /// Loads config, opens sockets and devices. Config errors are logged and
     /// the services they concern left out; the rest still start.
     pub fn new(paths: &Paths, mode: Mode) -> std::io::Result<Self> {
-        // Signals first: a thread started before this would have them
-        // unblocked, and a SIGCHLD delivered to it would be lost.
         let signals = SignalFd::new(&SIGNALS)?;
-        // The settings and service files are read on a thread of their own
-        // while this one opens the sockets and the cgroups: parsing them is
-        // the first run of the TOML code, ~40 ms under TCG (translation,
-        // page faults), on the way to the first service.
-        let reading = {
-            let paths = paths.clone();
-            std::thread::Builder::new()
-                .name("settings".into())
-                .spawn(move || Settings::load(&paths))
-        };
+        let Settings {
+            config,
+            specs,
+            errors,
+        } = Settings::load(paths);
+        errors.iter().for_each(log_config_error);
         std::fs::create_dir_all(&paths.run_dir)?;
         let notify = NotifySocket::bind(&paths.run_dir.join("notify.sock"))?;
         let control_path = paths.run_dir.join("control.sock");
@@ -191,20 +185,6 @@ impl Supervisor {
             .map(|m| m.target)
             .unwrap_or_else(|| paths.cgroup_root.clone());
         let cgroups = Cgroups::setup(&cgroup_root, &base);
-        let Settings {
-            config,
-            specs,
-            errors,
-        } = match reading {
-            Ok(thread) => thread.join().unwrap_or_else(|_| {
-                tracing::error!(
-                    "reading the settings crashed (a bug): no services; the boot will not be blessed"
-                );
-                Settings::default()
-            }),
-            Err(_) => Settings::load(paths),
-        };
-        errors.iter().for_each(log_config_error);
         let hw_watchdog = match mode {
             Mode::Machine => {
                 HardwareWatchdog::open(&paths.watchdog_dev, config.hardware_watchdog_s)
