@@ -89,37 +89,6 @@ pub struct Supervisor {
     button_watched: bool,
 }
 
-/// init.toml and the service files, as read.
-#[derive(Debug)]
-struct Settings {
-    config: InitConfig,
-    specs: Vec<crate::config::ServiceSpec>,
-    errors: Vec<ConfigError>,
-}
-
-impl Settings {
-    /// Reads them; what is wrong is in `errors`, and the rest still loads
-    /// (a bad init.toml means its defaults).
-    fn load(paths: &Paths) -> Settings {
-        let mut errors = Vec::new();
-        let config = InitConfig::load(&paths.init_config).unwrap_or_else(|e| {
-            errors.push(e);
-            InitConfig::default()
-        });
-        let dir = paths
-            .services_dir
-            .clone()
-            .unwrap_or_else(|| config.services_dir.clone());
-        let (specs, more) = crate::config::load_dir(&dir, Path::new("/"));
-        errors.extend(more);
-        Settings {
-            config,
-            specs,
-            errors,
-        }
-    }
-}
-
 /// /var, which stage 1's child mounts in the background (`stage1::var`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VarState {
@@ -146,6 +115,13 @@ pub const SIGNALS: [i32; 7] = [
     libc::SIGPWR,
 ];
 
+/// Why a service's process never ran its program: at spawn, or reported
+/// by the child before exec.
+fn cannot_start(s: &Service, e: &std::io::Error) -> String {
+    let argv0 = s.spec.cfg.argv.first().map(String::as_str).unwrap_or("");
+    format!("cannot start {argv0}: {e}")
+}
+
 fn log_config_error(e: &ConfigError) {
     tracing::error!("{e}");
 }
@@ -155,11 +131,15 @@ impl Supervisor {
     /// the services they concern left out; the rest still start.
     pub fn new(paths: &Paths, mode: Mode) -> std::io::Result<Self> {
         let signals = SignalFd::new(&SIGNALS)?;
-        let Settings {
-            config,
-            specs,
-            errors,
-        } = Settings::load(paths);
+        let config = InitConfig::load(&paths.init_config).unwrap_or_else(|e| {
+            log_config_error(&e);
+            InitConfig::default()
+        });
+        let dir = paths
+            .services_dir
+            .clone()
+            .unwrap_or_else(|| config.services_dir.clone());
+        let (specs, errors) = crate::config::load_dir(&dir, Path::new("/"));
         errors.iter().for_each(log_config_error);
         std::fs::create_dir_all(&paths.run_dir)?;
         let notify = NotifySocket::bind(&paths.run_dir.join("notify.sock"))?;
@@ -384,10 +364,7 @@ impl Supervisor {
             }
             Err(e) => {
                 s.starts.push_back(now);
-                let why = format!(
-                    "cannot start {}: {e}",
-                    s.spec.cfg.argv.first().map(String::as_str).unwrap_or("")
-                );
+                let why = cannot_start(s, &e);
                 self.after_failure(i, now, why);
             }
         }
@@ -574,10 +551,7 @@ impl Supervisor {
             .exec_report
             .take()
             .and_then(|r| crate::spawn::failure_before_exec(&r))
-            .map(|e| {
-                let argv0 = self.services[i].spec.cfg.argv.first().cloned();
-                format!("cannot start {}: {e}", argv0.unwrap_or_default())
-            });
+            .map(|e| cannot_start(&self.services[i], &e));
         match self.services[i].state.clone() {
             State::Stopping { then, .. } => {
                 tracing::info!("stopped {name} ({status})");
