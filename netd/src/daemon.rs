@@ -14,6 +14,7 @@ use crate::arp::{self, ArpSocket};
 use crate::config::{self, Config, Mode};
 use crate::dhcp::{Action, Client, DhcpSocket, Lease, Message, RawReceiver};
 use crate::error::Error;
+use crate::guard::LoopGuard;
 use crate::netlink::{Address, Link, Netlink, RTPROT_DHCP, RTPROT_STATIC};
 use crate::notify::Notifier;
 use crate::sys::{poll_readable, random_u64, Signals};
@@ -43,6 +44,8 @@ impl Default for Paths {
     }
 }
 
+/// How soon to try again to send notifications the supervisor had no room for.
+const NOTIFY_RETRY: Duration = Duration::from_millis(250);
 /// How long to wait for carrier before sending the first DHCP message.
 const CARRIER_WAIT: Duration = Duration::from_secs(10);
 const IFF_RUNNING: u32 = libc::IFF_RUNNING as u32;
@@ -64,6 +67,8 @@ struct Service<'a> {
     next_watchdog: Option<Instant>,
     /// Whether `lo` has been brought up (see [`Service::loopback`]).
     loopback_done: bool,
+    /// Logs a loop turn that overran its deadline.
+    guard: LoopGuard,
 }
 
 fn in_subnet(a: Ipv4Addr, b: Ipv4Addr, prefix: u8) -> bool {
@@ -73,22 +78,32 @@ fn in_subnet(a: Ipv4Addr, b: Ipv4Addr, prefix: u8) -> bool {
 
 impl Service<'_> {
     /// Waits for a signal or `deadline`, pinging the watchdog meanwhile.
-    /// `extra` are polled too; returns (stop requested, which of `extra` are readable).
+    /// `extra` are polled too; `what` names what is awaited, for the
+    /// overrun guard. Returns (stop requested, which of `extra` are readable).
     fn wait(
         &mut self,
+        what: &'static str,
         extra: &[RawFd],
         deadline: Option<Instant>,
     ) -> Result<(bool, Vec<bool>), Error> {
         let now = Instant::now();
+        self.guard.before_wait(now);
         if self.next_watchdog.is_some_and(|w| now >= w) {
             self.notify.ping_watchdog();
             self.next_watchdog = self.notify.watchdog_interval().map(|i| now + i);
         }
-        let until = [deadline, self.next_watchdog].into_iter().flatten().min();
+        self.notify.flush();
+        let retry = self.notify.has_held().then(|| now + NOTIFY_RETRY);
+        let until = [deadline, self.next_watchdog, retry]
+            .into_iter()
+            .flatten()
+            .min();
         let timeout = until.map(|u| u.saturating_duration_since(now));
         let mut fds = vec![self.signals.fd()];
         fds.extend_from_slice(extra);
+        self.guard.waiting(what, until);
         let ready = poll_readable(&fds, timeout).map_err(Error::Poll)?;
+        self.guard.woke(Instant::now());
         if ready[0] {
             if let Some(sig) = self.signals.read().map_err(Error::Poll)? {
                 tracing::info!(signal = sig, "stop requested");
@@ -207,7 +222,11 @@ impl Service<'_> {
                 told = true;
             }
             if self
-                .wait(&[], Some(Instant::now() + Duration::from_secs(1)))?
+                .wait(
+                    "a link to appear",
+                    &[],
+                    Some(Instant::now() + Duration::from_secs(1)),
+                )?
                 .0
             {
                 return Ok(None);
@@ -258,7 +277,7 @@ impl Service<'_> {
                 return Ok(Some(l));
             }
             self.loopback()?;
-            let (stop, readable) = self.wait(&[monitor.fd()], Some(until))?;
+            let (stop, readable) = self.wait("carrier", &[monitor.fd()], Some(until))?;
             if stop {
                 return Ok(None);
             }
@@ -279,7 +298,7 @@ impl Service<'_> {
         );
         tracing::info!("{status}");
         self.check_ready(link.index, s.address, &status)?;
-        while !self.wait(&[], None)?.0 {}
+        while !self.wait("a stop (static)", &[], None)?.0 {}
         Ok(())
     }
 
@@ -444,7 +463,7 @@ impl Service<'_> {
         loop {
             let mut fds = vec![sock.fd(), monitor.fd(), raw.fd()];
             fds.extend(self.arp.as_ref().map(ArpSocket::fd));
-            let (stop, readable) = self.wait(&fds, client.deadline())?;
+            let (stop, readable) = self.wait(client.state_name(), &fds, client.deadline())?;
             if stop {
                 break;
             }
@@ -545,12 +564,13 @@ pub fn run(paths: &Paths, notify: &Notifier) -> Result<(), Error> {
         arp: None,
         next_watchdog,
         loopback_done: false,
+        guard: LoopGuard::default(),
     };
     match &cfg.mode {
         Mode::Off => {
             svc.loopback()?;
             notify.ready("loopback only (fluxnode.net=off)");
-            while !svc.wait(&[], None)?.0 {}
+            while !svc.wait("a stop (off)", &[], None)?.0 {}
         }
         Mode::Static(s) => {
             svc.loopback()?;
@@ -565,6 +585,7 @@ pub fn run(paths: &Paths, notify: &Notifier) -> Result<(), Error> {
         }
     }
     notify.stopping();
+    notify.flush_before_exit(Duration::from_secs(1));
     tracing::info!("stopped");
     Ok(())
 }

@@ -29,6 +29,7 @@ pub mod config;
 pub mod daemon;
 pub mod dhcp;
 pub mod error;
+pub mod guard;
 pub mod link;
 pub mod log;
 pub mod netlink;

@@ -8,6 +8,7 @@
 //! set, names us). Without `NOTIFY_SOCKET` every call is a no-op, so netd
 //! runs the same by hand.
 
+use std::cell::RefCell;
 use std::io;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
@@ -31,10 +32,68 @@ pub enum NotifyError {
 }
 
 /// Where notifications go, and how often to pet the watchdog.
+///
+/// Sending never blocks. A unix datagram socket's receive queue is short
+/// (`net.unix.max_dgram_qlen`, 10 by default; systemd as PID 1 raises it
+/// to 512 for its own namespace), and a blocking `sendto` into a full queue
+/// waits until the supervisor reads: a supervisor that is busy, stalled or
+/// simply not reading would then stop netd's whole loop, renewals and
+/// SIGTERM included. So the socket is non-blocking, and what cannot go out
+/// now is held, merged (the newest `STATUS=`, `READY=1` and `STOPPING=1`
+/// kept, watchdog pings collapsed into one) and sent at the next try.
 #[derive(Debug)]
 pub struct Notifier {
     target: Option<(UnixDatagram, SocketAddr)>,
     watchdog: Option<Duration>,
+    held: RefCell<Held>,
+}
+
+/// Notifications that the supervisor's queue had no room for yet.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Held {
+    ready: bool,
+    stopping: bool,
+    watchdog: bool,
+    status: Option<String>,
+    /// Datagrams that found the queue full since the last one went out.
+    deferred: u64,
+}
+
+impl Held {
+    fn is_empty(&self) -> bool {
+        !self.ready && !self.stopping && !self.watchdog && self.status.is_none()
+    }
+
+    /// Folds `lines` in: known keys merge, the newest status wins.
+    fn merge(&mut self, lines: &str) {
+        for l in lines.lines() {
+            match l.split_once('=') {
+                Some(("READY", "1")) => self.ready = true,
+                Some(("STOPPING", "1")) => self.stopping = true,
+                Some(("WATCHDOG", "1")) => self.watchdog = true,
+                Some(("STATUS", s)) => self.status = Some(s.to_string()),
+                _ => tracing::debug!(line = l, "not a notification netd sends; dropped"),
+            }
+        }
+    }
+
+    /// The one datagram that carries everything held.
+    fn datagram(&self) -> String {
+        let mut out = Vec::new();
+        if self.ready {
+            out.push("READY=1".to_string());
+        }
+        if self.stopping {
+            out.push("STOPPING=1".to_string());
+        }
+        if let Some(s) = &self.status {
+            out.push(format!("STATUS={s}"));
+        }
+        if self.watchdog {
+            out.push("WATCHDOG=1".to_string());
+        }
+        out.join("\n")
+    }
 }
 
 impl Notifier {
@@ -43,6 +102,7 @@ impl Notifier {
         Notifier {
             target: None,
             watchdog: None,
+            held: RefCell::default(),
         }
     }
 
@@ -75,7 +135,9 @@ impl Notifier {
                     Some(name) => SocketAddr::from_abstract_name(name.as_bytes()).map_err(err)?,
                     None => SocketAddr::from_pathname(value).map_err(err)?,
                 };
-                Some((UnixDatagram::unbound().map_err(err)?, addr))
+                let sock = UnixDatagram::unbound().map_err(err)?;
+                sock.set_nonblocking(true).map_err(err)?;
+                Some((sock, addr))
             }
         };
         let for_us = watchdog_pid
@@ -88,16 +150,78 @@ impl Notifier {
                 _ => return Err(NotifyError::Watchdog(v.to_string())),
             },
         };
-        Ok(Notifier { target, watchdog })
+        Ok(Notifier {
+            target,
+            watchdog,
+            held: RefCell::default(),
+        })
     }
 
-    /// Sends one datagram of `KEY=VALUE` lines. Failures are logged, not
-    /// returned: a supervisor that went away must not take the network down.
+    /// Sends `KEY=VALUE` lines (with anything still held) without waiting.
+    /// A full queue holds them for [`Notifier::flush`]; other failures are
+    /// logged, not returned: a supervisor that went away must not take the
+    /// network down.
     pub fn send(&self, lines: &str) {
-        if let Some((sock, addr)) = &self.target {
-            if let Err(e) = sock.send_to_addr(lines.as_bytes(), addr) {
-                tracing::warn!(error = %e, "sd_notify send failed");
+        if self.target.is_none() {
+            return;
+        }
+        self.held.borrow_mut().merge(lines);
+        self.flush();
+    }
+
+    /// Whether notifications wait for room in the supervisor's queue; the
+    /// loop then calls [`Notifier::flush`] again soon.
+    pub fn has_held(&self) -> bool {
+        !self.held.borrow().is_empty()
+    }
+
+    /// Tries once to send what is held.
+    pub fn flush(&self) {
+        let Some((sock, addr)) = &self.target else {
+            return;
+        };
+        let mut held = self.held.borrow_mut();
+        if held.is_empty() {
+            return;
+        }
+        match sock.send_to_addr(held.datagram().as_bytes(), addr) {
+            Ok(_) => {
+                if held.deferred > 0 {
+                    tracing::info!(
+                        deferred = held.deferred,
+                        "the supervisor reads notifications again; the held ones went out as one"
+                    );
+                }
+                *held = Held::default();
             }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if held.deferred == 0 {
+                    tracing::warn!(
+                        "the supervisor's notify queue is full (it is not reading); \
+                         holding notifications back instead of waiting"
+                    );
+                }
+                held.deferred += 1;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "sd_notify send failed");
+                *held = Held::default();
+            }
+        }
+    }
+
+    /// At exit: tries to send what is held for at most `limit`, so a
+    /// slow supervisor still hears `STOPPING=1`; a stalled one does not
+    /// keep netd from exiting.
+    pub fn flush_before_exit(&self, limit: Duration) {
+        let t = std::time::Instant::now();
+        self.flush();
+        while self.has_held() && t.elapsed() < limit {
+            std::thread::sleep(Duration::from_millis(20));
+            self.flush();
+        }
+        if self.has_held() {
+            tracing::warn!("exiting with notifications the supervisor never took");
         }
     }
 
@@ -157,6 +281,46 @@ mod tests {
         assert_eq!(recv(&listener), "WATCHDOG=1");
         n.status("two\nlines");
         assert_eq!(recv(&listener), "STATUS=two lines");
+    }
+
+    /// The cause of netd's stalls on fresh machines: a supervisor that
+    /// does not read filled the queue, and a blocking send then stopped
+    /// the loop. Now nothing blocks, and nothing that matters is lost.
+    #[test]
+    fn a_supervisor_that_does_not_read_never_blocks_netd() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("notify");
+        let listener = UnixDatagram::bind(&p).unwrap();
+        let n = Notifier::from_parts(p.to_str(), Some("2000000"), None, 1).unwrap();
+        let t = std::time::Instant::now();
+        for i in 0..2000 {
+            n.ping_watchdog();
+            n.status(&format!("status {i}"));
+        }
+        n.ready("bound");
+        n.status("latest");
+        assert!(t.elapsed() < Duration::from_secs(5), "sending blocked");
+        assert!(n.has_held());
+        // The supervisor wakes up and drains its queue.
+        listener.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 512];
+        while listener.recv(&mut b).is_ok() {}
+        n.flush();
+        assert!(!n.has_held());
+        assert_eq!(
+            recv(&listener),
+            "READY=1\nSTATUS=latest\nWATCHDOG=1",
+            "held notifications merge into one datagram"
+        );
+    }
+
+    #[test]
+    fn a_gone_supervisor_drops_what_is_held() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("notify");
+        let n = Notifier::from_parts(p.to_str(), None, None, 1).unwrap();
+        n.ready("nobody listens");
+        assert!(!n.has_held(), "ENOENT is not a full queue");
     }
 
     #[test]

@@ -701,6 +701,70 @@ fn dhcp_ready_renewal_and_clean_stop() {
     );
 }
 
+/// A notify socket whose queue holds one datagram, bound inside `ns`:
+/// `net.unix.max_dgram_qlen` is per network namespace and is read when the
+/// receiving socket is made, so the test does not depend on the host's
+/// value (10 on a fresh machine, 512 once a systemd has run as PID 1 in
+/// the host's network namespace).
+fn tiny_queue_socket(ns: &str, path: &Path) -> UnixDatagram {
+    let (ns, path) = (ns.to_string(), path.to_path_buf());
+    std::thread::spawn(move || {
+        let f = File::open(format!("/run/netns/{ns}")).unwrap();
+        // SAFETY: f is an open netns file; setns affects this thread only.
+        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        // /proc/sys/net is the namespace of the thread that opens it.
+        std::fs::write("/proc/sys/net/unix/max_dgram_qlen", "1").unwrap();
+        UnixDatagram::bind(path).unwrap()
+    })
+    .join()
+    .unwrap()
+}
+
+/// The cause of the stalls seen on fresh machines: a supervisor that does
+/// not read its notify socket. With a blocking send netd stopped at its
+/// first notification past the queue's length: no renewal, no rebinding,
+/// no exit on SIGTERM. Here the queue holds one datagram and nobody reads
+/// it; netd must renew twice and stop promptly, and say why it holds
+/// notifications back.
+#[test]
+fn a_supervisor_that_never_reads_does_not_stall_netd() {
+    if !can_run("a_supervisor_that_never_reads_does_not_stall_netd", true) {
+        return;
+    }
+    let net = Net::new();
+    let sock = tiny_queue_socket(&net.client, &net.path("notify"));
+    let _dnsmasq = net.dnsmasq();
+    let mut netd = net.netd(
+        &format!(
+            "quiet fluxnode.net=dhcp fluxnode.net.iface={}",
+            net.client_if
+        ),
+        &net.path("notify"),
+    );
+    // The lease, then renewals at T1 (5 s): three ACKs in all.
+    wait_for(Duration::from_secs(30), "two renewals", || {
+        read(&net.path("dnsmasq.log")).matches("DHCPACK(").count() >= 3
+    });
+    let st = sigterm_and_wait(&mut netd, Duration::from_secs(5));
+    assert_eq!(st.code(), Some(0), "netd exit status on SIGTERM: {st:?}");
+    wait_for(Duration::from_secs(5), "dnsmasq to log the release", || {
+        read(&net.path("dnsmasq.log")).contains("DHCPRELEASE(")
+    });
+    let log = read(&net.path("netd.log"));
+    assert!(
+        log.contains("holding notifications back"),
+        "netd did not say why notifications wait: {log}"
+    );
+    // What the supervisor finds when it reads at last: the first message.
+    let mut b = [0u8; 1024];
+    sock.set_nonblocking(true).unwrap();
+    let n = sock.recv(&mut b).unwrap();
+    assert!(
+        String::from_utf8_lossy(&b[..n]).contains("STATUS="),
+        "the first notification was lost"
+    );
+}
+
 fn leased_address(addrs: &str) -> Option<Ipv4Addr> {
     addrs
         .split_whitespace()
