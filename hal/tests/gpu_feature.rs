@@ -33,8 +33,8 @@ fn gpu_compute_feature_builds_and_reports_no_cuda_driver() {
         String::from_utf8_lossy(&out.stderr)
     );
     if std::path::Path::new("/proc/driver/nvidia").exists() {
-        eprintln!(
-            "SKIP: this machine has an NVIDIA driver; the no-driver message cannot be shown here"
+        fluxnode_testkit::skip(
+            "this machine has an NVIDIA driver; the no-driver message cannot be shown here",
         );
         return;
     }

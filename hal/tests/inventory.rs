@@ -111,8 +111,8 @@ fn missing_tree_gives_empty_facts_not_errors() {
 #[test]
 fn probe_without_nvidia_driver_reports_it_and_exits_0() {
     if std::path::Path::new("/proc/driver/nvidia").exists() {
-        eprintln!(
-            "SKIP: this machine has an NVIDIA driver; the no-driver path cannot be shown here"
+        fluxnode_testkit::skip(
+            "this machine has an NVIDIA driver; the no-driver path cannot be shown here",
         );
         return;
     }

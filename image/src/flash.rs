@@ -348,7 +348,7 @@ mod tests {
         let c = std::ffi::CString::new(node.as_os_str().as_encoded_bytes()).unwrap();
         // SAFETY: a NUL-terminated path; a block node for 7:0 (nothing is opened).
         if unsafe { libc::mknod(c.as_ptr(), libc::S_IFBLK | 0o600, libc::makedev(7, 0)) } != 0 {
-            eprintln!("skipping check_target_refuses_mounted_and_boot_disks: mknod needs root");
+            fluxnode_testkit::skip("mknod needs root");
             return;
         }
         let img = d.path().join("img");
@@ -399,11 +399,11 @@ mod tests {
             })
             .unwrap_or(false);
         if !root {
-            eprintln!("skipping flashes_a_loop_device: needs root for losetup");
+            fluxnode_testkit::skip("needs root for losetup");
             return;
         }
         let Ok(losetup) = crate::tools::find("losetup") else {
-            eprintln!("skipping flashes_a_loop_device: losetup missing (Debian package mount)");
+            fluxnode_testkit::skip("losetup missing (Debian package mount)");
             return;
         };
         let d = tempfile::tempdir().unwrap();
@@ -415,10 +415,10 @@ mod tests {
             .output()
             .unwrap();
         if !out.status.success() {
-            eprintln!(
-                "skipping flashes_a_loop_device: losetup failed: {}",
+            fluxnode_testkit::skip(format!(
+                "losetup failed: {}",
                 String::from_utf8_lossy(&out.stderr)
-            );
+            ));
             return;
         }
         let dev = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().to_string());

@@ -1,88 +1,47 @@
 //! The kernel command line: `fluxnode.*` keys and a few kernel ones.
 //!
-//! The format is the kernel's: words separated by spaces, `key=value` or a
-//! bare `flag`, double quotes group spaces (`key="a b"`). Later keys win, as
-//! the kernel does for most parameters. The parser never fails: a line the
-//! kernel accepted is ours to read, whatever it holds.
+//! The line is split by `fluxnode_lowlevel::cmdline`, which follows the
+//! kernel's own `next_arg()` rules (double quotes group spaces:
+//! `key="a b"`), so init, netd and every later daemon read the same line
+//! the same way. Later keys win, as the kernel does for most parameters.
+//! The parser never fails: a line the kernel accepted is ours to read,
+//! whatever it holds. This wrapper keeps init's API (`from_file` is empty
+//! when unreadable; `fluxnode_keys`).
 
-use std::collections::BTreeMap;
 use std::path::Path;
+
+use fluxnode_lowlevel::cmdline::Cmdline as Parsed;
 
 /// A parsed command line.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Cmdline {
-    params: BTreeMap<String, Option<String>>,
-}
+pub struct Cmdline(Parsed);
 
 impl Cmdline {
-    /// Parses a command line.
+    /// Parses a command line (one trailing newline, as /proc adds, is dropped).
     pub fn parse(text: &str) -> Self {
-        let mut params = BTreeMap::new();
-        for word in split_words(text) {
-            match word.split_once('=') {
-                Some((k, v)) => params.insert(k.to_string(), Some(v.to_string())),
-                None => params.insert(word, None),
-            };
-        }
-        Cmdline { params }
+        Cmdline(Parsed::parse(text))
     }
 
-    /// Reads and parses `path` (normally `/proc/cmdline`); empty when unreadable.
+    /// Reads and parses `path` (normally `/proc/cmdline`); empty when
+    /// unreadable: before /proc is mounted, init still boots on defaults.
     pub fn from_file(path: &Path) -> Self {
-        std::fs::read_to_string(path)
-            .map(|t| Self::parse(&t))
-            .unwrap_or_default()
+        Cmdline(Parsed::read(path).unwrap_or_default())
     }
 
     /// The value of `key` (`None` when absent or a bare flag).
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.params.get(key).and_then(|v| v.as_deref())
+        self.0.get(key)
     }
 
     /// True when `key` appears, bare or with a value other than 0/no/false/off.
     pub fn flag(&self, key: &str) -> bool {
-        match self.params.get(key) {
-            None => false,
-            Some(None) => true,
-            Some(Some(v)) => !matches!(v.as_str(), "0" | "no" | "false" | "off"),
-        }
+        self.0.flag(key)
     }
 
-    /// Every `fluxnode.*` key with its value, the prefix removed.
+    /// Every `fluxnode.*` key with its value, the prefix removed, sorted.
     pub fn fluxnode_keys(&self) -> impl Iterator<Item = (&str, Option<&str>)> {
-        self.params
-            .iter()
-            .filter_map(|(k, v)| k.strip_prefix("fluxnode.").map(|k| (k, v.as_deref())))
+        self.0.with_prefix("fluxnode.")
     }
-}
-
-fn split_words(text: &str) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut cur = String::new();
-    let mut quoted = false;
-    let mut any = false;
-    for c in text.chars() {
-        match c {
-            '"' => {
-                quoted = !quoted;
-                any = true;
-            }
-            c if c.is_whitespace() && !quoted => {
-                if any {
-                    words.push(std::mem::take(&mut cur));
-                    any = false;
-                }
-            }
-            c => {
-                cur.push(c);
-                any = true;
-            }
-        }
-    }
-    if any {
-        words.push(cur);
-    }
-    words
 }
 
 #[cfg(test)]
@@ -125,5 +84,13 @@ mod tests {
             let _ = Cmdline::parse(t);
         }
         assert_eq!(Cmdline::parse("k=v=w").get("k"), Some("v=w"));
+    }
+
+    #[test]
+    fn an_unreadable_file_is_an_empty_line() {
+        assert_eq!(
+            Cmdline::from_file(Path::new("/nonexistent/cmdline")),
+            Cmdline::default()
+        );
     }
 }

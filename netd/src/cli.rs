@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use fluxnode_lowlevel::json::json_str;
+
 use crate::config::{Config, Mode};
 use crate::daemon::Paths;
 
@@ -111,20 +113,6 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, CliError
     } else {
         Command::Run { paths, verbose }
     })
-}
-
-fn json_str(s: &str) -> String {
-    let mut o = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => o.push_str("\\\""),
-            '\\' => o.push_str("\\\\"),
-            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
-            c => o.push(c),
-        }
-    }
-    o.push('"');
-    o
 }
 
 fn opt_json(s: Option<impl ToString>) -> String {

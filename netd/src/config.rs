@@ -12,6 +12,9 @@
 //! - `fluxnode.net.iface=NAME` picks the interface instead of the first wired one;
 //! - `fluxnode.net.hostname=NAME` is sent to the DHCP server (option 12).
 //!
+//! The line is split as the kernel splits it (quotes group spaces:
+//! `fluxnode.net.hostname="a b"`); when a key repeats, the last one wins.
+//!
 //! File keys (all optional): `mode` ("dhcp" | "static" | "off"), `interface`,
 //! `address` ("ADDR/PREFIX"), `gateway`, `dns` (list), `hostname`,
 //! `release_on_stop` (bool, default true), `request_broadcast` (bool,
@@ -22,6 +25,8 @@
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+
+use fluxnode_lowlevel::cmdline::Cmdline;
 
 /// A configuration problem, with where it came from.
 #[derive(Debug, thiserror::Error)]
@@ -188,12 +193,9 @@ pub fn parse_mode(origin: &str, v: &str) -> Result<Mode, ConfigError> {
     }))
 }
 
-/// The `fluxnode.net*` keys of a kernel command line (later words win).
-fn cmdline_keys(text: &str) -> Vec<(&str, &str)> {
-    text.split_whitespace()
-        .filter_map(|w| w.split_once('='))
-        .filter(|(k, _)| *k == "fluxnode.net" || k.starts_with("fluxnode.net."))
-        .collect()
+/// True for the keys netd owns: `fluxnode.net` and `fluxnode.net.*`.
+fn is_netd_key(k: &str) -> bool {
+    k == "fluxnode.net" || k.starts_with("fluxnode.net.")
 }
 
 fn apply_file(cfg: &mut Config, path: &Path, text: &str) -> Result<(), ConfigError> {
@@ -264,9 +266,18 @@ fn apply_file(cfg: &mut Config, path: &Path, text: &str) -> Result<(), ConfigErr
     Ok(())
 }
 
+/// Applies the `fluxnode.net*` keys. The line is split by the kernel's
+/// rules, shared with init (`fluxnode_lowlevel::cmdline`): a value may be
+/// quoted (`fluxnode.net.hostname="a b"`), and a repeated key's last
+/// value wins.
 fn apply_cmdline(cfg: &mut Config, text: &str) -> Result<(), ConfigError> {
     const ORIGIN: &str = "kernel command line";
-    for (k, v) in cmdline_keys(text) {
+    let cmdline = Cmdline::parse(text);
+    for (k, v) in cmdline.iter().filter(|(k, _)| is_netd_key(k)) {
+        let Some(v) = v else {
+            tracing::warn!(key = k, "kernel command line key without a value; ignored");
+            continue;
+        };
         match k {
             "fluxnode.net" => cfg.mode = parse_mode(ORIGIN, v)?,
             "fluxnode.net.iface" => cfg.interface = Some(v.to_string()).filter(|s| !s.is_empty()),
@@ -300,10 +311,15 @@ pub fn load(config_file: &Path, cmdline_file: &Path) -> Result<Config, ConfigErr
             })
         }
     };
-    let cmdline = std::fs::read_to_string(cmdline_file).unwrap_or_else(|e| {
-        tracing::warn!(path = %cmdline_file.display(), error = %e, "cannot read the kernel command line; using none");
-        String::new()
-    });
+    // Bytes, read lossily: the kernel does not promise UTF-8, and one
+    // stray byte must not cost every key.
+    let cmdline = match std::fs::read(cmdline_file) {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(e) => {
+            tracing::warn!(path = %cmdline_file.display(), error = %e, "cannot read the kernel command line; using none");
+            String::new()
+        }
+    };
     from_texts(file.as_deref().map(|t| (config_file, t)), &cmdline)
 }
 
@@ -374,6 +390,23 @@ mod tests {
             from_texts(Some((p, "mode = \"static\"")), ""),
             Err(ConfigError::Invalid { .. })
         ));
+    }
+
+    #[test]
+    fn command_line_quotes_and_repeats_follow_the_kernel() {
+        let c = from_texts(
+            None,
+            "fluxnode.net.hostname=\"node 1\" fluxnode.net=\"static:10.0.0.2/24\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.hostname.as_deref(), Some("node 1"));
+        assert!(matches!(c.mode, Mode::Static(_)));
+        // The last value wins; an earlier bad one is not looked at.
+        let c = from_texts(None, "fluxnode.net=dchp fluxnode.net=off").unwrap();
+        assert_eq!(c.mode, Mode::Off);
+        // Bare keys and empty values change nothing.
+        let c = from_texts(None, "fluxnode.net fluxnode.net.iface= fluxnode.netx=1").unwrap();
+        assert_eq!(c, Config::default());
     }
 
     #[test]

@@ -4,105 +4,39 @@
 //! netd is one thread with one loop: the DHCP socket, a signalfd for
 //! SIGTERM/SIGINT, and a timeout (the next DHCP timer or watchdog ping).
 //! Blocking the signals and reading them from a descriptor means no signal
-//! handler and no flag races.
+//! handler and no flag races. signalfd and poll themselves come from
+//! `fluxnode-lowlevel`, shared with init; this module stays the one place
+//! netd's other files import them from.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::time::Duration;
 
-/// A signalfd for the signals that stop netd.
+pub use fluxnode_lowlevel::signals::{poll_readable, SignalFd};
+
+/// The signals that stop netd: SIGTERM from init, SIGINT from a
+/// terminal, SIGHUP when the terminal goes.
+pub const STOP_SIGNALS: [i32; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+
+/// A signalfd for the signals that stop netd ([`STOP_SIGNALS`]).
 #[derive(Debug)]
-pub struct Signals {
-    fd: OwnedFd,
-}
+pub struct Signals(SignalFd);
 
 impl Signals {
-    /// Blocks SIGTERM, SIGINT and SIGHUP for this thread and opens a signalfd for them.
-    /// Call before any other thread exists.
+    /// Blocks [`STOP_SIGNALS`] for this thread and opens a signalfd for
+    /// them. Call before any other thread exists.
     pub fn open() -> io::Result<Self> {
-        // SAFETY: sigset_t is plain data, initialised by sigemptyset below.
-        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-        // SAFETY: set is a valid sigset_t; the calls only write to it.
-        unsafe {
-            libc::sigemptyset(&mut set);
-            for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-                libc::sigaddset(&mut set, s);
-            }
-        }
-        // SAFETY: set is valid; a null old mask is allowed.
-        let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-        if rc != 0 {
-            return Err(io::Error::from_raw_os_error(rc));
-        }
-        // SAFETY: set is valid; -1 asks for a new descriptor.
-        let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh descriptor we own.
-        Ok(Signals {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        SignalFd::block(&STOP_SIGNALS).map(Signals)
     }
 
     /// The descriptor to poll.
     pub fn fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+        self.0.fd()
     }
 
     /// The next pending signal number, if any.
     pub fn read(&self) -> io::Result<Option<i32>> {
-        // SAFETY: signalfd_siginfo is plain data.
-        let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
-        let len = std::mem::size_of::<libc::signalfd_siginfo>();
-        // SAFETY: info is valid for len bytes.
-        let n = unsafe {
-            libc::read(
-                self.fd.as_raw_fd(),
-                (&mut info as *mut libc::signalfd_siginfo).cast(),
-                len,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            return if e.kind() == io::ErrorKind::WouldBlock {
-                Ok(None)
-            } else {
-                Err(e)
-            };
-        }
-        Ok((n as usize == len).then_some(info.ssi_signo as i32))
+        self.0.read()
     }
-}
-
-/// Waits until one of `fds` is readable or `timeout` passes (`None` = forever).
-/// Returns which are readable; EINTR counts as a timeout.
-pub fn poll_readable(fds: &[RawFd], timeout: Option<Duration>) -> io::Result<Vec<bool>> {
-    let mut p: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|&fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
-    let ms = match timeout {
-        None => -1,
-        // Round up so a timer is never polled a millisecond early in a loop.
-        Some(t) => i32::try_from(t.as_micros().div_ceil(1000)).unwrap_or(i32::MAX),
-    };
-    // SAFETY: p is a valid array of p.len() pollfds.
-    let n = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, ms) };
-    if n < 0 {
-        let e = io::Error::last_os_error();
-        if e.kind() == io::ErrorKind::Interrupted {
-            return Ok(vec![false; fds.len()]);
-        }
-        return Err(e);
-    }
-    Ok(p.iter()
-        .map(|x| x.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0)
-        .collect())
 }
 
 /// 64 random bits from the kernel (for DHCP transaction ids and jitter);
@@ -218,13 +152,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn poll_times_out_and_sees_readable() {
-        let (a, b) = std::os::unix::net::UnixDatagram::pair().unwrap();
-        let r = poll_readable(&[a.as_raw_fd()], Some(Duration::from_millis(10))).unwrap();
-        assert_eq!(r, vec![false]);
-        b.send(b"x").unwrap();
-        let r = poll_readable(&[a.as_raw_fd()], Some(Duration::from_secs(5))).unwrap();
-        assert_eq!(r, vec![true]);
+    fn random_bits_differ() {
         assert_ne!(random_u64(), random_u64());
     }
 }

@@ -38,19 +38,30 @@ fn have(tool: &str) -> bool {
 fn can_run(test: &str, need_dnsmasq: bool) -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIP {test}: needs root (network namespaces, veth, port 67/68)");
+        fluxnode_testkit::skip_named(test, "needs root (network namespaces, veth, port 67/68)");
         return false;
     }
     if !have("ip") {
-        eprintln!("SKIP {test}: `ip` (iproute2) is missing; `cargo xtask deps` installs it");
+        fluxnode_testkit::skip_named(
+            test,
+            "`ip` (iproute2) is missing; `cargo xtask deps` installs it",
+        );
         return false;
     }
     if need_dnsmasq && !have("dnsmasq") {
-        eprintln!("SKIP {test}: `dnsmasq` (package dnsmasq-base) is missing; `cargo xtask deps` installs it");
+        fluxnode_testkit::skip_named(
+            test,
+            "`dnsmasq` (package dnsmasq-base) is missing; `cargo xtask deps` installs it",
+        );
         return false;
     }
     if let Err(why) = netns_work() {
-        eprintln!("SKIP {test}: cannot create network namespaces here ({why}); a container needs CAP_SYS_ADMIN");
+        fluxnode_testkit::skip_named(
+            test,
+            format!(
+                "cannot create network namespaces here ({why}); a container needs CAP_SYS_ADMIN"
+            ),
+        );
         return false;
     }
     true

@@ -42,7 +42,9 @@ fn main() -> ExitCode {
     }
     println!("\nrunning 1 test");
     let t = Instant::now();
-    // libtest's summary line, which `cargo xtask test` counts; a skip is "ignored".
+    // libtest's summary line, which `cargo xtask test` counts; a skip is a
+    // pass here, like any libtest test that returns early, and is taken off
+    // the passed count through the skip log (fluxnode-testkit).
     let result = |ok: bool, passed: u8, ignored: u8| {
         let (word, failed) = if ok { ("ok", 0) } else { ("FAILED", 1) };
         println!(
@@ -58,8 +60,9 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(Outcome::Skipped(why)) => {
-            println!("SKIP {NAME}: {why}\ntest {NAME} ... ignored");
-            result(true, 0, 1);
+            fluxnode_testkit::skip_named(NAME, &why);
+            println!("test {NAME} ... ok");
+            result(true, 1, 0);
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -263,7 +263,7 @@ pub fn run(rest: &[String]) -> Result<()> {
     let skip_fluxnode = rest.iter().any(|a| a == "--skip-fluxnode");
     let runs: usize = rest
         .iter()
-        .position(|a| a == "--runs")
+        .rposition(|a| a == "--runs")
         .and_then(|i| rest.get(i + 1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(2);
@@ -275,7 +275,7 @@ pub fn run(rest: &[String]) -> Result<()> {
     let work = fixture::target_dir().join("fluxnode-bench");
     let spec = rest
         .iter()
-        .position(|a| a == "--spec")
+        .rposition(|a| a == "--spec")
         .and_then(|i| rest.get(i + 1))
         .map(String::as_str)
         .unwrap_or("default.toml");

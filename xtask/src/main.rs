@@ -67,3 +67,38 @@ fn main() -> std::process::ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every command and subcommand answers `--help` with help, not work.
+    #[test]
+    fn every_subcommand_answers_help() {
+        Cli::command().debug_assert();
+        let paths: &[&[&str]] = &[
+            &[],
+            &["deps"],
+            &["test"],
+            &["demo"],
+            &["fuzz"],
+            &["bench"],
+            &["bench", "init"],
+            &["bench", "boot"],
+            &["bench", "hal"],
+        ];
+        for path in paths {
+            let mut argv = vec!["xtask"];
+            argv.extend_from_slice(path);
+            argv.push("--help");
+            let err = Cli::try_parse_from(&argv).expect_err("--help must not run anything");
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::DisplayHelp,
+                "{argv:?}: {err}"
+            );
+        }
+    }
+}

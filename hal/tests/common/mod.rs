@@ -34,7 +34,9 @@ pub fn ensure_tool(prog: &str, pkg: &str) -> bool {
     if which(prog).is_some() {
         return true;
     }
-    eprintln!("SKIP: {prog} is missing and could not be installed (apt-get install {pkg} as root)");
+    fluxnode_testkit::skip(format!(
+        "{prog} is missing and could not be installed (apt-get install {pkg} as root)"
+    ));
     false
 }
 

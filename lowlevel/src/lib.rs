@@ -1,0 +1,30 @@
+//! # fluxnode-lowlevel
+//!
+//! The small pieces of plumbing that every fluxnode daemon needs and that
+//! must behave the same in all of them: init (PID 1), netd, and the node
+//! and update daemons to come.
+//!
+//! - [`cmdline`]: the kernel command line, split exactly as the kernel's
+//!   own `next_arg()` splits it, so a quoted `key="a b"` means the same
+//!   thing to every reader;
+//! - [`signals`]: a signalfd for a blocked set of signals, and `poll(2)`
+//!   over raw descriptors — the core of a one-thread event loop with no
+//!   signal handlers;
+//! - [`log`]: a `tracing` subscriber that writes one line per event, for
+//!   a console or for init to capture;
+//! - [`json`]: JSON string escaping for the few hand-written JSON outputs
+//!   (a JSON library is not worth its code size in PID 1).
+//!
+//! Why one crate and not copies: the copies drifted. init honoured double
+//! quotes on the command line and netd split on whitespace, so
+//! `fluxnode.net.hostname="a b"` meant two different things on one boot.
+//!
+//! The crate depends only on what PID 1 already links (libc,
+//! tracing-core, thiserror): init's resident memory tracks the code it
+//! maps, and it is within a few hundred KiB of its 2 MiB goal.
+#![deny(missing_docs)]
+
+pub mod cmdline;
+pub mod json;
+pub mod log;
+pub mod signals;
