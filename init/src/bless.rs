@@ -76,6 +76,44 @@ pub fn bless_current_boot() -> Result<Option<String>, BlessError> {
     bless_with(&BlessPaths::default())
 }
 
+/// The hidden argument that makes `fluxnode-init` the blessing child.
+pub const CHILD_ARG: &str = "__bless";
+
+/// Starts the blessing child, init's own binary with [`CHILD_ARG`], and
+/// returns its pid. The supervisor's loop goes on meanwhile (a vfat mount,
+/// maybe a module load, fsyncs and an unmount take their time) and its
+/// reaper collects the child like any other. A fresh exec rather than a
+/// bare fork: init has threads (the power-button watcher), and the forked
+/// copy of a threaded process may only make async-signal-safe calls, while
+/// blessing allocates, mounts and loads modules.
+pub fn spawn_child() -> std::io::Result<i32> {
+    let child = std::process::Command::new("/proc/self/exe")
+        .arg(CHILD_ARG)
+        .stdin(std::process::Stdio::null())
+        .spawn()?;
+    // Dropping the handle neither waits nor kills: init's reaper does.
+    Ok(child.id() as i32)
+}
+
+/// The blessing child's work; its exit code (0: blessed or nothing to
+/// bless, 1: failed). It logs the outcome itself, to init's console.
+pub fn child_main() -> i32 {
+    match bless_current_boot() {
+        Ok(Some(path)) => {
+            tracing::info!("boot blessed: {path}");
+            0
+        }
+        Ok(None) => {
+            tracing::info!("nothing to bless: this boot entry has no counter");
+            0
+        }
+        Err(e) => {
+            tracing::error!("blessing the boot failed: {e}");
+            1
+        }
+    }
+}
+
 /// Decodes an efivarfs file: 4 bytes of attributes, then UTF-16LE, NUL-terminated.
 pub fn decode_efi_string(raw: &[u8]) -> Option<String> {
     let body = raw.get(4..)?;

@@ -251,6 +251,9 @@ pub struct InitConfig {
     pub hardware_watchdog_s: u32,
     /// Lines kept per service.
     pub log_lines: usize,
+    /// Bytes kept per service (the ring holds at most `log_lines` lines and
+    /// at most this many bytes, whatever the service prints).
+    pub log_bytes: usize,
     /// The service directory (the command line's `fluxnode.services=` wins).
     pub services_dir: PathBuf,
 }
@@ -273,6 +276,7 @@ impl Default for InitConfig {
             boot_complete_grace_ms: 2000,
             hardware_watchdog_s: 30,
             log_lines: 200,
+            log_bytes: 16 * 1024,
             services_dir: PathBuf::from("/etc/fluxnode/services.d"),
         }
     }

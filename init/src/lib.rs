@@ -15,6 +15,7 @@
 #![deny(missing_docs)]
 
 pub mod bless;
+pub mod boot;
 pub mod cgroup;
 pub mod cmdline;
 pub mod config;
@@ -23,6 +24,7 @@ pub mod graph;
 pub mod log;
 pub mod mounts;
 pub mod notify;
+pub mod output;
 pub mod powerbutton;
 pub mod service;
 pub mod shutdown;
@@ -68,6 +70,11 @@ pub fn main_entry() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("ctl") {
         std::process::exit(control::ctl_main(&args[1..]));
+    }
+    if args.first().map(String::as_str) == Some(bless::CHILD_ARG) {
+        // The child the supervisor starts to mark the boot good.
+        log::init(false);
+        std::process::exit(bless::child_main());
     }
     if args.first().map(String::as_str) == Some("notify") {
         std::process::exit(notify::notify_main(&args[1..]));

@@ -1,5 +1,11 @@
 //! One supervised service: its state machine and its captured output.
 //!
+//! Every transition of a service is a method here, free of I/O: the
+//! supervisor feeds in what happened (an exit, a timer, a notification, a
+//! request) and the time, and acts on what comes back (send a signal, log,
+//! escalate). So the restart policy, the backoff and the start limit are
+//! unit-tested below without processes or a namespace.
+//!
 //! ```text
 //!  Waiting ──deps ready──▶ Running{ready:false} ──READY=1──▶ Running{ready:true}
 //!     ▲                        │ exit                            │ exit
@@ -10,9 +16,10 @@
 //! ```
 
 use std::collections::VecDeque;
-use std::os::fd::OwnedFd;
 
-use crate::config::{Backoff, ServiceSpec, ServiceType};
+use crate::config::{Backoff, Restart, ServiceSpec, ServiceType};
+use crate::notify::Notification;
+use crate::output::{LogRing, OutputPipe};
 use crate::sys::ExitStatus;
 
 /// What happens when a stopping service has exited.
@@ -104,8 +111,8 @@ pub struct Service {
     /// orphaned descendants still write to (kept until EOF, so their last
     /// words are logged and they do not die of SIGPIPE).
     pub outputs: Vec<OutputPipe>,
-    /// The ring buffer of output lines.
-    pub log: VecDeque<String>,
+    /// The last lines it printed, bounded in lines and bytes.
+    pub log: LogRing,
     /// The cgroup.procs path it joins.
     pub cgroup_procs: Option<std::path::PathBuf>,
     /// Where its current process reports a failure before exec
@@ -113,23 +120,63 @@ pub struct Service {
     pub exec_report: Option<std::os::fd::OwnedFd>,
 }
 
-/// The read end of a service's stdout+stderr pipe.
-#[derive(Debug)]
-pub struct OutputPipe {
-    /// Non-blocking read end.
-    pub fd: OwnedFd,
-    /// Bytes of an unfinished line.
-    pub partial: Vec<u8>,
-}
-
 /// A run this long resets the backoff: the service was healthy.
 pub const STABLE_RUN_MS: u64 = 10_000;
-/// The longest line kept whole; longer output is split.
-pub const MAX_LINE: usize = 4096;
+
+/// What became of a service whose process ended ([`Service::exited`]),
+/// for the supervisor to log and act on. The state is already updated.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExitOutcome {
+    /// It was being stopped; it is now stopped (or waiting, on a restart).
+    Stopped,
+    /// A oneshot finished with status 0.
+    Finished,
+    /// Ended and stays ended by policy (`why` says how it ended).
+    Exited(String),
+    /// Restarts after `delay_ms`. `failure` is the consecutive failure
+    /// count when the run failed; `None` for a clean exit under
+    /// `restart = "always"`, which does not grow the backoff.
+    Restarting {
+        /// How the run ended.
+        why: String,
+        /// The delay before the next start.
+        delay_ms: u64,
+        /// The failure count, for failures.
+        failure: Option<u32>,
+    },
+    /// Failed for good (no restart by policy, or shutting down): the
+    /// supervisor marks it failed and escalates if it is required.
+    GiveUp(String),
+    /// Not running: nothing to do (an exit already accounted for).
+    NotRunning,
+}
+
+/// What a timer did to a service ([`Service::on_timer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimerAction {
+    /// The backoff is over: it waits for its dependencies again.
+    BackoffOver,
+    /// It did not stop in time: SIGKILL its group.
+    KillAfterStopTimeout(i32),
+    /// It missed its software watchdog: SIGKILL its group.
+    WatchdogMissed(i32),
+}
+
+/// The restart decision for a run that ended, with no I/O.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunEnd {
+    /// How it ended.
+    pub status: ExitStatus,
+    /// It never reached its program (a failure before exec).
+    pub not_started: bool,
+    /// init is shutting down: nothing restarts.
+    pub shutting_down: bool,
+}
 
 impl Service {
-    /// A new, waiting service.
-    pub fn new(spec: ServiceSpec) -> Self {
+    /// A new, waiting service keeping `log_lines` lines and `log_bytes`
+    /// bytes of output.
+    pub fn new(spec: ServiceSpec, log_lines: usize, log_bytes: usize) -> Self {
         Service {
             spec,
             state: State::Waiting,
@@ -140,7 +187,7 @@ impl Service {
             watchdog_deadline: None,
             watchdog_fired: false,
             outputs: Vec::new(),
-            log: VecDeque::new(),
+            log: LogRing::new(log_lines, log_bytes),
             cgroup_procs: None,
             exec_report: None,
         }
@@ -165,6 +212,14 @@ impl Service {
             )
     }
 
+    /// Still on its way up: counts against "all services ready".
+    pub fn is_pending(&self) -> bool {
+        matches!(
+            self.state,
+            State::Waiting | State::Backoff { .. } | State::Running { ready: false, .. }
+        )
+    }
+
     /// Has a process.
     pub fn pid(&self) -> Option<i32> {
         match self.state {
@@ -178,16 +233,9 @@ impl Service {
         self.spec.cfg.kind == ServiceType::Simple
     }
 
-    /// Keeps a line in the ring buffer (`cap` lines at most).
-    pub fn keep_line(&mut self, line: String, cap: usize) {
-        if self.log.len() >= cap.max(1) {
-            self.log.pop_front();
-        }
-        self.log.push_back(line);
-    }
-
     /// Drops start times older than the start-limit interval; true when one
-    /// more start would exceed the limit.
+    /// more start would exceed the limit. Every start counts, whatever the
+    /// previous run's exit status, as with systemd's StartLimitBurst.
     pub fn start_limit_hit(&mut self, now_ms: u64) -> bool {
         let window = self.spec.cfg.start_limit.interval_s * 1000;
         while self
@@ -199,6 +247,280 @@ impl Service {
         }
         self.starts.len() >= self.spec.cfg.start_limit.burst as usize
     }
+
+    /// Its process `pid` was created at `now`.
+    pub fn spawned(&mut self, now: u64, pid: i32) {
+        self.starts.push_back(now);
+        self.watchdog_fired = false;
+        self.watchdog_deadline =
+            (self.spec.cfg.watchdog_ms > 0).then(|| now + self.spec.cfg.watchdog_ms);
+        self.state = State::Running {
+            pid,
+            ready: self.ready_on_spawn(),
+            since_ms: now,
+        };
+    }
+
+    /// Its process could not be created: a failed start (it counts toward
+    /// the start limit, and restarts per policy like a failed run).
+    pub fn spawn_failed(
+        &mut self,
+        now: u64,
+        why: String,
+        shutting_down: bool,
+        rand01: f64,
+    ) -> ExitOutcome {
+        self.starts.push_back(now);
+        self.after_failure(now, why, shutting_down, rand01)
+    }
+
+    /// Its process ended at `now`: the next state by its restart policy.
+    /// `why` overrides the description of the end (a failure before exec).
+    pub fn exited(
+        &mut self,
+        now: u64,
+        end: RunEnd,
+        why: Option<String>,
+        rand01: f64,
+    ) -> ExitOutcome {
+        self.watchdog_deadline = None;
+        match self.state.clone() {
+            State::Stopping { then, .. } => {
+                self.state = if then == AfterStop::Restart && !end.shutting_down {
+                    State::Waiting
+                } else {
+                    State::Stopped
+                };
+                ExitOutcome::Stopped
+            }
+            State::Running { since_ms, .. } => {
+                if now.saturating_sub(since_ms) >= STABLE_RUN_MS {
+                    self.failures = 0;
+                }
+                let failed = !end.status.success() || self.watchdog_fired || end.not_started;
+                let why = why.unwrap_or_else(|| {
+                    if self.watchdog_fired {
+                        format!("missed its watchdog ({})", end.status)
+                    } else {
+                        format!("exited ({})", end.status)
+                    }
+                });
+                if failed {
+                    return self.after_failure(now, why, end.shutting_down, rand01);
+                }
+                if self.spec.cfg.kind == ServiceType::Oneshot {
+                    self.state = State::Done;
+                    return ExitOutcome::Finished;
+                }
+                if self.spec.cfg.restart == Restart::Always && !end.shutting_down {
+                    // A clean exit is not a failure: restart after the base
+                    // delay (systemd's RestartSec), the backoff unchanged.
+                    let delay_ms = self.spec.cfg.backoff.initial_ms;
+                    self.restarts += 1;
+                    self.state = State::Backoff {
+                        until_ms: now + delay_ms,
+                    };
+                    return ExitOutcome::Restarting {
+                        why,
+                        delay_ms,
+                        failure: None,
+                    };
+                }
+                self.state = State::Exited(end.status);
+                ExitOutcome::Exited(why)
+            }
+            _ => ExitOutcome::NotRunning,
+        }
+    }
+
+    /// A failed run or start: restart after the backoff, or give up.
+    fn after_failure(
+        &mut self,
+        now: u64,
+        why: String,
+        shutting_down: bool,
+        rand01: f64,
+    ) -> ExitOutcome {
+        if self.spec.cfg.restart == Restart::Never || shutting_down {
+            return ExitOutcome::GiveUp(why);
+        }
+        self.failures += 1;
+        let delay_ms = backoff_delay_ms(&self.spec.cfg.backoff, self.failures, rand01);
+        self.restarts += 1;
+        self.state = State::Backoff {
+            until_ms: now + delay_ms,
+        };
+        ExitOutcome::Restarting {
+            why,
+            delay_ms,
+            failure: Some(self.failures),
+        }
+    }
+
+    /// Marks it failed for good.
+    pub fn fail(&mut self, why: String) {
+        self.state = State::Failed(why);
+        self.watchdog_deadline = None;
+    }
+
+    /// Asks it to stop at `now`: the pid to signal, if it runs. A service
+    /// not running stays stopped, or waits to start again on a restart.
+    pub fn stop(&mut self, now: u64, then: AfterStop) -> Option<i32> {
+        match self.state {
+            State::Running { pid, .. } => {
+                self.state = State::Stopping {
+                    pid,
+                    deadline_ms: now + self.spec.cfg.stop.timeout_ms,
+                    killed: false,
+                    then,
+                };
+                Some(pid)
+            }
+            State::Stopping { .. } => None,
+            _ => {
+                self.state = if then == AfterStop::Restart {
+                    State::Waiting
+                } else {
+                    State::Stopped
+                };
+                None
+            }
+        }
+    }
+
+    /// Shutdown has begun: what has not started never will.
+    pub fn cancel_pending_start(&mut self) {
+        if matches!(self.state, State::Waiting | State::Backoff { .. }) {
+            self.state = State::Stopped;
+        }
+    }
+
+    /// An operator's start or restart of a service without a process is a
+    /// fresh start: a failed service gets its start limit and backoff back.
+    pub fn operator_start(&mut self) {
+        self.state = State::Waiting;
+        self.starts.clear();
+        self.failures = 0;
+    }
+
+    /// The timers that are due at `now`, applied.
+    pub fn on_timer(&mut self, now: u64) -> Option<TimerAction> {
+        match self.state {
+            State::Backoff { until_ms } if now >= until_ms => {
+                self.state = State::Waiting;
+                Some(TimerAction::BackoffOver)
+            }
+            State::Stopping {
+                pid,
+                deadline_ms,
+                killed: false,
+                then,
+            } if now >= deadline_ms => {
+                self.state = State::Stopping {
+                    pid,
+                    deadline_ms,
+                    killed: true,
+                    then,
+                };
+                Some(TimerAction::KillAfterStopTimeout(pid))
+            }
+            State::Running { pid, .. } => match self.watchdog_deadline {
+                Some(w) if now >= w && !self.watchdog_fired => {
+                    self.watchdog_fired = true;
+                    self.watchdog_deadline = None;
+                    Some(TimerAction::WatchdogMissed(pid))
+                }
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// Its next timer, if any.
+    pub fn next_deadline(&self) -> Option<u64> {
+        match self.state {
+            State::Backoff { until_ms } => Some(until_ms),
+            State::Stopping {
+                deadline_ms,
+                killed: false,
+                ..
+            } => Some(deadline_ms),
+            State::Running { .. } => self.watchdog_deadline,
+            _ => None,
+        }
+    }
+
+    /// An sd_notify message arrived at `now`; true when it changed
+    /// readiness (for the log).
+    pub fn notified(&mut self, n: &Notification, now: u64) -> bool {
+        match n {
+            Notification::Ready => {
+                if let State::Running { ready, .. } = &mut self.state {
+                    if !*ready {
+                        *ready = true;
+                        return true;
+                    }
+                }
+            }
+            Notification::Status(t) => self.status_text.clone_from(t),
+            Notification::Watchdog => {
+                if self.spec.cfg.watchdog_ms > 0 {
+                    self.watchdog_deadline = Some(now + self.spec.cfg.watchdog_ms);
+                }
+            }
+            Notification::WatchdogTrigger => self.watchdog_deadline = Some(now),
+            Notification::Stopping | Notification::Reloading => {}
+        }
+        false
+    }
+}
+
+/// Whether service `i` may start, from its dependencies and /var.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deps {
+    /// Not yet.
+    Wait,
+    /// Now.
+    Go,
+    /// A required dependency failed or is missing: it never will.
+    Broken(String),
+}
+
+/// [`Deps`] of `services[i]`; `index` maps names to positions.
+pub fn deps_state(
+    services: &[Service],
+    index: &std::collections::BTreeMap<String, usize>,
+    i: usize,
+    var_ready: bool,
+) -> Deps {
+    let Some(cfg) = services.get(i).map(|s| &s.spec.cfg) else {
+        return Deps::Wait;
+    };
+    if !cfg.early && !var_ready {
+        return Deps::Wait;
+    }
+    for d in &cfg.requires {
+        let Some(dep) = index.get(d).and_then(|&j| services.get(j)) else {
+            return Deps::Broken(d.clone());
+        };
+        if matches!(
+            dep.state,
+            State::Failed(_) | State::Exited(_) | State::Stopped
+        ) {
+            return Deps::Broken(d.clone());
+        }
+        if !dep.is_ready() {
+            return Deps::Wait;
+        }
+    }
+    for d in &cfg.after {
+        if let Some(dep) = index.get(d).and_then(|&j| services.get(j)) {
+            if !dep.is_settled() {
+                return Deps::Wait;
+            }
+        }
+    }
+    Deps::Go
 }
 
 /// The delay before restart number `failures` (1-based), with jitter from `rand01`.
@@ -238,7 +560,199 @@ impl Default for Jitter {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
+    use std::path::Path;
+
+    fn svc(extra: &str) -> Service {
+        let spec = crate::config::parse_service(
+            "svc",
+            Path::new("/etc/svc.toml"),
+            &format!("argv = [\"/bin/true\"]\n{extra}\n[backoff]\ninitial_ms = 100\nfactor = 2.0\njitter = 0.0\nmax_ms = 10000\n"),
+            Path::new("/"),
+        )
+        .unwrap();
+        Service::new(spec, 10, 1024)
+    }
+
+    const CLEAN: RunEnd = RunEnd {
+        status: ExitStatus::Code(0),
+        not_started: false,
+        shutting_down: false,
+    };
+    const CRASH: RunEnd = RunEnd {
+        status: ExitStatus::Code(3),
+        ..CLEAN
+    };
+
+    /// Runs `s` from `t` for `ms` and ends it with `end`.
+    fn run(s: &mut Service, t: u64, ms: u64, end: RunEnd) -> ExitOutcome {
+        s.spawned(t, 42);
+        s.exited(t + ms, end, None, 0.5)
+    }
+
+    #[test]
+    fn a_clean_exit_under_always_restarts_without_growing_the_backoff() {
+        let mut s = svc("restart = \"always\"");
+        for k in 0..4u64 {
+            let t = k * 1000;
+            let out = run(&mut s, t, 10, CLEAN);
+            assert_eq!(
+                out,
+                ExitOutcome::Restarting {
+                    why: "exited (exit status 0)".into(),
+                    delay_ms: 100,
+                    failure: None
+                }
+            );
+            assert_eq!(s.state, State::Backoff { until_ms: t + 110 });
+            assert_eq!(s.failures, 0);
+        }
+        assert_eq!(s.restarts, 4);
+        // A crash after clean exits starts the backoff at its beginning.
+        let out = run(&mut s, 9000, 10, CRASH);
+        assert!(
+            matches!(
+                out,
+                ExitOutcome::Restarting {
+                    delay_ms: 100,
+                    failure: Some(1),
+                    ..
+                }
+            ),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn crashes_grow_the_backoff_and_a_stable_run_resets_it() {
+        let mut s = svc("restart = \"on-failure\"");
+        let delays: Vec<u64> = (0..4)
+            .map(|k| match run(&mut s, k * 1000, 10, CRASH) {
+                ExitOutcome::Restarting { delay_ms, .. } => delay_ms,
+                o => panic!("{o:?}"),
+            })
+            .collect();
+        assert_eq!(delays, [100, 200, 400, 800]);
+        let out = run(&mut s, 10_000, STABLE_RUN_MS, CRASH);
+        assert!(
+            matches!(
+                out,
+                ExitOutcome::Restarting {
+                    delay_ms: 100,
+                    failure: Some(1),
+                    ..
+                }
+            ),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn every_start_counts_toward_the_start_limit_as_with_systemd() {
+        // systemd's StartLimitBurst counts starts, clean exit or not.
+        let mut s = svc("restart = \"always\"\n[start_limit]\nburst = 3\ninterval_s = 10");
+        for k in 0..3 {
+            assert!(!s.start_limit_hit(k * 200));
+            run(&mut s, k * 200, 10, CLEAN);
+        }
+        assert!(s.start_limit_hit(600));
+        // Outside the interval the old starts no longer count.
+        assert!(!s.start_limit_hit(10_100));
+    }
+
+    #[test]
+    fn policies_without_restart() {
+        let mut s = svc("restart = \"on-failure\"");
+        assert_eq!(
+            run(&mut s, 0, 5, CLEAN),
+            ExitOutcome::Exited("exited (exit status 0)".into())
+        );
+        assert_eq!(s.state, State::Exited(ExitStatus::Code(0)));
+        let mut s = svc("restart = \"never\"");
+        assert_eq!(
+            run(&mut s, 0, 5, CRASH),
+            ExitOutcome::GiveUp("exited (exit status 3)".into())
+        );
+        let mut s = svc("type = \"oneshot\"\nrestart = \"always\"");
+        assert_eq!(run(&mut s, 0, 5, CLEAN), ExitOutcome::Finished);
+        assert!(s.is_ready());
+        // Nothing restarts during shutdown.
+        let mut s = svc("restart = \"always\"");
+        let end = RunEnd {
+            shutting_down: true,
+            ..CLEAN
+        };
+        assert!(matches!(run(&mut s, 0, 5, end), ExitOutcome::Exited(_)));
+        let end = RunEnd {
+            shutting_down: true,
+            ..CRASH
+        };
+        assert!(matches!(run(&mut s, 0, 5, end), ExitOutcome::GiveUp(_)));
+        // A failure before exec is a failure whatever the code.
+        let mut s = svc("restart = \"on-failure\"");
+        s.spawned(0, 7);
+        let end = RunEnd {
+            not_started: true,
+            ..CLEAN
+        };
+        let out = s.exited(1, end, Some("cannot start /bin/true: x".into()), 0.5);
+        assert!(
+            matches!(out, ExitOutcome::Restarting { ref why, .. } if why == "cannot start /bin/true: x"),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn stop_timeout_and_watchdog_timers() {
+        let mut s = svc("watchdog_ms = 300\n[stop]\ntimeout_ms = 500");
+        s.spawned(0, 9);
+        assert_eq!(s.next_deadline(), Some(300));
+        assert_eq!(s.on_timer(299), None);
+        s.notified(&Notification::Watchdog, 200);
+        assert_eq!(s.on_timer(300), None);
+        assert_eq!(s.on_timer(500), Some(TimerAction::WatchdogMissed(9)));
+        assert_eq!(s.on_timer(600), None, "fires once");
+        let out = s.exited(
+            600,
+            RunEnd {
+                status: ExitStatus::Signal(9),
+                ..CLEAN
+            },
+            None,
+            0.5,
+        );
+        assert!(
+            matches!(out, ExitOutcome::Restarting { ref why, .. } if why.starts_with("missed its watchdog")),
+            "{out:?}"
+        );
+        assert_eq!(s.on_timer(10_000), Some(TimerAction::BackoffOver));
+        assert_eq!(s.state, State::Waiting);
+        s.spawned(20_000, 10);
+        assert_eq!(s.stop(20_000, AfterStop::Restart), Some(10));
+        assert_eq!(s.on_timer(20_499), None);
+        assert_eq!(
+            s.on_timer(20_500),
+            Some(TimerAction::KillAfterStopTimeout(10))
+        );
+        assert_eq!(s.on_timer(20_600), None);
+        assert_eq!(s.exited(20_700, CRASH, None, 0.5), ExitOutcome::Stopped);
+        assert_eq!(
+            s.state,
+            State::Waiting,
+            "restarted by request, not by policy"
+        );
+    }
+
+    #[test]
+    fn readiness_by_notification() {
+        let mut s = svc("type = \"notify\"");
+        s.spawned(0, 5);
+        assert!(s.is_pending() && !s.is_ready());
+        assert!(s.notified(&Notification::Ready, 1));
+        assert!(!s.notified(&Notification::Ready, 2));
+        assert!(s.is_ready() && !s.is_pending());
+    }
 
     #[test]
     fn backoff_grows_and_caps() {

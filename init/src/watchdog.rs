@@ -62,3 +62,116 @@ impl HardwareWatchdog {
         let _ = self.file.write_all(b"V");
     }
 }
+
+/// How long to look for a late watchdog device, and how often.
+pub const SEARCH_MS: u64 = 60_000;
+/// How often to look.
+pub const SEARCH_STEP_MS: u64 = 2_000;
+
+/// The hardware watchdog through the life of stage 2.
+#[derive(Debug)]
+pub enum Feeder {
+    /// None to feed: not a machine, switched off, or none was found.
+    Off,
+    /// Not found yet: its driver may be a module that a service loads after
+    /// init has started. Looked for every [`SEARCH_STEP_MS`] until `until_ms`.
+    Searching {
+        /// The device path.
+        dev: std::path::PathBuf,
+        /// The timeout to set once found.
+        timeout_s: u32,
+        /// When to give up.
+        until_ms: u64,
+        /// When to look next.
+        next_ms: u64,
+    },
+    /// Open and armed.
+    Armed {
+        /// The device.
+        wd: HardwareWatchdog,
+        /// When to feed it next.
+        next_feed_ms: u64,
+    },
+}
+
+impl Feeder {
+    /// Opens `dev` (or starts looking for it); `Off` for `timeout_s` 0.
+    pub fn start(dev: &Path, timeout_s: u32, now: u64) -> Feeder {
+        if timeout_s == 0 {
+            return Feeder::Off;
+        }
+        match HardwareWatchdog::open(dev, timeout_s) {
+            Some(wd) => Feeder::Armed {
+                wd,
+                next_feed_ms: now,
+            },
+            None => Feeder::Searching {
+                dev: dev.to_path_buf(),
+                timeout_s,
+                until_ms: now + SEARCH_MS,
+                next_ms: now + SEARCH_STEP_MS,
+            },
+        }
+    }
+
+    /// When it next needs the loop.
+    pub fn next_deadline(&self) -> Option<u64> {
+        match self {
+            Feeder::Off => None,
+            Feeder::Searching { next_ms, .. } => Some(*next_ms),
+            Feeder::Armed { next_feed_ms, .. } => Some(*next_feed_ms),
+        }
+    }
+
+    /// Feeds it, or looks for it, when due.
+    pub fn tick(&mut self, now: u64) {
+        match self {
+            Feeder::Off => {}
+            Feeder::Searching {
+                dev,
+                timeout_s,
+                until_ms,
+                next_ms,
+            } => {
+                if now < *next_ms {
+                    return;
+                }
+                if let Some(wd) = HardwareWatchdog::open(dev, *timeout_s) {
+                    wd.feed();
+                    let next_feed_ms = now + wd.feed_interval_ms();
+                    *self = Feeder::Armed { wd, next_feed_ms };
+                } else if now >= *until_ms {
+                    tracing::info!(
+                        "no hardware watchdog at {}: running without one",
+                        dev.display()
+                    );
+                    *self = Feeder::Off;
+                } else {
+                    *next_ms = now + SEARCH_STEP_MS;
+                }
+            }
+            Feeder::Armed { wd, next_feed_ms } => {
+                if now >= *next_feed_ms {
+                    wd.feed();
+                    *next_feed_ms = now + wd.feed_interval_ms();
+                }
+            }
+        }
+    }
+
+    /// After a caught panic: feed at the next healthy turn. Not here: a
+    /// loop that panics every turn should let the watchdog reset the
+    /// machine, and boot counting fall back.
+    pub fn rearm(&mut self, now: u64) {
+        if let Feeder::Armed { next_feed_ms, .. } = self {
+            *next_feed_ms = (*next_feed_ms).min(now);
+        }
+    }
+
+    /// Disarms it with the magic close (a clean shutdown).
+    pub fn disarm(self) {
+        if let Feeder::Armed { wd, .. } = self {
+            wd.disarm();
+        }
+    }
+}

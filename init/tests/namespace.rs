@@ -318,7 +318,7 @@ fn sigterm_stops_in_reverse_order_and_kills_stragglers() {
 }
 
 #[test]
-fn cgroup_limits_written_or_reason_printed() {
+fn cgroup_limits_are_written() {
     need_namespaces!();
     let ns = Ns::start(
         "cgroup",
@@ -352,10 +352,14 @@ fn cgroup_limits_written_or_reason_printed() {
             .lines()
             .find(|l| l.contains(&refused) && l.contains("not applied"))
         {
-            // The kernel holds this controller elsewhere; init said why.
+            // The kernel holds this controller elsewhere (a v1 or hybrid
+            // host); init said why. Nothing is asserted about the limit,
+            // so the test counts as skipped, not passed.
             assert!(l.contains("controller"), "{l}");
-            eprintln!("SKIPPED {file}: the kernel refuses it here; init printed: {l}");
-            continue;
+            fluxnode_testkit::skip(format!(
+                "{file}: the host's cgroup controller is not ours to use; init printed: {l}"
+            ));
+            return;
         }
         let rel = cg.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
         let path = format!("/proc/{init}/root/sys/fs/cgroup{rel}/{file}");
@@ -503,4 +507,376 @@ fn a_failed_var_child_means_reboot_and_its_dependents_never_start() {
         "a service that needs /var ran:\n{log}"
     );
     assert!(!log.contains("all services ready"), "{log}");
+}
+
+// ---- PID 1 under abuse (issue 10, section 2) ------------------------------
+
+/// Runs `ctl status` and returns how long the answer took.
+fn timed_status(ns: &Ns) -> Duration {
+    let t = std::time::Instant::now();
+    let (code, out) = ns.ctl(&["status"]);
+    let took = t.elapsed();
+    assert_eq!(code, 0, "{out}\n{}", ns.log());
+    assert!(out.contains("web "), "{out}");
+    took
+}
+
+/// Reads a control connection to EOF (within `secs`); what it got and when.
+fn read_to_eof(c: &mut std::os::unix::net::UnixStream, secs: u64) -> (String, std::time::Instant) {
+    use std::io::Read;
+    c.set_read_timeout(Some(Duration::from_secs(secs))).unwrap();
+    let mut out = Vec::new();
+    let _ = c.read_to_end(&mut out);
+    (
+        String::from_utf8_lossy(&out).into_owned(),
+        std::time::Instant::now(),
+    )
+}
+
+#[test]
+fn silent_clients_do_not_stall_pid1() {
+    need_namespaces!();
+    let ns = Ns::start("silent", &[("web", sh("exec sleep 60", ""))], "");
+    ns.wait_for("all services ready", 20);
+    // 50 connections that never say a word (issue 10: before, `ctl status`
+    // got no answer within 3 s behind them).
+    let mut idle: Vec<std::os::unix::net::UnixStream> = (0..50)
+        .map(|_| std::os::unix::net::UnixStream::connect(ns.control_socket()).unwrap())
+        .collect();
+    let opened = std::time::Instant::now();
+    for _ in 0..3 {
+        let took = timed_status(&ns);
+        assert!(
+            took < Duration::from_secs(2),
+            "ctl status took {took:?} behind 50 idle clients:\n{}",
+            ns.log()
+        );
+    }
+    // None of them is held for long: each is closed at the bound or at its
+    // deadline (1 s after accept), never left open.
+    for c in &mut idle {
+        let (out, at) = read_to_eof(c, 10);
+        assert!(
+            at.duration_since(opened) < Duration::from_secs(5),
+            "an idle client was held {:?}",
+            at.duration_since(opened)
+        );
+        assert!(
+            out.is_empty() || out.starts_with("error: no complete request"),
+            "{out}"
+        );
+    }
+}
+
+#[test]
+fn a_slow_drip_client_is_dropped_at_its_deadline_and_others_are_served() {
+    need_namespaces!();
+    let ns = Ns::start("drip", &[("web", sh("exec sleep 60", ""))], "");
+    ns.wait_for("all services ready", 20);
+    let mut drip = std::os::unix::net::UnixStream::connect(ns.control_socket()).unwrap();
+    let connected = std::time::Instant::now();
+    let mut writer = drip.try_clone().unwrap();
+    // "status json\n" one byte every 150 ms: 1.65 s for the whole line,
+    // past the 1 s request deadline (a per-read timeout of 200 ms never
+    // fired on this).
+    let dripping = std::thread::spawn(move || {
+        use std::io::Write;
+        for b in b"status json\n" {
+            if writer.write_all(&[*b]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(150));
+        }
+    });
+    for _ in 0..4 {
+        let took = timed_status(&ns);
+        assert!(
+            took < Duration::from_secs(2),
+            "ctl status took {took:?} beside a dripping client:\n{}",
+            ns.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (out, closed) = read_to_eof(&mut drip, 10);
+    let held = closed.duration_since(connected);
+    assert!(
+        out.starts_with("error: no complete request within 1000 ms"),
+        "the drip client got {out:?}"
+    );
+    assert!(
+        held >= Duration::from_millis(900) && held < Duration::from_secs(3),
+        "the drip client was held {held:?}"
+    );
+    dripping.join().unwrap();
+    // PID 1 is still fine.
+    timed_status(&ns);
+}
+
+#[test]
+fn a_flooding_service_keeps_pid1_memory_bounded() {
+    need_namespaces!();
+    // 20 services, two of them flooding: short lines as fast as `yes` can
+    // (issue 10 measured 54 MiB of RSS from six million of them), and one
+    // endless line with no newline at all. They wait for `go`, so PID 1's
+    // resident memory is known before the flood.
+    let go = harness::scratch("flood-go").join("go");
+    let wait = format!("while [ ! -e {} ]; do sleep 0.05; done; ", go.display());
+    let mut services: Vec<(String, String)> = (0..18)
+        .map(|i| (format!("idle{i:02}"), sh("exec sleep 60", "")))
+        .collect();
+    services.push((
+        "flood".into(),
+        sh(&format!("{wait}exec yes 'a short line of output'"), ""),
+    ));
+    services.push((
+        "floodlong".into(),
+        sh(&format!("{wait}tr '\\000' x < /dev/zero"), ""),
+    ));
+    let services: Vec<(&str, String)> = services
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.clone()))
+        .collect();
+    let ns = Ns::start_muted("flood", &services, "", "flood");
+    ns.wait_for("all services ready (20 services,", 20);
+    // Touch the control paths once, then settle.
+    let (code, _) = ns.ctl(&["logs", "flood"]);
+    assert_eq!(code, 0);
+    std::thread::sleep(Duration::from_millis(300));
+    let before = ns.init_status_kib("VmRSS");
+    std::fs::write(&go, "").unwrap();
+    let end = std::time::Instant::now() + Duration::from_secs(4);
+    let mut peak_rss = 0;
+    while std::time::Instant::now() < end {
+        peak_rss = peak_rss.max(ns.init_status_kib("VmRSS"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let lines = ns.muted();
+    // The flood did go through PID 1 (a stalled reader would bound memory too).
+    assert!(
+        lines > 50_000,
+        "only {lines} flood lines came through:\n{}",
+        ns.log()
+    );
+    // ctl still answers promptly under the flood.
+    let t = std::time::Instant::now();
+    let (code, logs) = ns.ctl(&["logs", "flood"]);
+    assert_eq!(code, 0, "{logs}");
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "ctl logs took {:?}",
+        t.elapsed()
+    );
+    // The ring is bounded in bytes (16 KiB by default) and says what it dropped.
+    let head = &logs[..logs.len().min(200)];
+    assert!(
+        logs.starts_with('[') && logs.contains("earlier lines dropped"),
+        "{head}"
+    );
+    assert!(
+        logs.len() < 17 * 1024,
+        "logs answer of {} bytes",
+        logs.len()
+    );
+    let (_, long) = ns.ctl(&["logs", "floodlong"]);
+    assert!(
+        long.lines().skip(1).all(|l| l.len() == 4096),
+        "a line was not cut at 4096 bytes"
+    );
+    let hwm = ns.init_status_kib("VmHWM");
+    eprintln!(
+        "flood: {lines} lines through PID 1; VmRSS {before} KiB before, {peak_rss} KiB peak sampled; VmHWM {hwm} KiB"
+    );
+    // What the flood may cost: two 16 KiB rings, a 4 KiB partial line,
+    // the code of the output path paged in. Before issue 10 it was tens of MiB.
+    assert!(
+        peak_rss.max(hwm) <= before + FLOOD_GROWTH_KIB,
+        "PID 1 grew from {before} KiB to {} KiB under the flood",
+        peak_rss.max(hwm)
+    );
+    // The absolute goal holds for the appliance's build (release); a
+    // debug build's code alone is larger (see docs/BENCHMARKS.md).
+    if !cfg!(debug_assertions) {
+        assert!(hwm <= 4096, "PID 1's peak RSS was {hwm} KiB (goal 4096)");
+    }
+}
+
+/// How much PID 1's resident memory may grow under a flood, in KiB.
+const FLOOD_GROWTH_KIB: u64 = 512;
+
+#[test]
+fn restart_always_after_a_clean_exit_keeps_the_base_delay() {
+    need_namespaces!();
+    // A clean exit is no failure: restart = always brings it back after the
+    // base delay (systemd's RestartSec) every time, without growing the
+    // backoff. Every start still counts toward the start limit, as with
+    // systemd's StartLimitBurst (the second service).
+    // Each run stamps its start (ns), from inside the service: the gaps
+    // are then free of the jitter of when init's lines reach the test.
+    let stamps = harness::scratch("always-stamps").join("starts");
+    let ns = Ns::start(
+        "always",
+        &[
+            (
+                "clean",
+                sh(
+                    &format!("date +%s%N >> {}; exit 0", stamps.display()),
+                    "restart = \"always\"\n[backoff]\ninitial_ms = 300\nfactor = 2.0\njitter = 0.0\nmax_ms = 10000\n[start_limit]\nburst = 50\ninterval_s = 60",
+                ),
+            ),
+            (
+                "limited",
+                sh(
+                    "exit 0",
+                    "restart = \"always\"\n[backoff]\ninitial_ms = 20\njitter = 0.0\n[start_limit]\nburst = 3\ninterval_s = 60",
+                ),
+            ),
+        ],
+        "",
+    );
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    while ns.all("started clean").len() < 6 {
+        assert!(std::time::Instant::now() < end, "{}", ns.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    let starts: Vec<u128> = loop {
+        let s: Vec<u128> = std::fs::read_to_string(&stamps)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        if s.len() >= 6 {
+            break s;
+        }
+        assert!(std::time::Instant::now() < end, "{s:?}\n{}", ns.log());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let gaps: Vec<u128> = starts
+        .windows(2)
+        .map(|w| (w[1] - w[0]) / 1_000_000)
+        .collect();
+    // With a growing backoff the gaps would be 300, 600, 1200, 2400 ms.
+    for g in &gaps {
+        assert!(
+            *g >= 300,
+            "restarted before the delay: {gaps:?}\n{}",
+            ns.log()
+        );
+    }
+    assert!(
+        gaps[2] < 1000 && gaps[3] < 1000 && gaps[4] < 1000,
+        "backoff grew on clean exits: {gaps:?}\n{}",
+        ns.log()
+    );
+    ns.wait_for(
+        "clean exited (exit status 0); restart = always: restarting in 300 ms",
+        1,
+    );
+    assert!(
+        ns.all("clean exited (exit status 0); restarting in")
+            .is_empty(),
+        "{}",
+        ns.log()
+    );
+    assert!(
+        ns.all("(failure").is_empty(),
+        "a clean exit counted as a failure:\n{}",
+        ns.log()
+    );
+    let (code, out) = ns.ctl(&["status", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let clean = v["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "clean")
+        .unwrap()
+        .clone();
+    assert_eq!(clean["failures"], 0, "{clean}");
+    assert!(clean["restarts"].as_u64().unwrap() >= 5, "{clean}");
+    assert_ne!(clean["state"], "failed", "{clean}");
+    ns.wait_for("limited failed: start limit hit: 3 starts within 60 s", 10);
+    assert_eq!(ns.all("started limited").len(), 3, "{}", ns.log());
+}
+
+#[test]
+fn blessing_runs_in_a_child_reaped_by_the_loop() {
+    need_namespaces!();
+    // An empty tmpfs over /sys/firmware, seen only inside the namespace:
+    // no EFI variables, whatever the host has, so the child never looks at
+    // the host's real ESP. It finds no boot counter, says so, and is
+    // reaped like any child while the loop goes on.
+    let ns = Ns::start_after(
+        "bless",
+        &[("vital", sh("exec sleep 60", "required = true"))],
+        "boot_complete = \"bless\"\nboot_complete_grace_ms = 100\n",
+        "mount -t tmpfs none /sys/firmware",
+    );
+    let complete = ns.wait_for("boot complete: required services ready for 100 ms", 20);
+    let outcome = ns.wait_for("nothing to bless: this boot entry has no counter", 10);
+    assert!(complete.at <= outcome.at, "{}", ns.log());
+    assert!(
+        ns.all("blessing the boot failed").is_empty(),
+        "{}",
+        ns.log()
+    );
+    let (code, out) = ns.ctl(&["status", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["boot_complete"], true, "{out}");
+    // The child is gone (reaped): only the service's process is left.
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    while ns.descendants().len() != 1 {
+        assert!(
+            std::time::Instant::now() < end,
+            "{:?}\n{}",
+            ns.descendants(),
+            ns.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn after_a_caught_panic_the_loop_re_derives_what_it_lost() {
+    need_namespaces!();
+    // Debug builds only: `__lose-exit` kills the service, reaps it and
+    // panics before routing its exit, the state a bug could leave behind.
+    if !cfg!(debug_assertions) {
+        fluxnode_testkit::skip("the __lose-exit seam exists in debug builds only");
+        return;
+    }
+    let ns = Ns::start(
+        "panic",
+        &[(
+            "web",
+            sh(
+                "echo web up; exec sleep 60",
+                "[backoff]\ninitial_ms = 10\njitter = 0.0",
+            ),
+        )],
+        "",
+    );
+    ns.wait_for("started web", 20);
+    let (code, out) = ns.ctl(&["__lose-exit", "web"]);
+    // The connection was mid-request when the turn unwound: closed unanswered.
+    assert_eq!(code, 1, "{out}");
+    ns.wait_for("internal error in the supervisor loop", 5);
+    ns.wait_for("web: process", 5);
+    ns.wait_for("is gone and its exit status was lost", 5);
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while ns.all("started web").len() < 2 {
+        assert!(
+            std::time::Instant::now() < end,
+            "not restarted:\n{}",
+            ns.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (code, out) = ns.ctl(&["status", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["services"][0]["state"], "running", "{out}");
+    assert_eq!(v["services"][0]["restarts"], 1, "{out}");
 }

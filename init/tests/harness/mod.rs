@@ -34,7 +34,7 @@ pub fn cannot_run() -> Option<String> {
 macro_rules! need_namespaces {
     () => {
         if let Some(why) = harness::cannot_run() {
-            eprintln!("SKIPPED: {why}");
+            fluxnode_testkit::skip(why);
             return;
         }
     };
@@ -53,6 +53,8 @@ pub struct Ns {
     pub run: PathBuf,
     child: Child,
     lines: Arc<Mutex<Vec<Line>>>,
+    /// Lines counted but not kept (see [`Ns::start_muted`]).
+    muted: Arc<std::sync::atomic::AtomicU64>,
     pub t0: Instant,
 }
 
@@ -94,6 +96,17 @@ pub fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// What runs in the namespace besides init (one at a time).
+enum Setup<'a> {
+    Plain,
+    /// A stand-in for stage 1's /var child.
+    Var(&'a str),
+    /// Lines starting with this are counted, not kept.
+    Mute(&'a str),
+    /// A shell command before init.
+    Before(&'a str),
+}
+
 /// A scratch directory with `services` (name, toml) and `init_toml`.
 fn write_config(name: &str, services: &[(&str, String)], init_toml: &str) -> PathBuf {
     let dir = scratch(name);
@@ -126,9 +139,44 @@ impl Ns {
         Self::spawn_with(dir, None)
     }
 
+    /// As [`Ns::start`], but lines starting with `mute` (a flooding
+    /// service's, `NAME: `) are only counted ([`Ns::muted`]), not kept.
+    pub fn start_muted(name: &str, services: &[(&str, String)], init_toml: &str, mute: &str) -> Ns {
+        Self::spawn_full(write_config(name, services, init_toml), Setup::Mute(mute))
+    }
+
+    /// As [`Ns::start`], with `before` (a shell command) run inside the
+    /// namespace first, e.g. a mount that only the namespace sees.
+    pub fn start_after(
+        name: &str,
+        services: &[(&str, String)],
+        init_toml: &str,
+        before: &str,
+    ) -> Ns {
+        Self::spawn_full(
+            write_config(name, services, init_toml),
+            Setup::Before(before),
+        )
+    }
+
     fn spawn_with(dir: PathBuf, var_script: Option<&str>) -> Ns {
+        Self::spawn_full(dir, var_script.map_or(Setup::Plain, Setup::Var))
+    }
+
+    fn spawn_full(dir: PathBuf, setup: Setup) -> Ns {
+        let (var_script, mute, before) = match setup {
+            Setup::Plain => (None, None, None),
+            Setup::Var(s) => (Some(s), None, None),
+            Setup::Mute(m) => (None, Some(m), None),
+            Setup::Before(b) => (None, None, Some(b)),
+        };
         let mut cmd = Command::new("unshare");
         cmd.args(["--pid", "--fork", "--mount", "--mount-proc", "--kill-child"]);
+        if let Some(before) = before {
+            // sh is pid 1 for the command, then becomes init.
+            cmd.args(["/bin/sh", "-c"])
+                .arg(format!("{before} && exec \"$0\" \"$@\""));
+        }
         if let Some(script) = var_script {
             // sh is pid 1; its background subshell pid 2; then sh becomes init.
             cmd.args(["/bin/sh", "-c"])
@@ -149,6 +197,7 @@ impl Ns {
             .spawn()
             .expect("spawning unshare");
         let lines = Arc::new(Mutex::new(Vec::new()));
+        let muted = Arc::new(std::sync::atomic::AtomicU64::new(0));
         for pipe in [
             child
                 .stdout
@@ -160,8 +209,16 @@ impl Ns {
         .flatten()
         {
             let lines = lines.clone();
+            let (muted, mute) = (muted.clone(), mute.map(str::to_owned));
             std::thread::spawn(move || {
-                for l in BufReader::new(pipe).lines().map_while(Result::ok) {
+                // Bytes, not String lines: a flood need not be UTF-8.
+                for l in BufReader::new(pipe).split(b'\n').map_while(Result::ok) {
+                    if mute.as_ref().is_some_and(|m| l.starts_with(m.as_bytes())) {
+                        muted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        continue;
+                    }
+                    let l = l.strip_suffix(b"\r").unwrap_or(&l);
+                    let l = String::from_utf8_lossy(l).into_owned();
                     lines.lock().unwrap().push(Line {
                         at: Instant::now(),
                         text: l,
@@ -175,8 +232,28 @@ impl Ns {
             dir,
             child,
             lines,
+            muted,
             t0: Instant::now(),
         }
+    }
+
+    /// Lines counted but not kept ([`Ns::start_muted`]).
+    pub fn muted(&self) -> u64 {
+        self.muted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A `kB` figure of init's /proc/PID/status (`VmRSS`, `VmHWM`).
+    pub fn init_status_kib(&self, field: &str) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.init_pid())).unwrap();
+        s.lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in init's status"))
+    }
+
+    /// The control socket.
+    pub fn control_socket(&self) -> PathBuf {
+        self.run.join("control.sock")
     }
 
     pub fn lines(&self) -> Vec<Line> {
