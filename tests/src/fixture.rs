@@ -168,6 +168,26 @@ pub fn plain_image() -> Result<Built, String> {
     .clone()
 }
 
+/// Where `cargo xtask demo` writes its image: `fluxnode.img`, with
+/// `manifest.json` and the payloads next to it (the README's commands use
+/// this path).
+pub fn demo_dir() -> PathBuf {
+    target_dir().join("fluxnode-demo/image")
+}
+
+/// The demo appliance image, built exactly as `cargo xtask demo` builds it
+/// (the static binaries, then image/spec/`spec` into [`demo_dir`] with
+/// [`EPOCH`]): the demo and the README's test call this one function, so
+/// they cannot drift apart. Two calls with the same inputs give a
+/// bit-identical image. Each call builds (the build itself reuses its
+/// kernel cache); a test that wants it once keeps the result.
+pub fn demo_image(spec: &str) -> Result<Built, String> {
+    binaries()?;
+    let mut opts = options("demo", spec);
+    opts.out = demo_dir();
+    build(&opts)
+}
+
 /// A fresh copy of `image` in `dir` (boots write to their disk).
 pub fn copy_disk(image: &Path, dir: &Path) -> Result<PathBuf, String> {
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;

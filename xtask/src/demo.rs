@@ -34,11 +34,13 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(why) = fluxnode_tests::qemu::missing_prerequisite() {
         bail!("cannot boot the demo: {why}");
     }
-    eprintln!("demo: building the static appliance binaries");
-    fixture::binaries().map_err(anyhow::Error::msg)?;
-    let mut opts = fixture::options("demo", &args.spec);
-    opts.out = fixture::target_dir().join("fluxnode-demo/image");
-    let built = fluxnode_image::build(&opts, &mut |l| eprintln!("demo: image: {l}"))
+    eprintln!(
+        "demo: building the static appliance binaries and the image (into {})",
+        fixture::demo_dir().display()
+    );
+    // The same function the README's test builds it with.
+    let built = fixture::demo_image(&args.spec)
+        .map_err(anyhow::Error::msg)
         .context("building the image")?;
     eprintln!(
         "demo: image {} ({:.0} MiB, sha256 {}) built in {:.1} s",

@@ -37,6 +37,9 @@ pub const PACKAGES: &[&str] = &[
     "swtpm",
     "swtpm-tools",
     "tpm2-tools",
+    // the README's by-hand QEMU section presses the power button through
+    // the monitor socket with it
+    "socat",
     // the hal's TPM tests check the EK certificate chain with it
     "openssl",
     // reference tools the benchmarks are checked against
