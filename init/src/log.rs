@@ -1,20 +1,20 @@
-//! Logging: a small `tracing` subscriber that writes one line per event to
+//! Logging: the shared line logger of `fluxnode-lowlevel`, writing to
 //! stderr — for PID 1 that is /dev/console, where the kernel opened it.
 //!
-//! Why our own: `tracing-subscriber` with its formatter costs hundreds of KiB
-//! of code, and init's resident memory tracks the code it touches. Each
-//! event is written with one write(2), so lines from init never interleave.
+//! The line format (`fluxnode-init: ` prefix, quiet INFO labels) and the
+//! debug switch are the shared logger's; what stays here is the console:
+//! optional uptime stamps, and non-blocking writes whose dropped lines are
+//! counted ([`write_line`], also used for services' output lines). Each
+//! line is written with one write(2), so lines from init never interleave.
 //! SIGUSR2 toggles debug output at run time ([`toggle_debug`]).
 
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use tracing_core::field::{Field, Visit};
-use tracing_core::span::{Attributes, Id, Record};
-use tracing_core::{Event, Interest, Level, Metadata, Subscriber};
+use fluxnode_lowlevel::log::{DebugSwitch, Labels, LineLogger, Sink};
 
-static DEBUG: AtomicBool = AtomicBool::new(false);
+static DEBUG: DebugSwitch = DebugSwitch::new(false);
 static TIMESTAMPS: AtomicBool = AtomicBool::new(false);
 
 /// The prefix of every line init writes.
@@ -22,8 +22,10 @@ pub const PREFIX: &str = "fluxnode-init: ";
 
 /// Installs the subscriber; `debug` enables debug-level events.
 pub fn init(debug: bool) {
-    DEBUG.store(debug, Ordering::Relaxed);
-    let _ = tracing::subscriber::set_global_default(ConsoleLog);
+    DEBUG.set(debug);
+    // A second call (stage 2 calls it again once it has read the command
+    // line) only changes the switch: the first logger stays installed.
+    let _ = LineLogger::new(PREFIX, Labels::QuietInfo, &DEBUG, Console).install();
 }
 
 /// Stamps every console line (init's and services') with the seconds since
@@ -35,7 +37,7 @@ pub fn set_timestamps(on: bool) {
 
 /// Flips debug output; returns the new state.
 pub fn toggle_debug() -> bool {
-    !DEBUG.fetch_xor(true, Ordering::Relaxed)
+    DEBUG.toggle()
 }
 
 static DROPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -82,53 +84,11 @@ pub fn write_line(line: &str) {
     }
 }
 
-struct ConsoleLog;
+/// The console as the shared logger's output: [`write_line`].
+struct Console;
 
-struct Fields(String);
-
-impl Visit for Fields {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "message" {
-            self.0.insert_str(0, value);
-        } else {
-            let _ = write!(self.0, " {}={}", field.name(), value);
-        }
+impl Sink for Console {
+    fn write_line(&self, line: &str) {
+        write_line(line);
     }
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message" {
-            let s = format!("{value:?}");
-            self.0.insert_str(0, &s);
-        } else {
-            let _ = write!(self.0, " {}={:?}", field.name(), value);
-        }
-    }
-}
-
-impl Subscriber for ConsoleLog {
-    fn register_callsite(&self, _: &'static Metadata<'static>) -> Interest {
-        // "sometimes": ask `enabled` each time, so SIGUSR2 takes effect at once.
-        Interest::sometimes()
-    }
-    fn enabled(&self, meta: &Metadata<'_>) -> bool {
-        *meta.level() <= Level::INFO || DEBUG.load(Ordering::Relaxed)
-    }
-    fn new_span(&self, _: &Attributes<'_>) -> Id {
-        Id::from_u64(1)
-    }
-    fn record(&self, _: &Id, _: &Record<'_>) {}
-    fn record_follows_from(&self, _: &Id, _: &Id) {}
-    fn event(&self, event: &Event<'_>) {
-        let mut f = Fields(String::new());
-        event.record(&mut f);
-        let level = match *event.metadata().level() {
-            Level::ERROR => "ERROR ",
-            Level::WARN => "WARN ",
-            Level::DEBUG => "debug ",
-            Level::TRACE => "trace ",
-            _ => "",
-        };
-        write_line(&format!("{PREFIX}{level}{}", f.0));
-    }
-    fn enter(&self, _: &Id) {}
-    fn exit(&self, _: &Id) {}
 }

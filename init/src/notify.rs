@@ -8,6 +8,9 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fluxnode_lowlevel::signals::poll_readable;
 
 /// One message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,14 +206,9 @@ fn send_with_barrier(path: &Path, msg: &[u8]) -> std::io::Result<()> {
     }
     drop(write);
     // Wait (bounded) until init has closed its copy: the message is handled.
-    let mut p = libc::pollfd {
-        fd: read.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one live pollfd.
-    let n = unsafe { libc::poll(&mut p, 1, 5000) };
-    if n == 0 {
+    // The read end turns readable (hang-up) when the last write end closes.
+    let ready = poll_readable(&[read.as_raw_fd()], Some(Duration::from_secs(5)));
+    if matches!(ready.as_deref(), Ok([false])) {
         eprintln!("notify: init did not confirm the message within 5 s");
     }
     Ok(())

@@ -63,66 +63,6 @@ impl Mode {
     }
 }
 
-/// A set of signals, blocked for the whole process and read via signalfd.
-#[derive(Debug)]
-pub struct SignalFd {
-    fd: std::os::fd::OwnedFd,
-}
-
-impl SignalFd {
-    /// Blocks `signals` in this thread (threads started later inherit it) and
-    /// opens a non-blocking signalfd for them.
-    pub fn new(signals: &[i32]) -> std::io::Result<Self> {
-        use std::os::fd::FromRawFd;
-        // SAFETY: sigset_t is plain data, initialised by sigemptyset.
-        unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            for &s in signals {
-                libc::sigaddset(&mut set, s);
-            }
-            if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let fd = libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC);
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(SignalFd {
-                fd: std::os::fd::OwnedFd::from_raw_fd(fd),
-            })
-        }
-    }
-
-    /// The pending signals (empty when none).
-    pub fn read_all(&self) -> Vec<i32> {
-        use std::os::fd::AsRawFd;
-        let mut out = Vec::new();
-        loop {
-            // SAFETY: signalfd_siginfo is plain data; read writes at most its size.
-            let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
-            let size = std::mem::size_of::<libc::signalfd_siginfo>();
-            let n = unsafe {
-                libc::read(
-                    self.fd.as_raw_fd(),
-                    (&mut info as *mut libc::signalfd_siginfo).cast(),
-                    size,
-                )
-            };
-            if n != size as isize {
-                return out;
-            }
-            out.push(info.ssi_signo as i32);
-        }
-    }
-
-    /// The descriptor, for poll.
-    pub fn raw(&self) -> i32 {
-        use std::os::fd::AsRawFd;
-        self.fd.as_raw_fd()
-    }
-}
-
 /// How a child ended, from a wait status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitStatus {

@@ -13,4 +13,4 @@ pub mod server;
 pub mod status;
 
 pub use client::{call, ctl_main};
-pub use protocol::{json_str, Request, MAX_REQUEST};
+pub use protocol::{Request, MAX_REQUEST};

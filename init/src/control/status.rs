@@ -4,7 +4,8 @@
 
 use std::fmt::Write as _;
 
-use super::protocol::json_str;
+use fluxnode_lowlevel::json::json_str;
+
 use crate::service::{Service, State};
 
 /// Facts about init as a whole, for the JSON form.

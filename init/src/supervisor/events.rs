@@ -28,7 +28,7 @@ impl Supervisor {
             events: libc::POLLIN,
             revents: 0,
         };
-        let mut fds = vec![pollin(self.signals.raw()), pollin(self.notify.raw())];
+        let mut fds = vec![pollin(self.signals.fd()), pollin(self.notify.raw())];
         let mut sources = vec![Source::Signals, Source::Notify];
         if let Some(fd) = self.control.listener_fd(now) {
             fds.push(pollin(fd));
@@ -79,8 +79,16 @@ impl Supervisor {
         self.handle_requests(now);
         // Signals last: an exit is handled after the output before it.
         if signals {
-            for sig in self.signals.read_all() {
-                self.on_signal(sig);
+            // An error here (none is expected from a signalfd) must not
+            // stop PID 1: log it and go on; a signal not read now stays
+            // pending and is read at the next turn.
+            match self.signals.read_all() {
+                Ok(sigs) => {
+                    for sig in sigs {
+                        self.on_signal(sig);
+                    }
+                }
+                Err(e) => tracing::error!("reading the signalfd failed: {e}"),
             }
         }
     }

@@ -26,13 +26,15 @@ use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 
+use fluxnode_lowlevel::signals::SignalFd;
+
 use crate::boot::{BootAction, BootPhase, Facts};
 use crate::cgroup::Cgroups;
 use crate::config::{BootComplete, ConfigError, InitConfig};
 use crate::control::server::ControlServer;
 use crate::notify::NotifySocket;
 use crate::service::{Jitter, Service};
-use crate::sys::{self, ExitStatus, Mode, SignalFd};
+use crate::sys::{self, ExitStatus, Mode};
 use crate::watchdog::Feeder;
 
 mod events;
@@ -153,7 +155,7 @@ impl Supervisor {
     /// Loads config, opens sockets and devices. Config errors are logged and
     /// the services they concern left out; the rest still start.
     pub fn new(paths: &Paths, mode: Mode) -> std::io::Result<Self> {
-        let signals = SignalFd::new(&SIGNALS)?;
+        let signals = SignalFd::block(&SIGNALS)?;
         let config = InitConfig::load(&paths.init_config).unwrap_or_else(|e| {
             log_config_error(&e);
             InitConfig::default()
