@@ -158,9 +158,11 @@ fn copy_into(root: &Path, src: &Path, dst: &Path) -> Result<()> {
 }
 
 fn host() -> Result<Outcome> {
+    // Names and paths go to the shell as positional arguments, never
+    // pasted into its script.
     let which = |t: &str| {
         Command::new("sh")
-            .args(["-c", &format!("command -v {t}")])
+            .args(["-c", r#"command -v "$1""#, "sh", t])
             .output()
     };
     if !which("qemu-system-x86_64")?.status.success() || !which("cpio")?.status.success() {
@@ -203,12 +205,13 @@ fn host() -> Result<Outcome> {
     })?;
     let initrd = dir.path().join("initrd.cpio");
     let status = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "cd '{}' && find . | cpio -o -H newc --quiet > '{}'",
-            root.display(),
-            initrd.display()
-        ))
+        .args([
+            "-c",
+            r#"cd "$1" && find . | cpio -o -H newc --quiet > "$2""#,
+            "sh",
+        ])
+        .arg(&root)
+        .arg(&initrd)
         .status()?;
     if !status.success() {
         bail!("building the initramfs failed: {status}");
@@ -229,7 +232,12 @@ fn host() -> Result<Outcome> {
         ])
         .args(["-nic", "user,model=virtio-net-pci"])
         .arg("-serial")
-        .arg(format!("file:{}", log.display()))
+        .arg({
+            // Not through display(): the path goes to QEMU byte for byte.
+            let mut a = std::ffi::OsString::from("file:");
+            a.push(&log);
+            a
+        })
         .args(["-display", "none", "-monitor", "none", "-no-reboot"])
         .spawn()
         .context("starting qemu")?;

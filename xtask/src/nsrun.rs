@@ -45,6 +45,11 @@ impl NsInit {
                 "--mount",
                 "--mount-proc",
                 "--uts",
+                // Its own network namespace: systemd as PID 1 raises
+                // net.unix.max_dgram_qlen to 512 in the namespace it runs
+                // in, and in the host's that changed how the host's later
+                // tests behaved (docs/NETD.md). Nothing here needs a network.
+                "--net",
                 "--kill-child",
             ])
             .arg("env")
@@ -208,21 +213,107 @@ pub fn build_init(static_link: bool) -> Result<PathBuf> {
     Ok(crate::util::target_dir().join(dir).join("fluxnode-init"))
 }
 
-fn scratch_base() -> PathBuf {
+/// Where staged binaries and scratch directories go.
+///
+/// Normally `target/xtask`. When target/ itself is under /tmp, /run, /dev,
+/// /proc or /sys, the namespace would hide it (init mounts a tmpfs over /tmp
+/// and /run inside it), so they go to /var/tmp instead: not into a fixed,
+/// guessable directory there (another local user could plant it, or a
+/// symlink, before root copies binaries into it and runs them), but into a
+/// fresh 0700 directory made with mkdtemp semantics, checked before each
+/// use, and removed when xtask exits.
+fn scratch_base() -> Result<PathBuf> {
     let target = crate::util::target_dir();
     let hidden = ["/tmp", "/run", "/dev", "/proc", "/sys"]
         .iter()
         .any(|p| target.starts_with(p));
-    if hidden {
-        PathBuf::from("/var/tmp/fluxnode-xtask")
-    } else {
-        target.join("xtask")
+    if !hidden {
+        return Ok(target.join("xtask"));
     }
+    let mut guard = STAGING
+        .lock()
+        .map_err(|_| anyhow::anyhow!("staging directory lock poisoned"))?;
+    if guard.is_none() {
+        let dir = private_dir(Path::new(VAR_TMP))?;
+        // SAFETY: `remove_staging` is an `extern "C" fn()` that never unwinds
+        // out (it only drops the TempDir, ignoring errors).
+        if unsafe { libc::atexit(remove_staging) } != 0 {
+            eprintln!(
+                "xtask: warning: cannot register removal of {}",
+                dir.path().display()
+            );
+        }
+        *guard = Some(dir);
+    }
+    let dir = guard
+        .as_ref()
+        .context("staging directory vanished")?
+        .path()
+        .to_path_buf();
+    check_private(&dir)?;
+    Ok(dir)
+}
+
+/// The parent of the staging directory when target/ would be hidden.
+const VAR_TMP: &str = "/var/tmp";
+
+/// This process's staging directory under /var/tmp, once made.
+static STAGING: std::sync::Mutex<Option<tempfile::TempDir>> = std::sync::Mutex::new(None);
+
+/// Removes the staging directory at exit (statics are never dropped).
+extern "C" fn remove_staging() {
+    let _ = std::panic::catch_unwind(|| {
+        if let Ok(mut g) = STAGING.lock() {
+            drop(g.take());
+        }
+    });
+}
+
+/// A fresh directory under `parent`, made with mkdtemp semantics (a random
+/// name, created exclusively, mode 0700) and checked to be ours; removed
+/// when the returned guard drops.
+fn private_dir(parent: &Path) -> Result<tempfile::TempDir> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
+        .prefix("fluxnode-xtask.")
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir_in(parent)
+        .with_context(|| format!("creating a private directory in {}", parent.display()))?;
+    check_private(dir.path())?;
+    Ok(dir)
+}
+
+/// Fails unless `dir` is a real directory (not a symlink), owned by our
+/// effective uid, with mode 0700.
+fn check_private(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let m =
+        std::fs::symlink_metadata(dir).with_context(|| format!("inspecting {}", dir.display()))?;
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if !m.file_type().is_dir() {
+        bail!("{} is not a directory", dir.display());
+    }
+    if m.uid() != euid {
+        bail!(
+            "{} is owned by uid {}, not by us ({euid})",
+            dir.display(),
+            m.uid()
+        );
+    }
+    if m.mode() & 0o7777 != 0o700 {
+        bail!(
+            "{} has mode {:o}, not 700",
+            dir.display(),
+            m.mode() & 0o7777
+        );
+    }
+    Ok(())
 }
 
 /// A copy of `bin` where services inside the namespace can exec it.
 pub fn stage_binary(bin: &Path) -> Result<PathBuf> {
-    let dir = scratch_base().join("bin");
+    let dir = scratch_base()?.join("bin");
     std::fs::create_dir_all(&dir)?;
     let dst = dir.join(bin.file_name().context("binary has no file name")?);
     let tmp = dst.with_extension("tmp");
@@ -232,12 +323,62 @@ pub fn stage_binary(bin: &Path) -> Result<PathBuf> {
 }
 
 /// A fresh scratch directory that init's own mounts (tmpfs on /tmp and
-/// /run inside the namespace) do not hide: under target/, or /var/tmp when
-/// the checkout itself is under /tmp.
+/// /run inside the namespace) do not hide: under target/, or a private
+/// directory in /var/tmp when target/ itself is under /tmp (see
+/// [`scratch_base`]).
 pub fn scratch(name: &str) -> Result<PathBuf> {
-    let dir = scratch_base().join(name);
+    let dir = scratch_base()?.join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("services"))?;
     std::fs::write(dir.join("init.toml"), "boot_complete_grace_ms = 1000\n")?;
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    use super::*;
+
+    #[test]
+    fn private_dir_is_fresh_0700_and_ours() {
+        let parent = tempfile::tempdir().unwrap();
+        let a = private_dir(parent.path()).unwrap();
+        let b = private_dir(parent.path()).unwrap();
+        assert_ne!(a.path(), b.path(), "two calls must give two directories");
+        // SAFETY: geteuid has no preconditions.
+        let euid = unsafe { libc::geteuid() };
+        for d in [&a, &b] {
+            let m = std::fs::symlink_metadata(d.path()).unwrap();
+            assert!(m.file_type().is_dir());
+            assert_eq!(m.mode() & 0o7777, 0o700, "{}", d.path().display());
+            assert_eq!(m.uid(), euid);
+            assert_eq!(d.path().parent(), Some(parent.path()));
+        }
+        let kept = a.path().to_path_buf();
+        drop(a);
+        assert!(!kept.exists(), "dropping the guard removes the directory");
+    }
+
+    #[test]
+    fn check_private_refuses_loose_modes_and_symlinks() {
+        let parent = tempfile::tempdir().unwrap();
+        let d = private_dir(parent.path()).unwrap();
+        check_private(d.path()).unwrap();
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(check_private(d.path()).is_err());
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let link = parent.path().join("link");
+        std::os::unix::fs::symlink(d.path(), &link).unwrap();
+        assert!(
+            check_private(&link).is_err(),
+            "a symlink is not our directory"
+        );
+        let file = parent.path().join("file");
+        std::fs::write(&file, b"").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(check_private(&file).is_err());
+    }
 }
