@@ -220,6 +220,10 @@ fn ak_is_a_restricted_signing_key_and_reloads_from_its_blob() {
         let mut t = sw.tpm();
         let blob = t.create_ak().unwrap();
         blob.save(&blob_path).unwrap();
+        // The node's identity: readable by its owner only, whatever the umask.
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&blob_path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "AK blob mode {mode:o}");
         let info = t.ak_info(&blob).unwrap();
         let a = info.attributes;
         assert!(

@@ -12,6 +12,8 @@
 //!   signal handlers;
 //! - [`log`]: a `tracing` subscriber that writes one line per event, for
 //!   a console or for init to capture;
+//! - [`secret`]: key and identity files written 0600, atomically and
+//!   durably (fsync the file, rename, fsync the directory);
 //! - [`json`]: JSON string escaping for the few hand-written JSON outputs
 //!   (a JSON library is not worth its code size in PID 1).
 //!
@@ -27,4 +29,5 @@
 pub mod cmdline;
 pub mod json;
 pub mod log;
+pub mod secret;
 pub mod signals;

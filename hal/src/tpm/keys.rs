@@ -35,13 +35,16 @@ pub struct AkBlob {
 }
 
 impl AkBlob {
-    /// Writes the blob (JSON) to `path`, atomically (temp file + rename).
+    /// Writes the blob (JSON) to `path`: mode 0600, atomically and durably
+    /// (fsync, rename, fsync the directory). The blob is wrapped by this
+    /// TPM's EK and useless elsewhere, but it is the node's identity: no
+    /// other local user reads it, and a power cut never leaves it half
+    /// written.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let tmp = path.with_extension("tmp");
         let json =
             serde_json::to_vec_pretty(self).map_err(|e| Error::parse("ak blob", e.to_string()))?;
-        std::fs::write(&tmp, json).map_err(|e| Error::io("writing", &tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io("renaming into", path, e))
+        fluxnode_lowlevel::secret::write_secret(path, &json)
+            .map_err(|e| Error::io(e.what, e.path, e.source))
     }
 
     /// Reads a blob written by [`AkBlob::save`].
