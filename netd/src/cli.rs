@@ -28,11 +28,13 @@ KERNEL COMMAND LINE (wins over the file):
     fluxnode.net=off                          loopback only
     fluxnode.net.iface=NAME                   the link to configure
     fluxnode.net.hostname=NAME                sent to the DHCP server
+    fluxnode.net.classless_routes=1           use DHCP option 121 routes (off by default)
 
 FILE /etc/fluxnode/netd.toml (optional):
     mode = \"static\"   interface = \"eth0\"   address = \"192.168.1.20/24\"
     gateway = \"192.168.1.1\"   dns = [\"192.168.1.1\"]   hostname = \"node1\"
     release_on_stop = true   request_broadcast = true   arp_check = true
+    classless_routes = false
 
 OPTIONS:
     --cmdline PATH      kernel command line to read   [/proc/cmdline]
@@ -135,7 +137,7 @@ pub fn render_config(c: &Config, json: bool) -> String {
     if json {
         let dns: Vec<String> = dns.iter().map(|d| json_str(&d.to_string())).collect();
         format!(
-            "{{\"mode\":{},\"interface\":{},\"address\":{},\"gateway\":{},\"dns\":[{}],\"hostname\":{},\"release_on_stop\":{},\"request_broadcast\":{},\"arp_check\":{}}}",
+            "{{\"mode\":{},\"interface\":{},\"address\":{},\"gateway\":{},\"dns\":[{}],\"hostname\":{},\"release_on_stop\":{},\"request_broadcast\":{},\"arp_check\":{},\"classless_routes\":{}}}",
             json_str(mode),
             opt_json(c.interface.as_deref()),
             opt_json(addr),
@@ -144,12 +146,13 @@ pub fn render_config(c: &Config, json: bool) -> String {
             opt_json(c.hostname.as_deref()),
             c.release_on_stop,
             c.request_broadcast,
-            c.arp_check
+            c.arp_check,
+            c.classless_routes
         )
     } else {
         let dns: Vec<String> = dns.iter().map(|d| d.to_string()).collect();
         format!(
-            "mode: {mode}\ninterface: {}\naddress: {}\ngateway: {}\ndns: {}\nhostname: {}\nrelease_on_stop: {}\nrequest_broadcast: {}\narp_check: {}",
+            "mode: {mode}\ninterface: {}\naddress: {}\ngateway: {}\ndns: {}\nhostname: {}\nrelease_on_stop: {}\nrequest_broadcast: {}\narp_check: {}\nclassless_routes: {}",
             c.interface.as_deref().unwrap_or("(first wired link)"),
             addr.as_deref().unwrap_or("(dhcp)"),
             gw.map(|g| g.to_string()).unwrap_or_else(|| "-".into()),
@@ -157,7 +160,8 @@ pub fn render_config(c: &Config, json: bool) -> String {
             c.hostname.as_deref().unwrap_or("-"),
             c.release_on_stop,
             c.request_broadcast,
-            c.arp_check
+            c.arp_check,
+            c.classless_routes
         )
     }
 }
@@ -203,7 +207,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             render_config(&c, true),
-            "{\"mode\":\"static\",\"interface\":\"a\\\"b\",\"address\":\"10.213.0.5/24\",\"gateway\":\"10.213.0.1\",\"dns\":[],\"hostname\":null,\"release_on_stop\":true,\"request_broadcast\":true,\"arp_check\":true}"
+            "{\"mode\":\"static\",\"interface\":\"a\\\"b\",\"address\":\"10.213.0.5/24\",\"gateway\":\"10.213.0.1\",\"dns\":[],\"hostname\":null,\"release_on_stop\":true,\"request_broadcast\":true,\"arp_check\":true,\"classless_routes\":false}"
         );
         assert!(render_config(&Config::default(), false).starts_with("mode: dhcp\n"));
     }

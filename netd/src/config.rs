@@ -10,7 +10,9 @@
 //!   `fluxnode.net=static:ADDR/PREFIX[,GATEWAY[,DNS[,DNS...]]]`
 //!   (an empty GATEWAY means no default route);
 //! - `fluxnode.net.iface=NAME` picks the interface instead of the first wired one;
-//! - `fluxnode.net.hostname=NAME` is sent to the DHCP server (option 12).
+//! - `fluxnode.net.hostname=NAME` is sent to the DHCP server (option 12);
+//! - `fluxnode.net.classless_routes=1` (or `0`; also `true`/`false`,
+//!   `yes`/`no`, `on`/`off`) asks for and uses DHCP option 121.
 //!
 //! The line is split as the kernel splits it (quotes group spaces:
 //! `fluxnode.net.hostname="a b"`); when a key repeats, the last one wins.
@@ -21,7 +23,10 @@
 //! default true: ask servers to broadcast replies until the link has an
 //! address; replies unicast anyway are caught by a packet socket),
 //! `arp_check` (bool, default true: ARP-probe a new address before use and
-//! decline it when another host answers).
+//! decline it when another host answers), `classless_routes` (bool,
+//! default false: ask for and install DHCP option 121's classless static
+//! routes, filtered; off, a server cannot add routes — see docs/NETD.md,
+//! TunnelVision).
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -102,6 +107,8 @@ pub struct Config {
     pub request_broadcast: bool,
     /// ARP-probe a new address before using it.
     pub arp_check: bool,
+    /// Ask for and install classless static routes (DHCP option 121).
+    pub classless_routes: bool,
 }
 
 impl Default for Config {
@@ -113,6 +120,7 @@ impl Default for Config {
             release_on_stop: true,
             request_broadcast: true,
             arp_check: true,
+            classless_routes: false,
         }
     }
 }
@@ -130,6 +138,7 @@ struct FileConfig {
     release_on_stop: Option<bool>,
     request_broadcast: Option<bool>,
     arp_check: Option<bool>,
+    classless_routes: Option<bool>,
 }
 
 fn invalid(origin: &str, key: &str, value: &str, why: &str) -> ConfigError {
@@ -191,6 +200,15 @@ pub fn parse_mode(origin: &str, v: &str) -> Result<Mode, ConfigError> {
         gateway,
         dns,
     }))
+}
+
+/// A boolean kernel command line value.
+fn parse_bool(origin: &str, key: &str, v: &str) -> Result<bool, ConfigError> {
+    match v {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(invalid(origin, key, v, "expected 1 or 0")),
+    }
 }
 
 /// True for the keys netd owns: `fluxnode.net` and `fluxnode.net.*`.
@@ -263,6 +281,9 @@ fn apply_file(cfg: &mut Config, path: &Path, text: &str) -> Result<(), ConfigErr
     if let Some(r) = f.release_on_stop {
         cfg.release_on_stop = r;
     }
+    if let Some(c) = f.classless_routes {
+        cfg.classless_routes = c;
+    }
     Ok(())
 }
 
@@ -282,6 +303,7 @@ fn apply_cmdline(cfg: &mut Config, text: &str) -> Result<(), ConfigError> {
             "fluxnode.net" => cfg.mode = parse_mode(ORIGIN, v)?,
             "fluxnode.net.iface" => cfg.interface = Some(v.to_string()).filter(|s| !s.is_empty()),
             "fluxnode.net.hostname" => cfg.hostname = Some(v.to_string()).filter(|s| !s.is_empty()),
+            "fluxnode.net.classless_routes" => cfg.classless_routes = parse_bool(ORIGIN, k, v)?,
             _ => tracing::warn!(key = k, "unknown kernel command line key; ignored"),
         }
     }
@@ -407,6 +429,30 @@ mod tests {
         // Bare keys and empty values change nothing.
         let c = from_texts(None, "fluxnode.net fluxnode.net.iface= fluxnode.netx=1").unwrap();
         assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn classless_routes_are_opt_in_by_file_or_command_line() {
+        let p = Path::new("netd.toml");
+        assert!(!from_texts(None, "").unwrap().classless_routes);
+        let on = from_texts(Some((p, "classless_routes = true")), "").unwrap();
+        assert!(on.classless_routes);
+        let c = from_texts(None, "fluxnode.net.classless_routes=1").unwrap();
+        assert!(c.classless_routes);
+        // The command line wins, both ways.
+        let c = from_texts(
+            Some((p, "classless_routes = true")),
+            "fluxnode.net.classless_routes=0",
+        )
+        .unwrap();
+        assert!(!c.classless_routes);
+        let e = from_texts(None, "fluxnode.net.classless_routes=maybe")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("fluxnode.net.classless_routes=\"maybe\": expected 1 or 0"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -357,6 +357,9 @@ impl Service<'_> {
             valid,
             RTPROT_DHCP,
         )?;
+        // Option 121's routes are here only when turned on, and only those
+        // that passed `dhcp::check::check_route` (no short, loopback,
+        // multicast or own-subnet routes, no bad routers).
         for r in &lease.routes {
             // On-link routes (router 0.0.0.0) first, as listed; a failed
             // route is logged, not fatal: the default route is what matters.
@@ -443,6 +446,7 @@ impl Service<'_> {
         let mut client = Client::new(mac, cfg.hostname.clone(), random_u64());
         client.request_broadcast(cfg.request_broadcast);
         client.arp_check(cfg.arp_check);
+        client.classless_routes(cfg.classless_routes);
         self.stale = self
             .nl
             .addresses()?

@@ -219,7 +219,9 @@ impl Net {
     }
 
     /// dnsmasq handing out 10.213.N.lo-hi with renewal/rebinding times
-    /// `t1`/`t2` (s), `extra` arguments, logging to `log`.
+    /// `t1`/`t2` (s), `extra` arguments, logging to `log`. The router
+    /// (option 3, .1) and DNS server (option 6, .53) are sent unless
+    /// `extra` sets those options itself.
     fn dnsmasq_with(
         &self,
         (lo, hi): (u8, u8),
@@ -229,6 +231,18 @@ impl Net {
     ) -> Proc {
         let s = self.subnet;
         let log = self.path(log);
+        let sets = |o: &str| {
+            extra
+                .iter()
+                .any(|a| a.starts_with(&format!("--dhcp-option={o},")))
+        };
+        let mut defaults = Vec::new();
+        if !sets("3") {
+            defaults.push(format!("--dhcp-option=3,10.213.{s}.1"));
+        }
+        if !sets("6") {
+            defaults.push(format!("--dhcp-option=6,10.213.{s}.53"));
+        }
         let child = Command::new("ip")
             .args([
                 "netns",
@@ -244,8 +258,7 @@ impl Net {
             .arg(format!(
                 "--dhcp-range=10.213.{s}.{lo},10.213.{s}.{hi},255.255.255.0,2m"
             ))
-            .arg(format!("--dhcp-option=3,10.213.{s}.1"))
-            .arg(format!("--dhcp-option=6,10.213.{s}.53"))
+            .args(&defaults)
             .arg(format!("--dhcp-option=58,{t1}"))
             .arg(format!("--dhcp-option=59,{t2}"))
             .arg(format!(
@@ -288,7 +301,7 @@ impl Net {
     }
 
     fn dump_logs(&self) {
-        for f in ["netd.log", "dnsmasq.log", "dnsmasq2.log"] {
+        for f in ["netd.log", "dnsmasq.log", "dnsmasq2.log", "dnsmasq3.log"] {
             eprintln!("----- {f}\n{}", read(&self.path(f)));
         }
     }
@@ -476,6 +489,8 @@ impl Drop for Sniffer {
 struct TinyServer {
     stop: Arc<AtomicBool>,
     answering: Arc<AtomicBool>,
+    /// The subnet mask (option 1) it sends; 255.255.255.0 at first.
+    mask: Arc<Mutex<[u8; 4]>>,
     seen: Arc<Mutex<Vec<(MessageType, Ipv4Addr)>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -484,9 +499,11 @@ impl TinyServer {
     fn start(net: &Net, offer: Ipv4Addr, (lease, t1, t2): (u32, u32, u32)) -> TinyServer {
         let stop = Arc::new(AtomicBool::new(false));
         let answering = Arc::new(AtomicBool::new(true));
+        let mask = Arc::new(Mutex::new([255, 255, 255, 0]));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let (ns, ifname, server) = (net.server.clone(), net.server_if.clone(), net.gw());
         let (stop2, answering2, seen2) = (stop.clone(), answering.clone(), seen.clone());
+        let mask2 = mask.clone();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
             let f = File::open(format!("/run/netns/{ns}")).unwrap();
@@ -536,7 +553,7 @@ impl TinyServer {
                 r.flags = m.flags;
                 r.yiaddr = offer;
                 r.set(opt::SERVER_ID, server.octets());
-                r.set(opt::SUBNET_MASK, [255, 255, 255, 0]);
+                r.set(opt::SUBNET_MASK, *mask2.lock().unwrap());
                 r.set(opt::ROUTER, server.octets());
                 r.set(opt::LEASE_TIME, lease.to_be_bytes());
                 r.set(opt::RENEWAL_TIME, t1.to_be_bytes());
@@ -550,6 +567,7 @@ impl TinyServer {
         TinyServer {
             stop,
             answering,
+            mask,
             seen,
             thread: Some(thread),
         }
@@ -1057,8 +1075,8 @@ fn restart_after_a_crash_keeps_the_address_and_clears_stale_ones() {
     assert_eq!(st.code(), Some(0), "{st:?}");
 }
 
-/// Option 121 (RFC 3442): its routes are installed, and its default
-/// route wins over option 3's router.
+/// Option 121 (RFC 3442), turned on: its routes are installed, and its
+/// default route wins over option 3's router.
 #[test]
 fn classless_static_routes() {
     if !can_run("classless_static_routes", true) {
@@ -1070,7 +1088,10 @@ fn classless_static_routes() {
     let routes = format!("--dhcp-option=121,10.99.0.0/16,10.213.{s}.2,0.0.0.0/0,10.213.{s}.254");
     let _dnsmasq = net.dnsmasq_with((10, 50), (60, 100), &[&routes], "dnsmasq.log");
     let mut netd = net.netd(
-        &format!("fluxnode.net.iface={}", net.client_if),
+        &format!(
+            "fluxnode.net.iface={} fluxnode.net.classless_routes=1",
+            net.client_if
+        ),
         &net.path("notify"),
     );
     assert!(
@@ -1373,4 +1394,241 @@ fn bad_command_line_fails_with_a_useful_message() {
         out.status.success()
             && String::from_utf8_lossy(&out.stdout).contains("fluxnode.net=static:")
     );
+}
+
+/// netd with the given extra command line keys, waited on until READY=1.
+fn netd_ready(net: &Net, extra: &str) -> (Notify, Proc) {
+    let mut notify = Notify::bind(&net.path("notify"));
+    let netd = net.netd(
+        &format!("fluxnode.net.iface={} {extra}", net.client_if),
+        &net.path("notify"),
+    );
+    assert!(
+        notify.until("READY=1", Duration::from_secs(20)),
+        "no READY=1: {:?}",
+        notify.seen
+    );
+    (notify, netd)
+}
+
+fn client_routes(net: &Net) -> String {
+    ip(&["-n", &net.client, "-4", "route", "show"])
+}
+
+/// Option 121 is off by default: not asked for, and when a server
+/// forces it on us anyway its routes are not installed (logged once);
+/// option 3 gives the default route.
+#[test]
+fn classless_routes_are_off_by_default() {
+    if !can_run("classless_routes_are_off_by_default", true) {
+        return;
+    }
+    let net = Net::new();
+    let s = net.subnet;
+    let sniffer = Sniffer::start(&net.server, &net.server_if);
+    let routes =
+        format!("--dhcp-option-force=121,10.99.0.0/16,10.213.{s}.2,0.0.0.0/0,10.213.{s}.254");
+    let _dnsmasq = net.dnsmasq_with((10, 50), (60, 100), &[&routes], "dnsmasq.log");
+    let (_notify, mut netd) = netd_ready(&net, "");
+    let asked = sniffer.messages().iter().any(|(_, m)| {
+        m.options
+            .get(&opt::PARAMETER_LIST)
+            .is_some_and(|l| l.contains(&opt::CLASSLESS_ROUTES))
+    });
+    assert!(!asked, "option 121 in a parameter request list while off");
+    let all = client_routes(&net);
+    assert!(!all.contains("10.99.0.0/16"), "{all}");
+    assert!(all.contains(&format!("default via 10.213.{s}.1 ")), "{all}");
+    let log = read(&net.path("netd.log"));
+    assert_eq!(
+        log.matches("classless static routes (option 121); ignored")
+            .count(),
+        1,
+        "{log}"
+    );
+    let st = sigterm_and_wait(&mut netd, Duration::from_secs(10));
+    assert_eq!(st.code(), Some(0), "{st:?}");
+}
+
+/// TunnelVision (CVE-2024-3661) with option 121 turned on: 0.0.0.0/1 and
+/// 128.0.0.0/1 via the server's pick, and a loopback route, are refused
+/// with a logged reason; the good route is installed and, with no
+/// default route left in option 121, option 3 gives it.
+#[test]
+fn tunnelvision_routes_are_refused() {
+    if !can_run("tunnelvision_routes_are_refused", true) {
+        return;
+    }
+    let net = Net::new();
+    let s = net.subnet;
+    let routes = format!(
+        "--dhcp-option=121,0.0.0.0/1,10.213.{s}.7,128.0.0.0/1,10.213.{s}.7,127.0.0.0/8,10.213.{s}.7,10.99.0.0/16,10.213.{s}.2"
+    );
+    let _dnsmasq = net.dnsmasq_with((10, 50), (60, 100), &[&routes], "dnsmasq.log");
+    let (_notify, mut netd) = netd_ready(&net, "fluxnode.net.classless_routes=1");
+    let all = client_routes(&net);
+    for bad in ["0.0.0.0/1", "128.0.0.0/1", "127.0.0.0/8", "10.213.{s}.7"] {
+        assert!(
+            !all.contains(&bad.replace("{s}", &s.to_string())),
+            "{bad} installed: {all}"
+        );
+    }
+    assert!(
+        all.contains(&format!("10.99.0.0/16 via 10.213.{s}.2")),
+        "{all}"
+    );
+    assert!(all.contains(&format!("default via 10.213.{s}.1 ")), "{all}");
+    let log = read(&net.path("netd.log"));
+    for why in [
+        format!("classless route 0.0.0.0/1 via 10.213.{s}.7: shorter than /8"),
+        format!("classless route 128.0.0.0/1 via 10.213.{s}.7: shorter than /8"),
+        format!("classless route 127.0.0.0/8 via 10.213.{s}.7: overlaps loopback"),
+        "TunnelVision".to_string(),
+    ] {
+        assert!(log.contains(&why), "no {why:?} in {log}");
+    }
+    let st = sigterm_and_wait(&mut netd, Duration::from_secs(10));
+    assert_eq!(st.code(), Some(0), "{st:?}");
+}
+
+/// A loopback router and a multicast DNS server, each next to a good
+/// one: the bad ones are dropped with a logged reason, the lease, the
+/// default route and resolv.conf use the good ones.
+#[test]
+fn loopback_router_and_multicast_dns_are_dropped() {
+    if !can_run("loopback_router_and_multicast_dns_are_dropped", true) {
+        return;
+    }
+    let net = Net::new();
+    let s = net.subnet;
+    let routers = format!("--dhcp-option=3,127.0.0.1,10.213.{s}.1");
+    let dns = format!("--dhcp-option=6,224.0.0.1,10.213.{s}.53");
+    let _dnsmasq = net.dnsmasq_with((10, 50), (60, 100), &[&routers, &dns], "dnsmasq.log");
+    let (_notify, mut netd) = netd_ready(&net, "");
+    let route = net.client_default_route();
+    assert!(
+        route.contains(&format!("default via 10.213.{s}.1 ")) && !route.contains("127.0.0.1"),
+        "{route}"
+    );
+    let resolv = read(&net.path("resolv.conf"));
+    assert!(
+        resolv.contains(&format!("nameserver 10.213.{s}.53")) && !resolv.contains("224.0.0.1"),
+        "{resolv}"
+    );
+    let log = read(&net.path("netd.log"));
+    for why in [
+        "router 127.0.0.1 is loopback",
+        "dns server 224.0.0.1 is multicast",
+    ] {
+        assert!(log.contains(why), "no {why:?} in {log}");
+    }
+    let st = sigterm_and_wait(&mut netd, Duration::from_secs(10));
+    assert_eq!(st.code(), Some(0), "{st:?}");
+}
+
+/// A /1 subnet mask (half the internet on the link) is refused whole. A
+/// fresh node offered one takes no address ("offer refused"), takes a
+/// good server's lease once one answers, and keeps it (address and
+/// default route) when a server then acknowledges its renewal with that
+/// mask. (dnsmasq cannot send a zero mask: it reads 0.0.0.0 in an option
+/// as its own address; `a_zero_mask_is_refused` uses the test's server.)
+#[test]
+fn a_short_mask_is_refused_and_the_good_lease_kept() {
+    if !can_run("a_short_mask_is_refused_and_the_good_lease_kept", true) {
+        return;
+    }
+    let net = Net::new();
+    let hostile = net.dnsmasq_with(
+        (10, 50),
+        (4, 100),
+        &["--dhcp-option=1,128.0.0.0"],
+        "dnsmasq.log",
+    );
+    let mut notify = Notify::bind(&net.path("notify"));
+    let mut netd = net.netd(
+        &format!("fluxnode.net.iface={}", net.client_if),
+        &net.path("notify"),
+    );
+    wait_for(Duration::from_secs(10), "the /1 mask refused", || {
+        read(&net.path("netd.log")).contains("offer refused")
+    });
+    let log = read(&net.path("netd.log"));
+    assert!(
+        log.contains("subnet mask 128.0.0.0 is shorter than /8"),
+        "no reason given: {log}"
+    );
+    assert!(
+        !net.client_addrs().contains("inet "),
+        "address taken from a refused offer"
+    );
+    drop(hostile);
+    let good = net.dnsmasq_with((10, 50), (4, 100), &[], "dnsmasq2.log");
+    assert!(
+        notify.until("READY=1", Duration::from_secs(25)),
+        "no READY=1: {:?}",
+        notify.seen
+    );
+    let leased = leased_address(&net.client_addrs()).unwrap();
+    drop(good);
+    // The same lease file: this server knows the lease and ACKs the
+    // renewal at T1 (4 s), with the /1 mask.
+    let _hostile = net.dnsmasq_with(
+        (10, 50),
+        (4, 100),
+        &["--dhcp-option=1,128.0.0.0"],
+        "dnsmasq3.log",
+    );
+    wait_for(Duration::from_secs(15), "the renewal's ACK refused", || {
+        read(&net.path("netd.log")).contains("ack refused; keeping the current lease")
+    });
+    assert!(
+        read(&net.path("dnsmasq3.log")).contains(&format!("DHCPACK({}) {leased}", net.server_if)),
+        "the hostile server did not ACK the renewal"
+    );
+    assert!(
+        net.client_addrs().contains(&format!("inet {leased}/24")),
+        "{}",
+        net.client_addrs()
+    );
+    let all = client_routes(&net);
+    assert!(all.contains(&format!("default via {}", net.gw())), "{all}");
+    assert!(!all.contains("default dev"), "an on-link default: {all}");
+    let st = sigterm_and_wait(&mut netd, Duration::from_secs(10));
+    assert_eq!(st.code(), Some(0), "{st:?}");
+}
+
+/// A zero subnet mask must not become an on-link /0: the offer is
+/// refused with a logged reason and no address is taken; once the server
+/// sends a real mask the node gets its lease and default route.
+#[test]
+fn a_zero_mask_is_refused() {
+    if !can_run("a_zero_mask_is_refused", false) {
+        return;
+    }
+    let net = Net::new();
+    let addr = Ipv4Addr::new(10, 213, net.subnet, 20);
+    let server = TinyServer::start(&net, addr, (120, 60, 100));
+    *server.mask.lock().unwrap() = [0, 0, 0, 0];
+    let mut notify = Notify::bind(&net.path("notify"));
+    let mut netd = net.netd(
+        &format!("fluxnode.net.iface={}", net.client_if),
+        &net.path("notify"),
+    );
+    wait_for(Duration::from_secs(10), "the zero mask refused", || {
+        read(&net.path("netd.log")).contains("subnet mask 0.0.0.0 is zero")
+    });
+    assert!(!net.client_addrs().contains("inet "), "address taken");
+    assert!(!client_routes(&net).contains("default"), "a default route");
+    *server.mask.lock().unwrap() = [255, 255, 255, 0];
+    assert!(
+        notify.until("READY=1", Duration::from_secs(20)),
+        "no READY=1: {:?}",
+        notify.seen
+    );
+    assert!(net.client_addrs().contains(&format!("inet {addr}/24")));
+    assert!(net
+        .client_default_route()
+        .contains(&format!("default via {}", net.gw())));
+    let st = sigterm_and_wait(&mut netd, Duration::from_secs(10));
+    assert_eq!(st.code(), Some(0), "{st:?}");
 }

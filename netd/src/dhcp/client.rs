@@ -11,14 +11,19 @@
 //! (REQUEST unicast to the server, ciaddr set) → at T2 `Rebinding` (REQUEST
 //! broadcast) → at lease end the address is removed and discovery starts
 //! again. A NAK anywhere drops the lease and restarts discovery.
+//!
+//! Every OFFER and ACK passes [`check`] before it is used: a hostile
+//! offer is ignored, a hostile ACK sends the client back to discovery
+//! (requesting) or is treated as no answer (renewing, rebinding,
+//! rebooting), and while requesting or renewing only the chosen server's
+//! ACK or NAK is heard.
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use super::packet::{
-    classless_routes, mask_to_prefix, opt, ClasslessRoute, Message, MessageType, FLAG_BROADCAST,
-    OP_REPLY,
-};
+pub use super::check::MTU_RANGE;
+use super::check::{self, Offered};
+use super::packet::{opt, ClasslessRoute, Message, MessageType, FLAG_BROADCAST, OP_REPLY};
 
 /// A lease the server acknowledged.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,10 +147,6 @@ const MAX_REQUEST_ATTEMPTS: u32 = 4;
 const MAX_REBOOT_ATTEMPTS: u32 = 3;
 /// RFC 2131 §4.4.5: while renewing or rebinding, retransmit no faster than this.
 const MIN_RENEW_RETRY: Duration = Duration::from_secs(60);
-/// MTUs taken from a server: IPv4's 576-byte minimum datagram up to jumbo
-/// frames. A smaller value would cripple the link; a server sending one is
-/// wrong or hostile.
-pub const MTU_RANGE: std::ops::RangeInclusive<u16> = 576..=9216;
 /// ARP probes sent for a new address, and the pause after each: a
 /// conflict on the LAN answers within milliseconds, so 2 × 100 ms is
 /// enough — the same 200 ms window NetworkManager uses by default for its
@@ -158,6 +159,9 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(100);
 const DECLINE_BACKOFF: Duration = Duration::from_secs(10);
 /// Pause after a NAK before discovering again.
 const NAK_BACKOFF: Duration = Duration::from_secs(2);
+/// Pause after refusing an ACK while requesting (see [`check`]): the
+/// server granted nonsense, and asking it again at once would get the same.
+const REFUSED_BACKOFF: Duration = Duration::from_secs(10);
 
 /// The client.
 #[derive(Debug)]
@@ -171,6 +175,10 @@ pub struct Client {
     hint: Option<Ipv4Addr>,
     broadcast: bool,
     arp_check: bool,
+    /// Whether option 121 is asked for and used.
+    classless: bool,
+    /// Whether the "option 121 ignored" line was logged already.
+    told_classless_off: bool,
 }
 
 impl Client {
@@ -187,6 +195,8 @@ impl Client {
             hint: None,
             broadcast: true,
             arp_check: true,
+            classless: false,
+            told_classless_off: false,
         }
     }
 
@@ -253,20 +263,20 @@ impl Client {
         // size or host name.
         if !matches!(kind, MessageType::Release | MessageType::Decline) {
             m.set(opt::MAX_MESSAGE_SIZE, 1500u16.to_be_bytes());
-            m.set(
-                opt::PARAMETER_LIST,
-                [
-                    opt::SUBNET_MASK,
-                    opt::ROUTER,
-                    opt::DNS,
-                    opt::DOMAIN_NAME,
-                    opt::MTU,
-                    opt::CLASSLESS_ROUTES,
-                    opt::LEASE_TIME,
-                    opt::RENEWAL_TIME,
-                    opt::REBINDING_TIME,
-                ],
-            );
+            let mut wanted = vec![
+                opt::SUBNET_MASK,
+                opt::ROUTER,
+                opt::DNS,
+                opt::DOMAIN_NAME,
+                opt::MTU,
+                opt::LEASE_TIME,
+                opt::RENEWAL_TIME,
+                opt::REBINDING_TIME,
+            ];
+            if self.classless {
+                wanted.push(opt::CLASSLESS_ROUTES);
+            }
+            m.set(opt::PARAMETER_LIST, wanted);
             if let Some(h) = &self.hostname {
                 m.set(opt::HOST_NAME, h.as_bytes());
             }
@@ -372,6 +382,14 @@ impl Client {
     /// Whether to ARP-probe a new address before using it (default on).
     pub fn arp_check(&mut self, on: bool) {
         self.arp_check = on;
+    }
+
+    /// Whether to ask for and use classless static routes (option 121,
+    /// default off). Off, option 121 is not in the parameter request list
+    /// and a server sending it anyway is ignored (logged once). On, its
+    /// routes still pass [`check::check_route`].
+    pub fn classless_routes(&mut self, on: bool) {
+        self.classless = on;
     }
 
     /// The address being probed, if the client is checking one.
@@ -583,30 +601,64 @@ impl Client {
         let Some(kind) = m.message_type() else {
             return Vec::new();
         };
+        let from = m.option_ip(opt::SERVER_ID);
         match (self.state.clone(), kind) {
             (State::Selecting { .. }, MessageType::Offer) => {
-                let server = m.option_ip(opt::SERVER_ID);
-                match server {
-                    Some(server) if !m.yiaddr.is_unspecified() => {
-                        tracing::info!(address = %m.yiaddr, %server, "offer received; requesting it");
+                match check::check(m, self.classless) {
+                    Ok(o) => {
+                        tracing::info!(address = %o.address, server = %o.server, "offer received; requesting it");
+                        for d in &o.dropped {
+                            tracing::debug!(reason = %d, "offer: a value left out");
+                        }
                         let next = now + self.backoff(0);
                         self.state = State::Requesting {
-                            address: m.yiaddr,
-                            server,
+                            address: o.address,
+                            server: o.server,
                             attempt: 0,
                             next,
                             sent: now,
                         };
-                        vec![self.request_selecting(now, m.yiaddr, server)]
+                        vec![self.request_selecting(now, o.address, o.server)]
                     }
-                    _ => {
-                        tracing::warn!("offer without an address or server id; ignored");
+                    Err(why) => {
+                        tracing::warn!(address = %m.yiaddr, server = %show(from), reason = %why, "offer refused; still selecting");
                         Vec::new()
                     }
                 }
             }
-            (State::Requesting { server, sent, .. }, MessageType::Ack) => {
-                let out = self.bind(m, server, sent, None);
+            // RFC 2131 §4.4.1/§4.4.5: the answer to a REQUEST naming a
+            // server (selecting) or unicast to it (renewing) comes from
+            // that server; another one's ACK or NAK is not ours to take.
+            (
+                State::Requesting { server, .. }
+                | State::Renewing {
+                    lease: Lease { server, .. },
+                    ..
+                },
+                MessageType::Ack | MessageType::Nak,
+            ) if from != Some(server) => {
+                tracing::warn!(
+                    expected = %server, from = %show(from), kind = ?kind, state = self.state_name(),
+                    "reply from another server ignored"
+                );
+                Vec::new()
+            }
+            (State::Requesting { sent, .. }, MessageType::Ack) => {
+                let o = match check::check(m, self.classless) {
+                    Ok(o) => o,
+                    Err(why) => {
+                        tracing::warn!(
+                            address = %m.yiaddr, reason = %why,
+                            "ack refused; discovering again after {REFUSED_BACKOFF:?}"
+                        );
+                        self.hint = None;
+                        self.state = State::Backoff {
+                            until: now + REFUSED_BACKOFF,
+                        };
+                        return Vec::new();
+                    }
+                };
+                let out = self.bind(m, o, sent, None);
                 match (self.arp_check, out.as_slice()) {
                     (true, [Action::Configure(lease)]) => {
                         let address = lease.address;
@@ -620,12 +672,23 @@ impl Client {
                     _ => out,
                 }
             }
-            (State::Renewing { lease, sent, .. }, MessageType::Ack)
-            | (State::Rebinding { lease, sent, .. }, MessageType::Ack)
-            | (State::Rebooting { lease, sent, .. }, MessageType::Ack) => {
-                let server = m.option_ip(opt::SERVER_ID).unwrap_or(lease.server);
-                self.bind(m, server, sent, Some(lease))
-            }
+            (
+                State::Renewing { lease, sent, .. }
+                | State::Rebinding { lease, sent, .. }
+                | State::Rebooting { lease, sent, .. },
+                MessageType::Ack,
+            ) => match check::check(m, self.classless) {
+                Ok(o) => self.bind(m, o, sent, Some(lease)),
+                Err(why) => {
+                    // Like no answer at all: the lease held is still
+                    // good, and the retries and timers go on.
+                    tracing::warn!(
+                        address = %m.yiaddr, reason = %why, state = self.state_name(),
+                        "ack refused; keeping the current lease"
+                    );
+                    Vec::new()
+                }
+            },
             (State::Requesting { .. }, MessageType::Nak) => self.nak(now, m, None),
             (State::Renewing { lease, .. }, MessageType::Nak)
             | (State::Rebinding { lease, .. }, MessageType::Nak)
@@ -644,24 +707,17 @@ impl Client {
         lease.map(Action::Deconfigure).into_iter().collect()
     }
 
-    fn bind(
-        &mut self,
-        m: &Message,
-        server: Ipv4Addr,
-        sent: Instant,
-        old: Option<Lease>,
-    ) -> Vec<Action> {
-        if m.yiaddr.is_unspecified() {
-            tracing::warn!("ack without an address; ignored");
-            return Vec::new();
+    /// Takes an ACK whose values passed [`check::check`].
+    fn bind(&mut self, m: &Message, o: Offered, sent: Instant, old: Option<Lease>) -> Vec<Action> {
+        for d in &o.dropped {
+            tracing::warn!(server = %o.server, reason = %d, "refused a value from the server; using the rest of the lease");
         }
-        let prefix = match m.option_ip(opt::SUBNET_MASK) {
-            Some(mask) => mask_to_prefix(mask).unwrap_or_else(|| {
-                tracing::warn!(%mask, "non-contiguous subnet mask; using its leading ones");
-                u32::from(mask).leading_ones() as u8
-            }),
-            None => classful_prefix(m.yiaddr),
-        };
+        if o.classless_ignored && !std::mem::replace(&mut self.told_classless_off, true) {
+            tracing::info!(
+                server = %o.server,
+                "the server offers classless static routes (option 121); ignored, they are off (fluxnode.net.classless_routes=1 turns them on)"
+            );
+        }
         let duration = match m.option_u32(opt::LEASE_TIME) {
             Some(u32::MAX) => None,
             Some(s) => Some(Duration::from_secs(u64::from(s.max(1)))),
@@ -675,37 +731,16 @@ impl Client {
             m.option_u32(opt::RENEWAL_TIME),
             m.option_u32(opt::REBINDING_TIME),
         );
-        let routers = m.option_ips(opt::ROUTER);
-        let classless = m
-            .options
-            .get(&opt::CLASSLESS_ROUTES)
-            .and_then(|v| classless_routes(v));
-        let (gateway, routes) = match classless {
-            Some(all) => {
-                let gw = all
-                    .iter()
-                    .find(|r| r.prefix == 0)
-                    .map(|r| r.gateway)
-                    .filter(|g| !g.is_unspecified());
-                (gw, all.into_iter().filter(|r| r.prefix != 0).collect())
-            }
-            None => (routers.first().copied(), Vec::new()),
-        };
         let lease = Lease {
-            address: m.yiaddr,
-            prefix,
-            routers,
-            gateway,
-            routes,
-            dns: m.option_ips(opt::DNS),
+            address: o.address,
+            prefix: o.prefix,
+            routers: o.routers,
+            gateway: o.gateway,
+            routes: o.routes,
+            dns: o.dns,
             domain: m.option_text(opt::DOMAIN_NAME).filter(|d| !d.is_empty()),
-            mtu: match m.options.get(&opt::MTU).map(Vec::as_slice) {
-                Some([a, b]) => {
-                    Some(u16::from_be_bytes([*a, *b])).filter(|v| MTU_RANGE.contains(v))
-                }
-                _ => None,
-            },
-            server,
+            mtu: o.mtu,
+            server: o.server,
             duration,
             t1,
             t2,
@@ -771,13 +806,9 @@ fn timers(lease: Option<Duration>, t1: Option<u32>, t2: Option<u32>) -> (Duratio
     (t1, t2)
 }
 
-/// The pre-CIDR prefix of an address, for servers that send no mask.
-fn classful_prefix(a: Ipv4Addr) -> u8 {
-    match a.octets()[0] {
-        0..=127 => 8,
-        128..=191 => 16,
-        _ => 24,
-    }
+/// An optional address for a log line.
+fn show(a: Option<Ipv4Addr>) -> String {
+    a.map_or_else(|| "none".into(), |a| a.to_string())
 }
 
 #[cfg(test)]
@@ -893,6 +924,7 @@ mod tests {
     fn classless_routes_override_the_router_option() {
         let t0 = Instant::now();
         let mut c = plain(43);
+        c.classless_routes(true);
         let (disc, _) = sent(&c.start(t0));
         let (req, _) = sent(&c.on_message(t0, &answer(&disc, MessageType::Offer, 60, None)));
         let mut ack = answer(&req, MessageType::Ack, 60, None);
@@ -917,6 +949,7 @@ mod tests {
         }
         // A malformed option 121 is void: option 3 applies.
         let mut c = plain(43);
+        c.classless_routes(true);
         let (disc, _) = sent(&c.start(t0));
         let (req, _) = sent(&c.on_message(t0, &answer(&disc, MessageType::Offer, 60, None)));
         let mut ack = answer(&req, MessageType::Ack, 60, None);
@@ -1228,9 +1261,9 @@ mod tests {
         assert_eq!(timers(Some(s(100)), Some(90), Some(80)), (s(50), s(80)));
         assert_eq!(timers(Some(s(100)), Some(10), Some(20)), (s(10), s(20)));
         assert_eq!(timers(None, Some(10), None).0, Duration::MAX);
-        assert_eq!(classful_prefix(Ipv4Addr::new(10, 0, 0, 1)), 8);
-        assert_eq!(classful_prefix(Ipv4Addr::new(172, 16, 0, 1)), 16);
-        assert_eq!(classful_prefix(Ipv4Addr::new(192, 168, 0, 1)), 24);
+        assert_eq!(check::classful_prefix(Ipv4Addr::new(10, 0, 0, 1)), 8);
+        assert_eq!(check::classful_prefix(Ipv4Addr::new(172, 16, 0, 1)), 16);
+        assert_eq!(check::classful_prefix(Ipv4Addr::new(192, 168, 0, 1)), 24);
     }
 
     #[test]
@@ -1240,5 +1273,398 @@ mod tests {
         let l = bound(&mut c, t0, u32::MAX, None);
         assert_eq!(l.duration, None);
         assert_eq!(c.deadline(), None);
+    }
+
+    const OTHER: Ipv4Addr = Ipv4Addr::new(10, 213, 9, 2);
+
+    /// A client in `Requesting`, and its REQUEST.
+    fn requesting(c: &mut Client, t0: Instant) -> Message {
+        let (disc, _) = sent(&c.start(t0));
+        let (req, _) = sent(&c.on_message(t0, &answer(&disc, MessageType::Offer, 60, None)));
+        assert_eq!(c.state_name(), "requesting");
+        req
+    }
+
+    /// A named change to a server's answer.
+    type Edit = (&'static str, Box<dyn Fn(&mut Message)>);
+
+    /// Changes to a good answer, each of which must refuse it whole.
+    fn hostile_edits() -> Vec<Edit> {
+        let ip = |a: [u8; 4]| Ipv4Addr::from(a);
+        vec![
+            ("no address", Box::new(move |m| m.yiaddr = ip([0, 0, 0, 0]))),
+            (
+                "this network",
+                Box::new(move |m| m.yiaddr = ip([0, 0, 0, 9])),
+            ),
+            ("loopback", Box::new(move |m| m.yiaddr = ip([127, 0, 0, 5]))),
+            (
+                "multicast",
+                Box::new(move |m| m.yiaddr = ip([224, 0, 0, 5])),
+            ),
+            ("class E", Box::new(move |m| m.yiaddr = ip([240, 0, 0, 5]))),
+            (
+                "broadcast",
+                Box::new(move |m| m.yiaddr = Ipv4Addr::BROADCAST),
+            ),
+            (
+                "subnet broadcast",
+                Box::new(move |m| m.yiaddr = ip([10, 213, 9, 255])),
+            ),
+            (
+                "subnet network",
+                Box::new(move |m| m.yiaddr = ip([10, 213, 9, 0])),
+            ),
+            (
+                "zero mask",
+                Box::new(|m| m.set(opt::SUBNET_MASK, [0, 0, 0, 0])),
+            ),
+            (
+                "/4 mask",
+                Box::new(|m| m.set(opt::SUBNET_MASK, [240, 0, 0, 0])),
+            ),
+            (
+                "holey mask",
+                Box::new(|m| m.set(opt::SUBNET_MASK, [255, 0, 255, 0])),
+            ),
+            (
+                "short mask",
+                Box::new(|m| m.set(opt::SUBNET_MASK, [255, 255, 255])),
+            ),
+            (
+                "no server id",
+                Box::new(|m| {
+                    m.options.remove(&opt::SERVER_ID);
+                }),
+            ),
+            (
+                "loopback router only",
+                Box::new(|m| m.set(opt::ROUTER, [127, 0, 0, 1])),
+            ),
+            (
+                "ourselves as the only router",
+                Box::new(|m| m.set(opt::ROUTER, ADDR.octets())),
+            ),
+            (
+                "broadcast router only",
+                Box::new(|m| m.set(opt::ROUTER, [10, 213, 9, 255])),
+            ),
+            (
+                "multicast router only",
+                Box::new(|m| m.set(opt::ROUTER, [239, 1, 1, 1])),
+            ),
+        ]
+    }
+
+    #[test]
+    fn hostile_offers_are_ignored_and_selecting_goes_on() {
+        let t0 = Instant::now();
+        for (what, edit) in hostile_edits() {
+            let mut c = plain(59);
+            let (disc, _) = sent(&c.start(t0));
+            let mut offer = answer(&disc, MessageType::Offer, 60, None);
+            edit(&mut offer);
+            assert!(c.on_message(t0, &offer).is_empty(), "{what}");
+            assert_eq!(c.state_name(), "selecting", "{what}");
+            // A good offer after it is taken.
+            let (req, _) = sent(&c.on_message(t0, &answer(&disc, MessageType::Offer, 60, None)));
+            assert_eq!(req.message_type(), Some(MessageType::Request), "{what}");
+        }
+        // A server identifier that is not unicast.
+        let mut c = plain(59);
+        let (disc, _) = sent(&c.start(t0));
+        let mut offer = answer(&disc, MessageType::Offer, 60, None);
+        offer.set(opt::SERVER_ID, [127, 0, 0, 1]);
+        assert!(c.on_message(t0, &offer).is_empty());
+        assert_eq!(c.state_name(), "selecting");
+    }
+
+    #[test]
+    fn a_hostile_ack_while_requesting_backs_off_then_discovers() {
+        let t0 = Instant::now();
+        for (what, edit) in hostile_edits() {
+            if what == "no server id" {
+                continue; // not matched to the server: ignored, see below
+            }
+            let mut c = plain(61);
+            let req = requesting(&mut c, t0);
+            let mut ack = answer(&req, MessageType::Ack, 60, None);
+            edit(&mut ack);
+            assert!(c.on_message(t0, &ack).is_empty(), "{what}");
+            assert_eq!(c.state_name(), "backoff", "{what}");
+            assert_eq!(c.deadline(), Some(t0 + REFUSED_BACKOFF), "{what}");
+            assert_eq!(c.lease(), None);
+            let (m, _) = sent(&c.on_timer(t0 + REFUSED_BACKOFF));
+            assert_eq!(m.message_type(), Some(MessageType::Discover), "{what}");
+            assert_eq!(
+                m.option_ip(opt::REQUESTED_IP),
+                None,
+                "{what}: the refused address is not asked for again"
+            );
+        }
+    }
+
+    #[test]
+    fn a_hostile_ack_while_renewing_rebinding_or_rebooting_keeps_the_lease() {
+        let t0 = Instant::now();
+        for (what, edit) in hostile_edits() {
+            if what == "no server id" {
+                continue;
+            }
+            let mut c = plain(67);
+            let held = bound(&mut c, t0, 100, Some(10));
+            // Renewing.
+            let t1 = t0 + Duration::from_secs(10);
+            let (req, _) = sent(&c.on_timer(t1));
+            let deadline = c.deadline();
+            let mut ack = answer(&req, MessageType::Ack, 100, None);
+            edit(&mut ack);
+            assert!(c.on_message(t1, &ack).is_empty(), "{what}");
+            assert_eq!(c.state_name(), "renewing", "{what}");
+            assert_eq!(c.lease(), Some(&held), "{what}");
+            assert_eq!(c.deadline(), deadline, "{what}: the retry stays as it was");
+            // Rebinding (past T2).
+            let t2 = t0 + Duration::from_millis(87_500);
+            let (req, d) = sent(&c.on_timer(t2));
+            assert_eq!(d, Destination::Broadcast);
+            let mut ack = answer(&req, MessageType::Ack, 100, None);
+            edit(&mut ack);
+            assert!(c.on_message(t2, &ack).is_empty(), "{what}");
+            assert_eq!(
+                (c.state_name(), c.lease()),
+                ("rebinding", Some(&held)),
+                "{what}"
+            );
+            // Rebooting (carrier back).
+            let (req, _) = sent(&c.on_carrier_up(t2));
+            let mut ack = answer(&req, MessageType::Ack, 100, None);
+            edit(&mut ack);
+            assert!(c.on_message(t2, &ack).is_empty(), "{what}");
+            assert_eq!(
+                (c.state_name(), c.lease()),
+                ("rebooting", Some(&held)),
+                "{what}"
+            );
+            // A good answer is still taken.
+            let acts = c.on_message(t2, &answer(&req, MessageType::Ack, 100, None));
+            assert!(matches!(acts.as_slice(), [Action::Configure(_)]), "{what}");
+        }
+    }
+
+    #[test]
+    fn bad_routers_dns_servers_and_mtus_are_dropped_from_a_good_lease() {
+        let t0 = Instant::now();
+        let mut c = plain(71);
+        let req = requesting(&mut c, t0);
+        let mut ack = answer(&req, MessageType::Ack, 60, None);
+        let flat = |l: &[[u8; 4]]| l.concat();
+        ack.set(
+            opt::ROUTER,
+            flat(&[
+                [127, 0, 0, 1],
+                ADDR.octets(),
+                [10, 213, 9, 255],
+                [224, 0, 0, 1],
+                [0, 0, 0, 0],
+                SERVER.octets(),
+            ]),
+        );
+        ack.set(
+            opt::DNS,
+            flat(&[
+                [224, 0, 0, 1],
+                [0, 0, 0, 0],
+                [127, 0, 0, 53],
+                [255, 255, 255, 255],
+                [10, 213, 9, 0],
+                [10, 213, 9, 53],
+                [9, 9, 9, 9],
+            ]),
+        );
+        ack.set(opt::MTU, [0, 68]);
+        match c.on_message(t0, &ack).as_slice() {
+            [Action::Configure(l)] => {
+                assert_eq!((l.routers.clone(), l.gateway), (vec![SERVER], Some(SERVER)));
+                assert_eq!(
+                    l.dns,
+                    vec![Ipv4Addr::new(10, 213, 9, 53), Ipv4Addr::new(9, 9, 9, 9)]
+                );
+                assert_eq!(l.mtu, None);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_router_outside_the_subnet_is_taken_with_a_host_mask() {
+        // Cloud DHCP (GCE, Hetzner): a /32 and a router off the subnet,
+        // which the daemon makes reachable with an on-link host route.
+        let t0 = Instant::now();
+        let mut c = plain(73);
+        let req = requesting(&mut c, t0);
+        let mut ack = answer(&req, MessageType::Ack, 60, None);
+        ack.set(opt::SUBNET_MASK, [255, 255, 255, 255]);
+        ack.set(opt::ROUTER, [172, 31, 1, 1]);
+        match c.on_message(t0, &ack).as_slice() {
+            [Action::Configure(l)] => assert_eq!(
+                (l.prefix, l.gateway),
+                (32, Some(Ipv4Addr::new(172, 31, 1, 1)))
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// 0/1 + 128/1 (TunnelVision), 127/8, 224/4, 240/8, 0/8, the link's
+    /// own subnet via a router, a part of it on-link, our own /32, an
+    /// on-link default, routers that cannot be, then one good route.
+    const HOSTILE_ROUTES: [u8; 79] = [
+        1, 0, 10, 213, 9, 1, //
+        1, 128, 10, 213, 9, 1, //
+        8, 127, 10, 213, 9, 1, //
+        4, 224, 10, 213, 9, 1, //
+        8, 240, 10, 213, 9, 1, //
+        8, 0, 10, 213, 9, 1, //
+        24, 10, 213, 9, 10, 213, 9, 1, //
+        25, 10, 213, 9, 128, 0, 0, 0, 0, //
+        0, 0, 0, 0, 0, //
+        16, 10, 98, 127, 0, 0, 1, //
+        16, 10, 97, 10, 213, 9, 20, //
+        16, 10, 99, 10, 213, 9, 2,
+    ];
+
+    #[test]
+    fn classless_routes_that_hijack_traffic_are_refused() {
+        let t0 = Instant::now();
+        let mut c = plain(79);
+        c.classless_routes(true);
+        let req = requesting(&mut c, t0);
+        let mut ack = answer(&req, MessageType::Ack, 60, None);
+        ack.set(opt::CLASSLESS_ROUTES, HOSTILE_ROUTES);
+        let own = [32u8, 10, 213, 9, 20, 0, 0, 0, 0];
+        ack.options
+            .get_mut(&opt::CLASSLESS_ROUTES)
+            .unwrap()
+            .extend_from_slice(&own);
+        let o = check::check(&ack, true).unwrap();
+        assert_eq!(o.dropped.len(), 12, "{:#?}", o.dropped);
+        match c.on_message(t0, &ack).as_slice() {
+            [Action::Configure(l)] => {
+                assert_eq!(
+                    l.routes,
+                    vec![ClasslessRoute {
+                        dst: Ipv4Addr::new(10, 99, 0, 0),
+                        prefix: 16,
+                        gateway: OTHER,
+                    }]
+                );
+                assert_eq!(
+                    l.gateway,
+                    Some(SERVER),
+                    "no usable 121 default: option 3's router"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn classless_routes_are_off_by_default_and_not_even_asked_for() {
+        let t0 = Instant::now();
+        let mut c = plain(83);
+        let (disc, _) = sent(&c.start(t0));
+        let prl = disc.options[&opt::PARAMETER_LIST].clone();
+        assert!(!prl.contains(&opt::CLASSLESS_ROUTES), "{prl:?}");
+        assert!(prl.contains(&opt::ROUTER));
+        let (req, _) = sent(&c.on_message(t0, &answer(&disc, MessageType::Offer, 60, None)));
+        assert!(!req.options[&opt::PARAMETER_LIST].contains(&opt::CLASSLESS_ROUTES));
+        let mut ack = answer(&req, MessageType::Ack, 60, None);
+        // Sent anyway: a good default and route, still not taken.
+        ack.set(
+            opt::CLASSLESS_ROUTES,
+            [16, 10, 99, 10, 213, 9, 2, 0, 10, 213, 9, 3],
+        );
+        match c.on_message(t0, &ack).as_slice() {
+            [Action::Configure(l)] => {
+                assert_eq!((l.gateway, l.routes.len()), (Some(SERVER), 0));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(c.told_classless_off, "the ignored option is logged (once)");
+        let mut on = plain(83);
+        on.classless_routes(true);
+        let (disc, _) = sent(&on.start(t0));
+        assert!(disc.options[&opt::PARAMETER_LIST].contains(&opt::CLASSLESS_ROUTES));
+    }
+
+    fn from(mut m: Message, server: Option<Ipv4Addr>) -> Message {
+        match server {
+            Some(s) => m.set(opt::SERVER_ID, s.octets()),
+            None => {
+                m.options.remove(&opt::SERVER_ID);
+            }
+        }
+        m
+    }
+
+    #[test]
+    fn while_requesting_only_the_chosen_server_is_heard() {
+        let t0 = Instant::now();
+        let mut c = plain(89);
+        let req = requesting(&mut c, t0);
+        for kind in [MessageType::Ack, MessageType::Nak] {
+            for server in [Some(OTHER), None] {
+                let m = from(answer(&req, kind, 60, None), server);
+                assert!(c.on_message(t0, &m).is_empty(), "{kind:?} from {server:?}");
+                assert_eq!(c.state_name(), "requesting", "{kind:?} from {server:?}");
+            }
+        }
+        match c
+            .on_message(t0, &answer(&req, MessageType::Ack, 60, None))
+            .as_slice()
+        {
+            [Action::Configure(l)] => assert_eq!(l.server, SERVER),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn while_renewing_only_the_leases_server_is_heard_rebinding_any() {
+        let t0 = Instant::now();
+        let mut c = plain(97);
+        let held = bound(&mut c, t0, 100, Some(10));
+        let t1 = t0 + Duration::from_secs(10);
+        let (req, _) = sent(&c.on_timer(t1));
+        for kind in [MessageType::Ack, MessageType::Nak] {
+            for server in [Some(OTHER), None] {
+                let m = from(answer(&req, kind, 100, None), server);
+                assert!(c.on_message(t1, &m).is_empty(), "{kind:?} from {server:?}");
+                assert_eq!(
+                    (c.state_name(), c.lease()),
+                    ("renewing", Some(&held)),
+                    "{kind:?} from {server:?}"
+                );
+            }
+        }
+        // Rebinding is a broadcast to any server: another one may answer.
+        let t2 = t0 + Duration::from_millis(87_500);
+        let (req, _) = sent(&c.on_timer(t2));
+        assert_eq!(c.state_name(), "rebinding");
+        match c
+            .on_message(
+                t2,
+                &from(answer(&req, MessageType::Ack, 100, None), Some(OTHER)),
+            )
+            .as_slice()
+        {
+            [Action::Configure(l)] => assert_eq!(l.server, OTHER),
+            other => panic!("{other:?}"),
+        }
+        // So may INIT-REBOOT's (RFC 2131 §4.3.2: no server was named).
+        let (req, _) = sent(&c.on_carrier_up(t2));
+        let acts = c.on_message(
+            t2,
+            &from(answer(&req, MessageType::Nak, 0, None), Some(SERVER)),
+        );
+        assert!(matches!(acts.as_slice(), [Action::Deconfigure(l)] if l.server == OTHER));
     }
 }

@@ -1,5 +1,6 @@
 //! DHCPv4: the message format, the client state machine, the socket.
 
+pub mod check;
 pub mod client;
 pub mod packet;
 pub mod socket;
