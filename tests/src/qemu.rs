@@ -13,6 +13,26 @@ pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 /// OVMF's variable store template.
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 
+/// The bus an extra disk sits on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskBus {
+    /// An NVMe controller with one namespace (`nvme0n1` in the guest).
+    Nvme,
+    /// A SATA disk on an AHCI controller (`sda`).
+    Sata,
+    /// Another virtio disk (`vdb`).
+    Virtio,
+}
+
+/// A disk attached besides the boot disk (raw, used in place).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtraDisk {
+    /// The raw image.
+    pub path: PathBuf,
+    /// Where it is attached.
+    pub bus: DiskBus,
+}
+
 /// How to start a machine.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
@@ -28,6 +48,9 @@ pub struct VmConfig {
     pub mem_mib: u32,
     /// Serial to this process's stdout too (the demo) instead of only a file.
     pub serial_stdio: bool,
+    /// More disks. With any, the boot disk gets `bootindex=0` so the
+    /// firmware still boots from it first.
+    pub extra_disks: Vec<ExtraDisk>,
 }
 
 impl VmConfig {
@@ -40,6 +63,7 @@ impl VmConfig {
             net: true,
             mem_mib: 1024,
             serial_stdio: false,
+            extra_disks: Vec::new(),
         }
     }
 }
@@ -78,10 +102,39 @@ pub fn qemu_command(
         "if=pflash,format=raw,unit=1,file={}",
         vars.display()
     ))
-    .arg("-drive")
-    .arg(format!("if=virtio,format=raw,file={}", cfg.disk.display()))
-    .arg("-monitor")
-    .arg(format!("unix:{},server,nowait", monitor.display()));
+    .arg("-drive");
+    if cfg.extra_disks.is_empty() {
+        c.arg(format!("if=virtio,format=raw,file={}", cfg.disk.display()));
+    } else {
+        // The same virtio disk (the same PCI slot, first free), but with a
+        // boot index: a decoy disk must not be the firmware's first choice.
+        c.arg(format!(
+            "if=none,id=boot,format=raw,file={}",
+            cfg.disk.display()
+        ))
+        .args(["-device", "virtio-blk-pci,drive=boot,bootindex=0"]);
+    }
+    for (i, d) in cfg.extra_disks.iter().enumerate() {
+        c.arg("-drive").arg(format!(
+            "if=none,id=extra{i},format=raw,file={}",
+            d.path.display()
+        ));
+        match d.bus {
+            DiskBus::Nvme => c
+                .arg("-device")
+                .arg(format!("nvme,drive=extra{i},serial=extra{i}")),
+            DiskBus::Sata => c
+                .arg("-device")
+                .arg(format!("ahci,id=ahci{i}"))
+                .arg("-device")
+                .arg(format!("ide-hd,drive=extra{i},bus=ahci{i}.0")),
+            DiskBus::Virtio => c
+                .arg("-device")
+                .arg(format!("virtio-blk-pci,drive=extra{i}")),
+        };
+    }
+    c.arg("-monitor")
+        .arg(format!("unix:{},server,nowait", monitor.display()));
     if cfg.serial_stdio {
         c.arg("-chardev")
             .arg(format!(

@@ -1,5 +1,7 @@
-//! Finding partitions by GPT name: the kernel exports it as PARTNAME in
-//! each block device's uevent, so no udev and no GPT parsing is needed.
+//! Block devices as sysfs shows them: the whole disks that have
+//! partitions, and a disk's partition by number. Which disk and which
+//! partition are ours is decided from their GPT ([`super::bootdisk`]), not
+//! from names: a GPT name (PARTNAME) is whatever any disk says it is.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -22,61 +24,61 @@ impl BlockDev {
     }
 }
 
-/// Looks in `sys`/class/block for the partition whose PARTNAME is `name`.
-pub fn find_by_partname(sys: &Path, name: &str) -> Option<BlockDev> {
-    let dir = sys.join("class/block");
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(&dir)
+fn read_dev(dir: &Path) -> Option<BlockDev> {
+    let uevent = std::fs::read_to_string(dir.join("uevent")).ok()?;
+    let devname = uevent
+        .lines()
+        .find_map(|l| l.strip_prefix("DEVNAME="))?
+        .to_string();
+    let majmin = std::fs::read_to_string(dir.join("dev"))
+        .ok()?
+        .trim()
+        .to_string();
+    let sectors = std::fs::read_to_string(dir.join("size"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(BlockDev {
+        devname,
+        majmin,
+        sectors,
+    })
+}
+
+/// The whole disks in `sys`/class/block on which the kernel found
+/// partitions, sorted by name.
+pub fn partitioned_disks(sys: &Path) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir(sys.join("class/block")) else {
+        return Vec::new();
+    };
+    let mut disks: Vec<String> = rd
+        .flatten()
+        .filter(|e| e.path().join("partition").exists())
+        .filter_map(|e| parent_disk(sys, &e.file_name().to_string_lossy()))
+        .collect();
+    disks.sort();
+    disks.dedup();
+    disks
+}
+
+/// Partition number `partno` (1-based: GPT entry index + 1) of `disk`.
+pub fn partition_of(sys: &Path, disk: &str, partno: usize) -> Option<BlockDev> {
+    let dir = std::fs::canonicalize(sys.join("class/block").join(disk)).ok()?;
+    let mut subs: Vec<PathBuf> = std::fs::read_dir(&dir)
         .ok()?
         .flatten()
         .map(|e| e.path())
         .collect();
-    entries.sort();
-    for e in entries {
-        let Ok(uevent) = std::fs::read_to_string(e.join("uevent")) else {
-            continue;
-        };
-        let mut devname = None;
-        let mut partname = None;
-        for line in uevent.lines() {
-            if let Some(v) = line.strip_prefix("DEVNAME=") {
-                devname = Some(v.to_string());
-            } else if let Some(v) = line.strip_prefix("PARTNAME=") {
-                partname = Some(v.to_string());
-            }
-        }
-        if partname.as_deref() == Some(name) {
-            let devname = devname?;
-            let majmin = std::fs::read_to_string(e.join("dev"))
-                .ok()?
-                .trim()
-                .to_string();
-            let sectors = std::fs::read_to_string(e.join("size"))
-                .ok()?
-                .trim()
-                .parse()
-                .ok()?;
-            return Some(BlockDev {
-                devname,
-                majmin,
-                sectors,
-            });
-        }
-    }
-    None
-}
-
-/// Polls until the partition appears (drivers probe asynchronously).
-pub fn wait_for_partname(sys: &Path, name: &str, timeout: Duration) -> Option<BlockDev> {
-    let t0 = Instant::now();
-    loop {
-        if let Some(d) = find_by_partname(sys, name) {
-            return Some(d);
-        }
-        if t0.elapsed() > timeout {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    subs.sort();
+    subs.into_iter()
+        .find(|p| {
+            std::fs::read_to_string(p.join("partition"))
+                .ok()
+                .and_then(|n| n.trim().parse::<usize>().ok())
+                == Some(partno)
+        })
+        .and_then(|p| read_dev(&p))
 }
 
 /// The disk a partition is on (`vda` for `vda4`), from sysfs.
@@ -122,33 +124,47 @@ mod tests {
     }
 
     #[test]
-    fn finds_partition_in_fake_sysfs() {
+    fn lists_partitioned_disks_and_finds_partitions_by_number() {
         let d = tempfile::tempdir().unwrap();
-        for (dev, part, mm) in [
-            ("vda", None, "254:0"),
-            ("vda1", Some("esp"), "254:1"),
-            ("vda2", Some("root_a"), "254:2"),
-        ] {
-            let p = d.path().join("class/block").join(dev);
-            std::fs::create_dir_all(&p).unwrap();
-            let mut u = format!("MAJOR=254\nDEVNAME={dev}\nDEVTYPE=partition\n");
-            if let Some(n) = part {
-                u.push_str(&format!("PARTN=1\nPARTNAME={n}\n"));
+        let class = d.path().join("class/block");
+        std::fs::create_dir_all(&class).unwrap();
+        for (disk, parts) in [("vda", 4), ("nvme0n1", 1), ("loop0", 0)] {
+            let real = d.path().join("devices/x/block").join(disk);
+            std::fs::create_dir_all(&real).unwrap();
+            std::os::unix::fs::symlink(&real, class.join(disk)).unwrap();
+            for n in 1..=parts {
+                let name = if disk.starts_with("nvme") {
+                    format!("{disk}p{n}")
+                } else {
+                    format!("{disk}{n}")
+                };
+                let p = real.join(&name);
+                std::fs::create_dir_all(&p).unwrap();
+                std::fs::write(p.join("partition"), format!("{n}\n")).unwrap();
+                std::fs::write(
+                    p.join("uevent"),
+                    format!("MAJOR=254\nDEVNAME={name}\nDEVTYPE=partition\nPARTN={n}\n"),
+                )
+                .unwrap();
+                std::fs::write(p.join("dev"), format!("254:{n}\n")).unwrap();
+                std::fs::write(p.join("size"), "2048\n").unwrap();
+                std::os::unix::fs::symlink(&p, class.join(&name)).unwrap();
             }
-            std::fs::write(p.join("uevent"), u).unwrap();
-            std::fs::write(p.join("dev"), format!("{mm}\n")).unwrap();
-            std::fs::write(p.join("size"), "2048\n").unwrap();
         }
-        let b = find_by_partname(d.path(), "root_a").unwrap();
+        assert_eq!(partitioned_disks(d.path()), vec!["nvme0n1", "vda"]);
         assert_eq!(
-            b,
-            BlockDev {
-                devname: "vda2".into(),
-                majmin: "254:2".into(),
+            partition_of(d.path(), "vda", 4),
+            Some(BlockDev {
+                devname: "vda4".into(),
+                majmin: "254:4".into(),
                 sectors: 2048
-            }
+            })
         );
-        assert!(find_by_partname(d.path(), "root_b").is_none());
-        assert!(wait_for_partname(d.path(), "nope", Duration::from_millis(30)).is_none());
+        assert_eq!(
+            partition_of(d.path(), "nvme0n1", 1).map(|b| b.devname),
+            Some("nvme0n1p1".into())
+        );
+        assert_eq!(partition_of(d.path(), "vda", 5), None);
+        assert_eq!(partition_of(d.path(), "sda", 1), None);
     }
 }

@@ -1,4 +1,7 @@
-//! Growing the `data` partition to the end of the disk on first boot.
+//! The GPT: reading a disk's table (stage 1 matches partitions by type and
+//! partition GUID, [`super::bootdisk`]), growing the `data` partition to
+//! the end of the disk on first boot, and setting the attribute bit that
+//! records that /var was initialised ([`ATTR_INITIALISED`]).
 //!
 //! The image is a few hundred MiB; the disk it is flashed onto is usually
 //! far larger, and everything past the image's end would be lost to /var.
@@ -9,6 +12,8 @@
 //! every moment), and tells the kernel the new size (BLKPG).
 //!
 //! Only a blank `data` is grown: a formatted one is never touched here.
+//! Setting an attribute bit rewrites both copies the same way (backup
+//! first), leaving every partition's bounds as they are.
 //! The parser takes the disk's bytes as they are (outside input); it has a
 //! fuzz target (`init/fuzz`, `boot_files`).
 
@@ -53,6 +58,8 @@ pub struct Header {
     pub num_entries: u32,
     /// Entry size in bytes.
     pub entry_size: u32,
+    /// The disk GUID (on-disk byte order).
+    pub disk_guid: [u8; 16],
 }
 
 /// One partition entry.
@@ -66,6 +73,50 @@ pub struct Entry {
     pub last_lba: u64,
     /// The partition's name (UTF-16LE in the table).
     pub name: String,
+    /// Partition type GUID (on-disk byte order; [`guid_string`] prints it).
+    pub type_guid: [u8; 16],
+    /// Unique partition GUID (on-disk byte order).
+    pub uuid: [u8; 16],
+    /// Attribute bits.
+    pub attributes: u64,
+}
+
+/// The GPT attribute bit (type-specific range 48-63; the Discoverable
+/// Partitions Specification uses 59, 60 and 63 for /var) that fluxnode sets
+/// on the data partition once it holds /var's file system: a later boot
+/// that finds the bit set and no file system refuses to format.
+pub const ATTR_INITIALISED: u64 = 1 << 56;
+
+/// A GUID as text (lowercase, `8-4-4-4-12`) from its on-disk bytes: the
+/// first three groups are stored little-endian.
+pub fn guid_string(b: &[u8; 16]) -> String {
+    format!(
+        "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
+        b[3], b[2], b[1], b[0], b[5], b[4], b[7], b[6], b[8], b[9], b[10], b[11], b[12], b[13],
+        b[14], b[15]
+    )
+}
+
+/// The on-disk bytes of a GUID written as text (either case); `None` when
+/// it is not one.
+pub fn parse_guid(s: &str) -> Option<[u8; 16]> {
+    let groups: Vec<&str> = s.split('-').collect();
+    let lens: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+    if lens != [8, 4, 4, 4, 12] {
+        return None;
+    }
+    let hex: String = groups.concat();
+    if !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut t = [0u8; 16];
+    for (i, out) in t.iter_mut().enumerate() {
+        *out = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some([
+        t[3], t[2], t[1], t[0], t[5], t[4], t[7], t[6], t[8], t[9], t[10], t[11], t[12], t[13],
+        t[14], t[15],
+    ])
 }
 
 /// A planned grow: the bytes to write, and where.
@@ -106,6 +157,12 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(a)
 }
 
+fn guid_at(b: &[u8], at: usize) -> [u8; 16] {
+    let mut g = [0u8; 16];
+    g.copy_from_slice(&b[at..at + 16]);
+    g
+}
+
 fn u64_at(b: &[u8], at: usize) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[at..at + 8]);
@@ -135,6 +192,7 @@ pub fn parse_header(sector: &[u8]) -> Result<Header, GptError> {
         entries_lba: u64_at(sector, 72),
         num_entries: u32_at(sector, 80),
         entry_size: u32_at(sector, 84),
+        disk_guid: guid_at(sector, 56),
     };
     if h.entry_size < 128 || !h.entry_size.is_multiple_of(8) || h.entry_size > 4096 {
         return Err(GptError::Invalid("entry size out of range"));
@@ -186,6 +244,9 @@ pub fn parse_entries(
             first_lba,
             last_lba,
             name: String::from_utf16_lossy(&units),
+            type_guid: guid_at(e, 0),
+            uuid: guid_at(e, 16),
+            attributes: u64_at(e, 48),
         });
     }
     Ok(out)
@@ -204,11 +265,8 @@ fn header_bytes(template: &[u8], h: &Header, entries_crc: u32) -> Vec<u8> {
     b
 }
 
-/// Plans growing the partition named `name` to the disk's last usable
-/// sector. `None` when there is nothing to do: it is not the last
-/// partition, or the disk has less than `min_gain` sectors more for it.
-/// `header_sector` is LBA 1, `entries` the primary entry array,
-/// `disk_sectors` the disk's size in sectors of `sector` bytes.
+/// Plans growing the partition named `name`: [`plan_grow_at`] for the
+/// first entry of that name (kept for the fuzz target and old callers).
 pub fn plan_grow(
     header_sector: &[u8],
     entries: &[u8],
@@ -218,18 +276,45 @@ pub fn plan_grow(
     min_gain: u64,
 ) -> Result<Option<Plan>, GptError> {
     let h = parse_header(header_sector)?;
-    if h.my_lba != 1 {
-        return Err(GptError::Invalid("the primary header is not at LBA 1"));
-    }
     let list = parse_entries(&h, header_sector, entries)?;
     let Some(part) = list.iter().find(|e| e.name == name) else {
         return Err(GptError::Invalid("no partition with that name"));
     };
+    plan_grow_at(
+        header_sector,
+        entries,
+        disk_sectors,
+        sector,
+        part.index,
+        min_gain,
+    )
+}
+
+/// Plans growing the partition at table index `index` to the disk's last
+/// usable sector. `None` when there is nothing to do: it is not the last
+/// partition, or the disk has less than `min_gain` sectors more for it.
+/// `header_sector` is LBA 1, `entries` the primary entry array,
+/// `disk_sectors` the disk's size in sectors of `sector` bytes.
+pub fn plan_grow_at(
+    header_sector: &[u8],
+    entries: &[u8],
+    disk_sectors: u64,
+    sector: u64,
+    index: usize,
+    min_gain: u64,
+) -> Result<Option<Plan>, GptError> {
+    let h = parse_header(header_sector)?;
+    if h.my_lba != 1 {
+        return Err(GptError::Invalid("the primary header is not at LBA 1"));
+    }
+    let list = parse_entries(&h, header_sector, entries)?;
+    let Some(part) = list.iter().find(|e| e.index == index) else {
+        return Err(GptError::Invalid("no partition at that index"));
+    };
     if list.iter().any(|e| e.first_lba > part.first_lba) {
         return Ok(None);
     }
-    let len = entries_len(&h);
-    let entry_sectors = (len as u64).div_ceil(sector);
+    let entry_sectors = (entries_len(&h) as u64).div_ceil(sector);
     // The backup: entries right before the last sector, header in it.
     let Some(backup_header) = disk_sectors.checked_sub(1) else {
         return Err(GptError::Invalid("empty disk"));
@@ -241,19 +326,113 @@ pub fn plan_grow(
     if new_last_usable < part.last_lba.saturating_add(min_gain) || h.alternate_lba >= disk_sectors {
         return Ok(None);
     }
+    let mut new_entries = entries[..entries_len(&h)].to_vec();
+    let at = part.index * h.entry_size as usize + 40;
+    new_entries[at..at + 8].copy_from_slice(&new_last_usable.to_le_bytes());
+    let writes = rewrite(
+        &h,
+        header_sector,
+        new_entries,
+        sector,
+        backup_header,
+        new_last_usable,
+        part.first_lba,
+    )?;
+    Ok(Some(Plan {
+        index: part.index,
+        first_lba: part.first_lba,
+        old_last: part.last_lba,
+        new_last: new_last_usable,
+        writes,
+    }))
+}
+
+/// Plans setting attribute `bits` on the partition at table index
+/// `index`, both copies rewritten where they are (the backup at the
+/// header's alternate LBA, its entries right before it, as every GPT tool
+/// lays them out). `None` when the bits are set already.
+pub fn plan_set_attributes(
+    header_sector: &[u8],
+    entries: &[u8],
+    disk_sectors: u64,
+    sector: u64,
+    index: usize,
+    bits: u64,
+) -> Result<Option<Plan>, GptError> {
+    let h = parse_header(header_sector)?;
+    if h.my_lba != 1 {
+        return Err(GptError::Invalid("the primary header is not at LBA 1"));
+    }
+    let list = parse_entries(&h, header_sector, entries)?;
+    let Some(part) = list.iter().find(|e| e.index == index) else {
+        return Err(GptError::Invalid("no partition at that index"));
+    };
+    if part.attributes & bits == bits {
+        return Ok(None);
+    }
+    if h.alternate_lba >= disk_sectors || h.alternate_lba <= h.last_usable {
+        return Err(GptError::Invalid(
+            "the backup header is not past the partitions",
+        ));
+    }
+    let first = list
+        .iter()
+        .map(|e| e.first_lba)
+        .min()
+        .unwrap_or(h.first_usable);
+    let mut new_entries = entries[..entries_len(&h)].to_vec();
+    let at = part.index * h.entry_size as usize + 48;
+    new_entries[at..at + 8].copy_from_slice(&(part.attributes | bits).to_le_bytes());
+    let writes = rewrite(
+        &h,
+        header_sector,
+        new_entries,
+        sector,
+        h.alternate_lba,
+        h.last_usable,
+        first,
+    )?;
+    Ok(Some(Plan {
+        index: part.index,
+        first_lba: part.first_lba,
+        old_last: part.last_lba,
+        new_last: part.last_lba,
+        writes,
+    }))
+}
+
+/// The four writes that replace both copies of the table: backup entries
+/// (right before `backup_header`), backup header, primary entries,
+/// primary header. `first_part` is the first partition's LBA: the entry
+/// arrays must end before it and after the partitions.
+fn rewrite(
+    h: &Header,
+    header_sector: &[u8],
+    new_entries: Vec<u8>,
+    sector: u64,
+    backup_header: u64,
+    last_usable: u64,
+    first_part: u64,
+) -> Result<Vec<(u64, Vec<u8>)>, GptError> {
+    let entry_sectors = (new_entries.len() as u64).div_ceil(sector);
+    let Some(backup_entries) = backup_header.checked_sub(entry_sectors) else {
+        return Err(GptError::Invalid("disk smaller than its table"));
+    };
+    if backup_entries <= last_usable {
+        return Err(GptError::Invalid(
+            "the backup entry array overlaps a partition",
+        ));
+    }
     // A table that reaches past the new backup would be overwritten.
-    if h.entries_lba.saturating_add(entry_sectors) > part.first_lba {
+    if h.entries_lba.saturating_add(entry_sectors) > first_part {
         return Err(GptError::Invalid("the entry array overlaps a partition"));
     }
     let Some(entries_at) = h.entries_lba.checked_mul(sector) else {
         return Err(GptError::Invalid("entry array beyond any disk"));
     };
-    let mut new_entries = entries[..len].to_vec();
-    let at = part.index * h.entry_size as usize + 40;
-    new_entries[at..at + 8].copy_from_slice(&new_last_usable.to_le_bytes());
     let entries_crc = crc32(&new_entries);
     let primary = Header {
-        last_usable: new_last_usable,
+        last_usable,
         alternate_lba: backup_header,
         ..h.clone()
     };
@@ -261,47 +440,46 @@ pub fn plan_grow(
         my_lba: backup_header,
         alternate_lba: 1,
         entries_lba: backup_entries,
-        last_usable: new_last_usable,
+        last_usable,
         ..h.clone()
     };
     let pad = |mut b: Vec<u8>| {
         b.resize(sector as usize, 0);
         b
     };
-    Ok(Some(Plan {
-        index: part.index,
-        first_lba: part.first_lba,
-        old_last: part.last_lba,
-        new_last: new_last_usable,
-        writes: vec![
-            (backup_entries * sector, new_entries.clone()),
-            (
-                backup_header * sector,
-                pad(header_bytes(header_sector, &backup, entries_crc)),
-            ),
-            (entries_at, new_entries),
-            (
-                sector,
-                pad(header_bytes(header_sector, &primary, entries_crc)),
-            ),
-        ],
-    }))
+    Ok(vec![
+        (backup_entries * sector, new_entries.clone()),
+        (
+            backup_header * sector,
+            pad(header_bytes(header_sector, &backup, entries_crc)),
+        ),
+        (entries_at, new_entries),
+        (
+            sector,
+            pad(header_bytes(header_sector, &primary, entries_crc)),
+        ),
+    ])
 }
 
-/// Grows partition `name` of the disk at `disk` (a /dev node) when it is
-/// the last one and the disk has at least 64 MiB more for it. Returns
-/// (old, new) size in MiB when it grew.
-pub fn grow(disk: &Path, name: &str) -> Result<Option<(u64, u64)>, GptError> {
-    let dev = disk.display().to_string();
-    let io = |what: &'static str| {
-        let dev = dev.clone();
-        move |source| GptError::Io { what, dev, source }
-    };
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(disk)
-        .map_err(io("opening"))?;
+/// A disk's table as read: the primary header's sector, the entry array,
+/// the parsed header and entries, and the disk's size.
+#[derive(Debug, Clone)]
+pub struct Table {
+    /// The header's sector as on disk.
+    pub header_sector: Vec<u8>,
+    /// The entry array as on disk.
+    pub entries_bytes: Vec<u8>,
+    /// The header.
+    pub header: Header,
+    /// The used entries.
+    pub entries: Vec<Entry>,
+    /// Logical sector size in bytes.
+    pub sector: u64,
+    /// Size in sectors.
+    pub sectors: u64,
+}
+
+fn blk_size(f: &std::fs::File) -> Option<(u64, u64)> {
     let mut bytes: u64 = 0;
     let mut ssz: libc::c_int = 0;
     // SAFETY: BLKGETSIZE64 writes a u64, BLKSSZGET an int, into locals.
@@ -309,24 +487,78 @@ pub fn grow(disk: &Path, name: &str) -> Result<Option<(u64, u64)>, GptError> {
         if libc::ioctl(f.as_raw_fd(), BLKGETSIZE64, &mut bytes) != 0
             || libc::ioctl(f.as_raw_fd(), BLKSSZGET, &mut ssz) != 0
         {
-            return Err(io("asking the size of")(std::io::Error::last_os_error()));
+            return None;
         }
     }
-    let sector = u64::try_from(ssz).unwrap_or(512).max(512);
-    let mut head = vec![0u8; sector as usize];
-    f.read_exact_at(&mut head, sector)
-        .map_err(io("reading the GPT of"))?;
-    let h = parse_header(&head)?;
-    let mut entries = vec![0u8; entries_len(&h)];
-    let at = h
-        .entries_lba
-        .checked_mul(sector)
-        .ok_or(GptError::Invalid("entry array beyond any disk"))?;
-    f.read_exact_at(&mut entries, at)
-        .map_err(io("reading the GPT entries of"))?;
-    let min_gain = (64 << 20) / sector;
-    let Some(plan) = plan_grow(&head, &entries, bytes / sector, sector, name, min_gain)? else {
-        return Ok(None);
+    Some((bytes, u64::try_from(ssz).unwrap_or(512).max(512)))
+}
+
+/// Reads the GPT of `f` (a block device, or in tests a regular file of
+/// 512-byte sectors): the primary copy, or the backup when the primary is
+/// damaged (as the kernel does; only the primary may then be written).
+pub fn read_table(f: &std::fs::File, dev: &str) -> Result<Table, GptError> {
+    let io = |what: &'static str| {
+        let dev = dev.to_string();
+        move |source| GptError::Io { what, dev, source }
+    };
+    let (bytes, sector) = match blk_size(f) {
+        Some(s) => s,
+        None => (f.metadata().map_err(io("asking the size of"))?.len(), 512),
+    };
+    let sectors = bytes / sector;
+    let read_copy = |lba: u64| -> Result<Table, GptError> {
+        let mut head = vec![0u8; sector as usize];
+        let at = lba
+            .checked_mul(sector)
+            .ok_or(GptError::Invalid("header beyond any disk"))?;
+        f.read_exact_at(&mut head, at)
+            .map_err(io("reading the GPT of"))?;
+        let header = parse_header(&head)?;
+        if header.my_lba != lba {
+            return Err(GptError::Invalid("the header is not where it says"));
+        }
+        let mut entries_bytes = vec![0u8; entries_len(&header)];
+        let at = header
+            .entries_lba
+            .checked_mul(sector)
+            .ok_or(GptError::Invalid("entry array beyond any disk"))?;
+        f.read_exact_at(&mut entries_bytes, at)
+            .map_err(io("reading the GPT entries of"))?;
+        let entries = parse_entries(&header, &head, &entries_bytes)?;
+        Ok(Table {
+            header_sector: head,
+            entries_bytes,
+            header,
+            entries,
+            sector,
+            sectors,
+        })
+    };
+    match read_copy(1) {
+        Ok(t) => Ok(t),
+        Err(e) => match sectors.checked_sub(1) {
+            Some(last) if last > 1 => read_copy(last).map_err(|_| e),
+            _ => Err(e),
+        },
+    }
+}
+
+fn open_rw(disk: &Path) -> Result<std::fs::File, GptError> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(disk)
+        .map_err(|source| GptError::Io {
+            what: "opening",
+            dev: disk.display().to_string(),
+            source,
+        })
+}
+
+fn apply(f: &std::fs::File, dev: &str, plan: &Plan) -> Result<(), GptError> {
+    let io = |what: &'static str| {
+        let dev = dev.to_string();
+        move |source| GptError::Io { what, dev, source }
     };
     for (off, data) in &plan.writes {
         f.write_all_at(data, *off)
@@ -334,9 +566,63 @@ pub fn grow(disk: &Path, name: &str) -> Result<Option<(u64, u64)>, GptError> {
         // Each copy on the disk before the next is touched.
         f.sync_all().map_err(io("syncing"))?;
     }
-    resize_in_kernel(&f, &plan, sector).map_err(io("telling the kernel the new size of"))?;
-    let mib = |last: u64| ((last + 1 - plan.first_lba) * sector) >> 20;
+    Ok(())
+}
+
+/// Grows the partition at table index `index` of the disk at `disk` (a
+/// /dev node) when it is the last one and the disk has at least 64 MiB more
+/// for it. Returns (old, new) size in MiB when it grew.
+pub fn grow(disk: &Path, index: usize) -> Result<Option<(u64, u64)>, GptError> {
+    let dev = disk.display().to_string();
+    let f = open_rw(disk)?;
+    let t = read_table(&f, &dev)?;
+    if t.header.my_lba != 1 {
+        return Err(GptError::Invalid("the primary GPT is damaged"));
+    }
+    let min_gain = (64 << 20) / t.sector;
+    let Some(plan) = plan_grow_at(
+        &t.header_sector,
+        &t.entries_bytes,
+        t.sectors,
+        t.sector,
+        index,
+        min_gain,
+    )?
+    else {
+        return Ok(None);
+    };
+    apply(&f, &dev, &plan)?;
+    resize_in_kernel(&f, &plan, t.sector).map_err(|source| GptError::Io {
+        what: "telling the kernel the new size of",
+        dev: dev.clone(),
+        source,
+    })?;
+    let mib = |last: u64| ((last + 1 - plan.first_lba) * t.sector) >> 20;
     Ok(Some((mib(plan.old_last), mib(plan.new_last))))
+}
+
+/// Sets attribute `bits` on the partition at table index `index` of the
+/// disk at `disk`; false when they were set already.
+pub fn set_attributes(disk: &Path, index: usize, bits: u64) -> Result<bool, GptError> {
+    let dev = disk.display().to_string();
+    let f = open_rw(disk)?;
+    let t = read_table(&f, &dev)?;
+    if t.header.my_lba != 1 {
+        return Err(GptError::Invalid("the primary GPT is damaged"));
+    }
+    let Some(plan) = plan_set_attributes(
+        &t.header_sector,
+        &t.entries_bytes,
+        t.sectors,
+        t.sector,
+        index,
+        bits,
+    )?
+    else {
+        return Ok(false);
+    };
+    apply(&f, &dev, &plan)?;
+    Ok(true)
 }
 
 // <linux/fs.h>: _IOR(0x12, 114, size_t) and _IO(0x12, 104); BLKPG _IO(0x12, 105).
@@ -419,8 +705,10 @@ mod tests {
             entries_lba: 2,
             num_entries: 128,
             entry_size: 128,
+            disk_guid: [0x5a; 16],
         };
         h[40..48].copy_from_slice(&hdr.first_usable.to_le_bytes());
+        h[56..72].copy_from_slice(&hdr.disk_guid);
         h[80..84].copy_from_slice(&128u32.to_le_bytes());
         h[84..88].copy_from_slice(&128u32.to_le_bytes());
         let h = header_bytes(&h, &hdr, crc);
@@ -493,6 +781,96 @@ mod tests {
             plan(&bad, 2100, "data"),
             Err(GptError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn sets_an_attribute_bit_in_both_copies_and_only_once() {
+        let parts = [("esp", 34, 1000), ("data", 1001, 2000)];
+        let mut d = disk(2100, &parts);
+        let p = plan_set_attributes(
+            &d[512..1024],
+            &d[1024..1024 + 16384],
+            2100,
+            S,
+            1,
+            ATTR_INITIALISED,
+        )
+        .unwrap()
+        .unwrap();
+        apply(&mut d, &p);
+        let prim = parse_header(&d[512..1024]).unwrap();
+        let back_at = (prim.alternate_lba * S) as usize;
+        let back = parse_header(&d[back_at..back_at + 512]).unwrap();
+        let be = (back.entries_lba * S) as usize;
+        let pe = parse_entries(&prim, &d[512..1024], &d[1024..1024 + 16384]).unwrap();
+        let bk = parse_entries(&back, &d[back_at..back_at + 512], &d[be..be + 16384]).unwrap();
+        assert_eq!(pe, bk);
+        assert_eq!(pe[1].attributes, ATTR_INITIALISED);
+        assert_eq!(pe[0].attributes, 0);
+        // Bounds unchanged, and nothing to do a second time.
+        assert_eq!((pe[1].first_lba, pe[1].last_lba), (1001, 2000));
+        assert_eq!(prim.last_usable, 2100 - 34);
+        assert_eq!(
+            plan_set_attributes(
+                &d[512..1024],
+                &d[1024..1024 + 16384],
+                2100,
+                S,
+                1,
+                ATTR_INITIALISED
+            )
+            .unwrap(),
+            None
+        );
+        // No entry at that index.
+        assert!(plan_set_attributes(&d[512..1024], &d[1024..1024 + 16384], 2100, S, 7, 1).is_err());
+    }
+
+    #[test]
+    fn reads_a_table_from_a_file_and_falls_back_to_the_backup() {
+        let dir = tempfile::tempdir().unwrap();
+        let parts = [("esp", 34, 1000), ("data", 1001, 2000)];
+        let mut d = disk(2100, &parts);
+        // Give it a backup copy, as every real table has.
+        let p = plan_set_attributes(&d[512..1024], &d[1024..1024 + 16384], 2100, S, 0, 1)
+            .unwrap()
+            .unwrap();
+        apply(&mut d, &p);
+        let path = dir.path().join("disk");
+        std::fs::write(&path, &d).unwrap();
+        let t = read_table(&std::fs::File::open(&path).unwrap(), "disk").unwrap();
+        assert_eq!(t.header.my_lba, 1);
+        assert_eq!(t.entries.len(), 2);
+        assert_eq!(t.header.disk_guid, [0x5a; 16]);
+        assert_eq!(t.entries[0].attributes, 1);
+        // Primary destroyed: the backup is read.
+        d[512..1024].fill(0);
+        std::fs::write(&path, &d).unwrap();
+        let t = read_table(&std::fs::File::open(&path).unwrap(), "disk").unwrap();
+        assert_eq!(t.header.my_lba, 2099);
+        assert_eq!(t.entries.len(), 2);
+        // Not a GPT at all.
+        std::fs::write(&path, vec![0u8; 4096]).unwrap();
+        assert!(read_table(&std::fs::File::open(&path).unwrap(), "disk").is_err());
+    }
+
+    #[test]
+    fn guids_print_and_parse_in_mixed_endian() {
+        let esp = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b";
+        let b = parse_guid(esp).unwrap();
+        // The on-disk bytes of the ESP type, as every GPT holds them.
+        assert_eq!(&b[..4], &[0x28, 0x73, 0x2a, 0xc1]);
+        assert_eq!(guid_string(&b), esp);
+        assert_eq!(parse_guid(&esp.to_uppercase()), Some(b));
+        for bad in [
+            "",
+            "c12a7328",
+            "c12a7328-f81f-11d2-ba4b-00a0c93ec93",
+            "g12a7328-f81f-11d2-ba4b-00a0c93ec93b",
+            "c12a7328f81f-11d2-ba4b-00a0c93ec93b-",
+        ] {
+            assert_eq!(parse_guid(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -2,19 +2,23 @@
 //!
 //! Entry: [`run`] is called by `lib.rs` when PID 1 finds `/etc/initrd-release`.
 //! It mounts /dev, /proc, /sys; loads the modules of
-//! `/etc/fluxnode/modules.initrd` ([`modules`]); finds the booted slot's
-//! partition by GPT name (`root_<fluxnode.slot>`, [`blockdev`]); opens it as
+//! `/etc/fluxnode/modules.initrd` ([`modules`]); finds the disk it booted
+//! from (the ESP systemd-boot names in `LoaderDevicePartUUID`) and on it the
+//! booted slot's root partition by type GUID and partition UUID, never by
+//! name and never on another disk ([`bootdisk`]); opens it as
 //! dm-verity with the root hash from the command line ([`verity`]); mounts
 //! the erofs root read-only; moves /dev, /proc, /sys into it; frees the
 //! initramfs; and switch_roots into stage 2 (`/sbin/init`). Meanwhile a
-//! child process loads ext4 and formats or checks and mounts `data` at
-//! /var ([`var`], [`data`]); stage 2 waits for it where /var is needed.
+//! child process loads ext4 and formats or checks and mounts `data` (on the
+//! same disk, by UUID; formatted only when provably new: [`data::decide`])
+//! at /var ([`var`], [`data`]); stage 2 waits for it where /var is needed.
 //!
 //! Any failure prints one line (`fluxnode-init: FATAL: ...`) on the console
 //! and reboots after a delay, so systemd-boot's boot counting can fall back
 //! to the other slot: never a panic loop without a reason on screen.
 
 pub mod blockdev;
+pub mod bootdisk;
 pub mod data;
 pub mod gpt;
 pub mod modalias;
@@ -34,8 +38,9 @@ use crate::sys::{console_write, fatal_reboot, uptime};
 const NEWROOT: &str = "/newroot";
 
 /// The modules of `modules.initrd` that the root needs (with, through
-/// modules.dep, what they need).
-const ROOT_MODULES: [&str; 2] = ["dm_verity", "erofs"];
+/// modules.dep, what they need); efivarfs to read which disk the boot
+/// loader booted from ([`bootdisk::read_anchor`]).
+const ROOT_MODULES: [&str; 3] = ["dm_verity", "erofs", "efivarfs"];
 
 /// The modules of `modules.initrd` that /var needs (with what they need):
 /// the longest chain of stage 1 under TCG (~0.35 s), loaded by the /var
@@ -122,15 +127,17 @@ fn stage1(cmdline: &Cmdline, t0: f64) -> Result<Never, String> {
         .and_then(|v| v.parse().ok())
         .ok_or("no valid fluxnode.datablocks= on the kernel command line")?;
 
+    let expected = bootdisk::Expected::from_cmdline(cmdline)?;
+
     let sys = Path::new("/sys");
-    let part_name = format!("root_{slot}");
     let always =
         modules::read_list(Path::new("/etc/fluxnode/modules.initrd")).map_err(|e| e.to_string())?;
     // Tracks at once, each waited for only where it is needed: the disk's
-    // drivers (here, until the root partition shows up); dm-verity and
-    // erofs (before the verity device); ext4 and then the rest (efivarfs,
-    // vfat: for blessing) by the /var child, which stage 2 waits for where
-    // /var is needed. One after the other they took 0.6 s under TCG.
+    // drivers (here, until the root partition shows up); dm-verity, erofs
+    // and efivarfs, then the boot loader's variable (before the boot disk
+    // is picked); ext4 and then the rest (vfat: for blessing) by the /var
+    // child, which stage 2 waits for where /var is needed. One after the
+    // other they took 0.6 s under TCG.
     let loader = modules::Loader::new(Path::new("/")).map_err(|e| e.to_string())?;
     let root_closure = loader.closure(&ROOT_MODULES.map(String::from));
     let var_closure = loader.closure(&VAR_MODULES.map(String::from));
@@ -145,14 +152,17 @@ fn stage1(cmdline: &Cmdline, t0: f64) -> Result<Never, String> {
     // The early tracks share the modules.dep just read; the last one,
     // started later, reads /proc/modules afresh to skip what is loaded.
     let mut root_loader = loader.clone();
-    let root_mods = std::thread::spawn(move || root_loader.load(&for_root));
-    let (mut report, root) = find_root(sys, &part_name, loader)?;
-    join_modules(root_mods, &mut report)?;
+    let root_mods = std::thread::spawn(move || {
+        let r = root_loader.load(&for_root);
+        (r, bootdisk::read_anchor(&bootdisk::efivars_dir()))
+    });
+    let (report, anchor, found) = find_root(sys, &expected, root_mods, loader)?;
+    let root = found.dev;
+    let part_name = format!("root_{slot} ({})", root.devname);
     let t_mod = uptime();
     if root.sectors < data_blocks * 8 {
         return Err(format!(
-            "partition {part_name} ({}) is smaller than its verity data",
-            root.devname
+            "partition {part_name} is smaller than its verity data"
         ));
     }
     let params = verity::VerityParams {
@@ -181,9 +191,11 @@ fn stage1(cmdline: &Cmdline, t0: f64) -> Result<Never, String> {
     for d in ["/dev", "/proc", "/sys"] {
         mount(d, &format!("{NEWROOT}{d}"), "", libc::MS_MOVE, "")?;
     }
-    let found = var::inspect(Path::new(NEWROOT));
-    var_child.send_root(Path::new(NEWROOT), &found)?;
-    let var_in_background = !var::needs_work(&found);
+    // Looked up again: a copy of the boot disk that showed up since is
+    // refused here, before anything is written.
+    let plan = var::inspect(Path::new(NEWROOT), &anchor, &expected, &found.disk)?;
+    var_child.send_root(Path::new(NEWROOT), &plan)?;
+    let var_in_background = !var::needs_work(&plan);
     for (m, why) in &report.failed {
         say(&format!("warning: module {m} not loaded: {why}"));
     }
@@ -208,7 +220,9 @@ fn stage1(cmdline: &Cmdline, t0: f64) -> Result<Never, String> {
         .map(|(m, d)| format!("{m} {:.0}", d.as_secs_f64() * 1e3))
         .collect();
     say(&format!(
-        "stage 1: slot {slot} root {} verified; {} modules (the root's in by {:.2} s; slowest ms: {}); root at {:.2} s; {var_note}; {}; switch_root at t={:.3} s ({:.2} s in stage 1)",
+        "stage 1: boot disk {} ({}); slot {slot} root {} verified; {} modules (the root's in by {:.2} s; slowest ms: {}); root at {:.2} s; {var_note}; {}; switch_root at t={:.3} s ({:.2} s in stage 1)",
+        found.disk,
+        anchor.describe(),
         root.devname,
         report.loaded.len(),
         t_mod - t0,
@@ -231,31 +245,40 @@ const READ_AHEAD: [&str; 4] = [
     "usr/lib/fluxnode/fluxnode-modload",
 ];
 
-/// Waits for a module-loading thread and adds what it did to `report`.
-fn join_modules(
-    track: std::thread::JoinHandle<Result<modules::LoadReport, modules::ModuleError>>,
+/// The root track's thread: its modules, then the boot loader's variable.
+type RootTrack = std::thread::JoinHandle<(
+    Result<modules::LoadReport, modules::ModuleError>,
+    bootdisk::Anchor,
+)>;
+
+/// Waits for the root track and adds what it loaded to `report`.
+fn join_root_track(
+    track: RootTrack,
     report: &mut modules::LoadReport,
-) -> Result<(), String> {
+) -> Result<bootdisk::Anchor, String> {
     match track.join() {
-        Ok(Ok(r)) => {
+        Ok((Ok(r), anchor)) => {
             report.loaded.extend(r.loaded);
             report.failed.extend(r.failed);
-            Ok(())
+            Ok(anchor)
         }
-        Ok(Err(e)) => Err(e.to_string()),
+        Ok((Err(e), _)) => Err(e.to_string()),
         Err(_) => Err("a module loading thread crashed".into()),
     }
 }
 
 /// Loads the disk drivers the hardware asks for, and keeps matching new
 /// devices (buses appear as drivers load: virtio_blk's devices only once
-/// virtio_pci is in; SCSI scans are asynchronous) until the partition
-/// shows up.
+/// virtio_pci is in; SCSI scans are asynchronous) until the boot disk
+/// (named by the boot loader: [`bootdisk`]) shows up with the root
+/// partition of the slot. The root track is joined once the first drivers
+/// are in: the boot disk cannot be told before its variable is read.
 fn find_root(
     sys: &Path,
-    part_name: &str,
+    expected: &bootdisk::Expected,
+    root_track: RootTrack,
     mut loader: modules::Loader,
-) -> Result<(modules::LoadReport, blockdev::BlockDev), String> {
+) -> Result<(modules::LoadReport, bootdisk::Anchor, bootdisk::Found), String> {
     let drivers: BTreeSet<String> = modules::read_list(Path::new("/etc/fluxnode/modules.drivers"))
         .unwrap_or_default()
         .into_iter()
@@ -272,6 +295,7 @@ fn find_root(
     let matched = modalias::matching(&aliases, &present(), &drivers);
     let first: Vec<String> = matched.into_iter().collect();
     let mut report = loader.load(&first).map_err(|e| e.to_string())?;
+    let anchor = join_root_track(root_track, &mut report)?;
     let fallback: BTreeSet<String> =
         modules::read_list(Path::new("/etc/fluxnode/modules.fallback"))
             .unwrap_or_default()
@@ -280,16 +304,28 @@ fn find_root(
     let mut candidates = drivers;
     let mut fell_back = fallback.is_empty();
     let t0 = std::time::Instant::now();
+    let dev = Path::new("/dev");
     loop {
         if !fell_back && t0.elapsed() > Duration::from_millis(300) {
             fell_back = true;
             candidates.extend(fallback.iter().cloned());
         }
-        if let Some(b) = blockdev::find_by_partname(sys, part_name) {
-            return Ok((report, b));
+        if let Some(f) = bootdisk::find(
+            sys,
+            dev,
+            &anchor,
+            expected,
+            &expected.root,
+            bootdisk::TYPE_ROOT_X86_64,
+            "root",
+        )? {
+            return Ok((report, anchor, f));
         }
         if t0.elapsed() > Duration::from_secs(15) {
-            return Err(format!("no partition named {part_name} appeared within 15 s (no driver for the disk, or not a fluxnode disk)"));
+            return Err(format!(
+                "no disk with {} appeared within 15 s (no driver for the disk, or not a fluxnode disk)",
+                anchor.describe()
+            ));
         }
         let more: Vec<String> = modalias::matching(&aliases, &present(), &candidates)
             .into_iter()

@@ -12,12 +12,13 @@
 //! 2. it loads ext4 and what ext4 needs;
 //! 3. it waits for the new root (a directory descriptor passed over its
 //!    socket once stage 1 has mounted it and moved /dev, /proc, /sys in,
-//!    with what stage 1 found on the data partition: [`inspect`]), and
+//!    with what stage 1 decided for the data partition: [`inspect`]), and
 //!    chroots there: stage 1's own move of the root later leaves that view
 //!    as it is;
 //! 4. it grows, formats or checks the data partition as needed, mounts it
-//!    at /var and prints one line;
-//! 5. it loads the modules nothing needs before blessing (efivarfs, vfat)
+//!    at /var, marks it initialised in the GPT ([`gpt::ATTR_INITIALISED`])
+//!    if it is not yet, and prints one line;
+//! 5. it loads the modules nothing needs before blessing (vfat)
 //!    and exits 0 — or prints what failed and exits 1.
 //!
 //! Formatting (first boot) and checking (unclean) still finish before
@@ -34,7 +35,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
-use super::{blockdev, data, gpt, modules, mount, say};
+use super::{bootdisk, data, gpt, modules, mount, say};
 use crate::sys::uptime;
 
 /// The environment variable through which stage 2 learns the child's pid.
@@ -92,10 +93,10 @@ impl VarChild {
     }
 
     /// Hands over the new root (mounted, with /dev, /proc and /sys in it)
-    /// and what [`inspect`] found there, so the child need not look again.
-    pub fn send_root(&self, root: &Path, found: &Found) -> Result<(), String> {
+    /// and what [`inspect`] decided, so the child need not look again.
+    pub fn send_root(&self, root: &Path, plan: &Plan) -> Result<(), String> {
         let dir = std::fs::File::open(root).map_err(|e| format!("{}: {e}", root.display()))?;
-        send_fd(&self.sock, dir.as_raw_fd(), &encode(found))
+        send_fd(&self.sock, dir.as_raw_fd(), &encode(plan))
             .map_err(|e| format!("passing the new root to the /var child: {e}"))
     }
 
@@ -122,53 +123,118 @@ impl VarChild {
     }
 }
 
-/// What stage 1 found on the data partition (its device name and state),
-/// or why it could not look.
-pub type Found = Result<(String, data::DataState), String>;
+/// What stage 1 decided for the data partition, for the child to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The partition's kernel name (`vda4`).
+    pub dev: String,
+    /// Its disk (`vda`).
+    pub disk: String,
+    /// Its GPT entry index (0-based).
+    pub index: usize,
+    /// Format, check or mount.
+    pub action: data::Action,
+    /// Set [`gpt::ATTR_INITIALISED`] once mounted (not set yet).
+    pub mark: bool,
+}
 
-/// Finds the data partition under `root` and reads its state, once, for
-/// both stage 1 (whether to wait) and the child (what to do).
-pub fn inspect(root: &Path) -> Found {
-    let part =
-        blockdev::find_by_partname(&root.join("sys"), "data").ok_or("no partition named data")?;
-    let node = root.join("dev").join(&part.devname);
+/// Finds the data partition under `root` (by type and UUID, on the boot
+/// disk `boot_disk` only, looked up afresh so a copy of the boot disk that
+/// appeared since stage 1 picked it is refused), reads its first MiB and
+/// decides, once, for both stage 1 (whether to wait) and the child (what to
+/// do). An error is a refusal: stage 1 prints it as its FATAL line.
+pub fn inspect(
+    root: &Path,
+    anchor: &bootdisk::Anchor,
+    exp: &bootdisk::Expected,
+    boot_disk: &str,
+) -> Result<Plan, String> {
+    let (sys, dev) = (root.join("sys"), root.join("dev"));
+    let found = bootdisk::find(
+        &sys,
+        &dev,
+        anchor,
+        exp,
+        &exp.data,
+        bootdisk::TYPE_VAR,
+        "data",
+    )?
+    .ok_or_else(|| format!("the data partition of the boot disk {boot_disk} is not visible"))?;
+    if found.disk != boot_disk {
+        return Err(format!(
+            "the boot disk was {boot_disk} and is now {}; using neither",
+            found.disk
+        ));
+    }
+    let node = dev.join(&found.dev.devname);
     let state = data::inspect(&node).map_err(|e| format!("reading {}: {e}", node.display()))?;
-    Ok((part.devname, state))
+    let initialised = found.entry.attributes & gpt::ATTR_INITIALISED != 0;
+    let provenance = data::Provenance {
+        new_allowed: matches!(anchor, bootdisk::Anchor::Loader(_)) && found.disk_is_images,
+        initialised,
+    };
+    let action = data::decide(state, provenance, &found.dev.devname, &found.disk)?;
+    Ok(Plan {
+        dev: found.dev.devname,
+        disk: found.disk,
+        index: found.entry.index,
+        action,
+        mark: !initialised,
+    })
 }
 
-/// Whether /var is more than a mount: a blank partition to format, a file
-/// system to check, or a failure to report. That work finishes in stage 1,
-/// before stage 2 starts, as it always did: once, under TCG on a loaded
-/// host, e2fsck running alongside stage 2's start left both vCPUs in a soft
-/// lockup for minutes. Only a clean /var (load ext4, mount) goes on in the
+/// Whether /var is more than a mount: a blank partition to format or a
+/// file system to check. That work finishes in stage 1, before stage 2
+/// starts, as it always did: once, under TCG on a loaded host, e2fsck
+/// running alongside stage 2's start left both vCPUs in a soft lockup for
+/// minutes. Only a clean /var (load ext4, mount) goes on in the
 /// background: every later boot.
-pub fn needs_work(found: &Found) -> bool {
-    !matches!(found, Ok((_, data::DataState::Clean)))
+pub fn needs_work(plan: &Plan) -> bool {
+    plan.action != data::Action::Mount
 }
 
-/// One byte for the state (`-` for an error), then the device name or the
-/// error.
-fn encode(found: &Found) -> Vec<u8> {
-    let (tag, text) = match found {
-        Ok((dev, data::DataState::Blank)) => (b'b', dev),
-        Ok((dev, data::DataState::Clean)) => (b'c', dev),
-        Ok((dev, data::DataState::NeedsCheck)) => (b'n', dev),
-        Ok((dev, data::DataState::Foreign)) => (b'f', dev),
-        Err(e) => (b'-', e),
+/// `F`/`C`/`M` for the action, `1`/`0` for the mark, then
+/// `dev disk index`.
+fn encode(p: &Plan) -> Vec<u8> {
+    let tag = match p.action {
+        data::Action::Format => 'F',
+        data::Action::Check => 'C',
+        data::Action::Mount => 'M',
     };
-    std::iter::once(tag).chain(text.bytes()).collect()
+    let mark = if p.mark { '1' } else { '0' };
+    format!("{tag}{mark}{} {} {}", p.dev, p.disk, p.index).into_bytes()
 }
 
-fn decode(msg: &[u8]) -> Found {
-    let text = String::from_utf8_lossy(msg.get(1..).unwrap_or_default()).into_owned();
-    let state = match msg.first() {
-        Some(b'b') => data::DataState::Blank,
-        Some(b'c') => data::DataState::Clean,
-        Some(b'n') => data::DataState::NeedsCheck,
-        Some(b'f') => data::DataState::Foreign,
-        _ => return Err(text),
+fn decode(msg: &[u8]) -> Result<Plan, String> {
+    let text = String::from_utf8_lossy(msg);
+    let bad = || format!("an odd message from stage 1: {text:?}");
+    let mut chars = text.chars();
+    let action = match chars.next() {
+        Some('F') => data::Action::Format,
+        Some('C') => data::Action::Check,
+        Some('M') => data::Action::Mount,
+        _ => return Err(bad()),
     };
-    Ok((text, state))
+    let mark = match chars.next() {
+        Some('1') => true,
+        Some('0') => false,
+        _ => return Err(bad()),
+    };
+    let rest: Vec<&str> = chars.as_str().split(' ').collect();
+    let [dev, disk, index] = rest.as_slice() else {
+        return Err(bad());
+    };
+    let ok = |s: &str| !s.is_empty() && !s.contains('/') && s != "." && s != "..";
+    if !ok(dev) || !ok(disk) {
+        return Err(bad());
+    }
+    Ok(Plan {
+        dev: dev.to_string(),
+        disk: disk.to_string(),
+        index: index.parse().map_err(|_| bad())?,
+        action,
+        mark,
+    })
 }
 
 fn child(
@@ -209,9 +275,21 @@ fn child(
             ));
         }
     }
-    let (dev, note) = prepare_data(Path::new("/"), decode(&msg)?)?;
-    mount(&dev, "/var", "ext4", libc::MS_NOSUID | libc::MS_NODEV, "")
-        .map_err(|e| format!("{e} (data partition)"))?;
+    let plan = decode(&msg)?;
+    let (dev, note) = prepare_data(Path::new("/"), &plan)?;
+    // noexec: nothing on the node runs programs from /var; the container
+    // store will get an exec mount of its own (docs/SECURITY.md).
+    mount(
+        &dev,
+        "/var",
+        "ext4",
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        "",
+    )
+    .map_err(|e| format!("{e} (data partition)"))?;
+    if plan.mark {
+        mark_initialised(Path::new("/"), &plan);
+    }
     say(&format!(
         "stage 1: /var {note} ({dev}; ext4's modules in by {:.2} s; mounted at t={:.3} s)",
         t_mods - t0,
@@ -310,17 +388,14 @@ fn recv_fd(sock: &UnixStream) -> std::io::Result<Option<(OwnedFd, Vec<u8>)>> {
 }
 
 /// Formats (first boot, after growing) or checks (unclean) the data
-/// partition `devname` under `root`, as its `state` asks. Returns its device
-/// path in the root and what was done.
-fn prepare_data(
-    root: &Path,
-    (devname, state): (String, data::DataState),
-) -> Result<(String, &'static str), String> {
-    let sys = root.join("sys");
+/// partition under `root`, as stage 1 decided. Returns its device path in
+/// the root and what was done.
+fn prepare_data(root: &Path, plan: &Plan) -> Result<(String, &'static str), String> {
+    let devname = &plan.dev;
     let in_root = format!("/dev/{devname}");
-    let note = match state {
-        data::DataState::Blank => {
-            grow_data(&sys, root, &devname);
+    let note = match plan.action {
+        data::Action::Format => {
+            grow_data(root, plan);
             say(&format!(
                 "formatting {devname} as ext4 for /var (first boot)"
             ));
@@ -347,7 +422,7 @@ fn prepare_data(
             }
             "formatted"
         }
-        data::DataState::NeedsCheck => {
+        data::Action::Check => {
             say(&format!(
                 "checking {devname} (not clean, or errors recorded)"
             ));
@@ -360,27 +435,37 @@ fn prepare_data(
             }
             "checked"
         }
-        data::DataState::Clean => "mounted",
-        data::DataState::Foreign => {
-            return Err(format!(
-                "{devname} holds something that is not ext4; refusing to format it"
-            ));
-        }
+        data::Action::Mount => "mounted",
     };
     Ok((in_root, note))
+}
+
+/// Records in the GPT that the data partition holds /var's file system,
+/// so no later boot formats it (a failure is said; the next boot retries).
+fn mark_initialised(root: &Path, plan: &Plan) {
+    match gpt::set_attributes(
+        &root.join("dev").join(&plan.disk),
+        plan.index,
+        gpt::ATTR_INITIALISED,
+    ) {
+        Ok(true) => say(&format!(
+            "marked {} initialised (GPT attribute bit 56 on {})",
+            plan.dev, plan.disk
+        )),
+        Ok(false) => {}
+        Err(e) => say(&format!(
+            "warning: could not mark {} initialised: {e}",
+            plan.dev
+        )),
+    }
 }
 
 /// Grows the blank data partition to the end of its disk (first boot on a
 /// disk larger than the image). A failure only costs space: it is said and
 /// the partition is formatted at the size it has.
-fn grow_data(sys: &Path, root: &Path, devname: &str) {
-    let Some(disk) = blockdev::parent_disk(sys, devname) else {
-        say(&format!(
-            "warning: no disk found for {devname}; /var keeps its size"
-        ));
-        return;
-    };
-    match gpt::grow(&root.join("dev").join(&disk), "data") {
+fn grow_data(root: &Path, plan: &Plan) {
+    let (devname, disk) = (&plan.dev, &plan.disk);
+    match gpt::grow(&root.join("dev").join(disk), plan.index) {
         Ok(Some((old, new))) => say(&format!(
             "grew {devname} (data) from {old} MiB to {new} MiB, to the end of {disk}"
         )),
@@ -396,17 +481,27 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    fn plan(action: data::Action, mark: bool) -> Plan {
+        Plan {
+            dev: "nvme0n1p4".into(),
+            disk: "nvme0n1".into(),
+            index: 3,
+            action,
+            mark,
+        }
+    }
+
     #[test]
     fn a_descriptor_crosses_the_socket_and_eof_is_none() {
         let (a, b) = UnixStream::pair().unwrap();
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("marker"), "x").unwrap();
         let f = std::fs::File::open(dir.path()).unwrap();
-        let found: Found = Ok(("vda4".into(), data::DataState::NeedsCheck));
-        send_fd(&a, f.as_raw_fd(), &encode(&found)).unwrap();
+        let p = plan(data::Action::Check, true);
+        send_fd(&a, f.as_raw_fd(), &encode(&p)).unwrap();
         drop(f);
         let (got, msg) = recv_fd(&b).unwrap().unwrap();
-        assert_eq!(decode(&msg), found);
+        assert_eq!(decode(&msg), Ok(p));
         // The received descriptor is the same directory.
         let via =
             std::fs::read_to_string(format!("/proc/self/fd/{}/marker", got.as_raw_fd())).unwrap();
@@ -416,20 +511,27 @@ mod tests {
     }
 
     #[test]
-    fn what_stage_1_found_round_trips() {
-        use data::DataState::*;
-        for found in [
-            Ok(("vda4".to_string(), Blank)),
-            Ok(("nvme0n1p4".to_string(), Clean)),
-            Ok(("sda4".to_string(), NeedsCheck)),
-            Ok(("vdb4".to_string(), Foreign)),
-            Err("no partition named data".to_string()),
+    fn what_stage_1_decided_round_trips() {
+        use data::Action::*;
+        for p in [
+            plan(Format, true),
+            plan(Check, false),
+            plan(Mount, true),
+            plan(Mount, false),
         ] {
-            assert_eq!(decode(&encode(&found)), found);
+            assert_eq!(decode(&encode(&p)), Ok(p.clone()));
+            assert_eq!(needs_work(&p), p.action != Mount);
         }
-        assert!(!needs_work(&Ok(("vda4".into(), Clean))));
-        assert!(needs_work(&Ok(("vda4".into(), NeedsCheck))));
-        assert!(needs_work(&Err("x".into())));
-        assert!(decode(b"").is_err());
+        for bad in [
+            &b""[..],
+            b"X1a b 3",
+            b"F2a b 3",
+            b"F1a b",
+            b"F1a b x",
+            b"F1../x b 3",
+            b"F1a .. 3",
+        ] {
+            assert!(decode(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
     }
 }
