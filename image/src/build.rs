@@ -147,7 +147,7 @@ fn build_into(opts: &BuildOptions, dir: &Path, progress: Progress) -> Result<Man
     let boot = tools::host_file(Path::new(esp::SYSTEMD_BOOT), "systemd-boot-efi")?;
     say(&format!("reading spec {}", opts.spec.display()));
     let spec = Spec::load(&opts.spec)?;
-    let init = rootfs::find_bin(&opts.bin_dirs, "fluxnode-init");
+    let init = rootfs::find_bin(&opts.bin_dirs, "fluxnode-stage1");
     if !init.is_file() {
         return Err(ImageError::Missing {
             what: "stage-1 binary",
@@ -214,8 +214,12 @@ fn build_into(opts: &BuildOptions, dir: &Path, progress: Progress) -> Result<Man
             root.root_hash.clone()
         };
         let cmdline = format!(
-            "{} fluxnode.slot={slot} fluxnode.roothash={hash} fluxnode.salt={} fluxnode.datablocks={} {}",
-            spec.cmdline, root.salt, root.data_blocks, opts.extra_cmdline
+            "{} fluxnode.slot={slot} fluxnode.roothash={hash} fluxnode.salt={} fluxnode.datablocks={} {} {}",
+            spec.cmdline,
+            root.salt,
+            root.data_blocks,
+            disk::cmdline_keys(&parts, slot)?,
+            opts.extra_cmdline
         )
         .split_whitespace()
         .collect::<Vec<_>>()

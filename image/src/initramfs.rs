@@ -1,6 +1,6 @@
-//! The initramfs: only fluxnode-init (as /init, stage 1) and the kernel
+//! The initramfs: only fluxnode-stage1 (as /init, stage 1) and the kernel
 //! modules it needs to reach the root, with their dependencies, plus the
-//! marker `/etc/initrd-release` that tells init it is stage 1.
+//! marker `/etc/initrd-release` that stage 1 checks it runs from.
 
 use std::io::Write;
 use std::path::Path;

@@ -46,6 +46,31 @@ const SKELETON: &[&str] = &[
     "lib/x86_64-linux-gnu",
 ];
 
+/// The users of the image: root, one per service that does not need to be
+/// root (init's service files name them), and nobody. No passwords, no
+/// shells: nobody logs in to an appliance. (name, uid = gid, description,
+/// home).
+pub const USERS: &[(&str, u32, &str, &str)] = &[
+    ("root", 0, "root", "/root"),
+    ("netd", 100, "fluxnode network service", "/run/netd"),
+    ("nobody", 65534, "nobody", "/nonexistent"),
+];
+
+/// /etc/passwd and /etc/group for [`USERS`], each user with a group of its
+/// own name and number (nobody's group is Debian's `nogroup`).
+pub fn passwd_and_group() -> (String, String) {
+    let mut passwd = String::new();
+    let mut group = String::new();
+    for (name, id, gecos, home) in USERS {
+        passwd.push_str(&format!(
+            "{name}:x:{id}:{id}:{gecos}:{home}:/usr/sbin/nologin\n"
+        ));
+        let g = if *name == "nobody" { "nogroup" } else { name };
+        group.push_str(&format!("{g}:x:{id}:\n"));
+    }
+    (passwd, group)
+}
+
 /// Builds the root tree under `tree` (which must not exist).
 pub fn assemble(
     spec: &Spec,
@@ -131,11 +156,9 @@ pub fn assemble(
         &tree.join("etc/os-release"),
         os_release(&spec.version, None).as_bytes(),
     )?;
-    write(
-        &tree.join("etc/passwd"),
-        b"root:x:0:0:root:/root:/usr/sbin/nologin\n",
-    )?;
-    write(&tree.join("etc/group"), b"root:x:0:\n")?;
+    let (passwd, group) = passwd_and_group();
+    write(&tree.join("etc/passwd"), passwd.as_bytes())?;
+    write(&tree.join("etc/group"), group.as_bytes())?;
     write(&tree.join("etc/hostname"), b"fluxnode\n")?;
     Ok(())
 }
@@ -264,4 +287,23 @@ fn fix_dir_modes(dir: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_users_have_their_own_ids_and_no_login() {
+        let (passwd, group) = passwd_and_group();
+        assert!(passwd.starts_with("root:x:0:0:"), "{passwd}");
+        assert!(passwd.contains("\nnetd:x:100:100:"), "{passwd}");
+        assert!(group.contains("\nnetd:x:100:\n"), "{group}");
+        assert!(group.contains("nogroup:x:65534:"), "{group}");
+        assert!(passwd.lines().all(|l| l.ends_with(":/usr/sbin/nologin")));
+        // One id per user: no service shares another's.
+        let mut ids: Vec<u32> = USERS.iter().map(|u| u.1).collect();
+        ids.dedup();
+        assert_eq!(ids.len(), USERS.len());
+    }
 }

@@ -7,12 +7,16 @@
 //! forever), and fsync the file, the directory and the file system. This is
 //! what systemd-bless-boot does; doing it in init keeps systemd off the image.
 //!
-//! The ESP is found by GPT name (`esp`, PARTNAME in sysfs) and mounted under
-//! /run just for the rename, unless it is already mounted.
+//! The ESP is the one systemd-boot was loaded from: the partition whose
+//! GPT partition UUID is `LoaderDevicePartUUID` and whose type is the ESP's
+//! (never a partition merely named `esp`, on whatever disk:
+//! [`crate::stage1::bootdisk`]). It is mounted under /run just for the
+//! rename, unless it is already mounted. When two disks carry that UUID (a
+//! copy of the boot disk is attached) nothing is renamed.
 
 use std::path::{Path, PathBuf};
 
-use crate::stage1::blockdev;
+use crate::stage1::bootdisk;
 
 /// The EFI variable systemd-boot sets for a counted entry.
 pub const BOOT_COUNT_VAR: &str = "LoaderBootCountPath-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
@@ -28,9 +32,9 @@ pub enum BlessError {
         /// What went wrong.
         msg: String,
     },
-    /// No partition named `esp`.
-    #[error("no partition named esp found in {0}")]
-    NoEsp(PathBuf),
+    /// The ESP the boot loader names is not found, or not only once.
+    #[error("the ESP systemd-boot was loaded from: {0}")]
+    EspLookup(String),
     /// Mounting, renaming or syncing failed.
     #[error("{what} {path}: {source}")]
     Io {
@@ -152,7 +156,8 @@ fn ensure_efivarfs(efivars: &Path) {
             "efivarfs",
             &efivars.to_string_lossy(),
             "efivarfs",
-            libc::MS_NOSUID | libc::MS_NOEXEC | libc::MS_NODEV,
+            // Read-only, as in mounts.rs: blessing only reads variables.
+            libc::MS_NOSUID | libc::MS_NOEXEC | libc::MS_NODEV | libc::MS_RDONLY,
             "",
         );
     }
@@ -207,8 +212,24 @@ pub fn bless_with(p: &BlessPaths) -> Result<Option<String>, BlessError> {
 }
 
 fn mount_esp(p: &BlessPaths) -> Result<PathBuf, BlessError> {
-    let part = blockdev::find_by_partname(&p.sys, "esp")
-        .ok_or_else(|| BlessError::NoEsp(p.sys.clone()))?;
+    let esp = match bootdisk::anchor_from(&p.efivars) {
+        bootdisk::Anchor::Loader(u) => u,
+        bootdisk::Anchor::ImageOnly => {
+            return Err(BlessError::EspLookup(format!(
+                "no {} in {}",
+                bootdisk::LOADER_DEVICE_PART_UUID,
+                p.efivars.display()
+            )))
+        }
+    };
+    let part = bootdisk::find_esp(&p.sys, &p.dev, &esp)
+        .map_err(BlessError::EspLookup)?
+        .ok_or_else(|| {
+            BlessError::EspLookup(format!(
+                "no disk has partition {} of the ESP type",
+                crate::stage1::gpt::guid_string(&esp)
+            ))
+        })?;
     let node = part.node(&p.dev);
     std::fs::create_dir_all(&p.mountpoint).map_err(|source| BlessError::Io {
         what: "creating",

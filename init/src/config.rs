@@ -114,6 +114,27 @@ impl Default for Stop {
     }
 }
 
+/// Which processes may send sd_notify messages for a service (systemd's
+/// `NotifyAccess=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum NotifyAccess {
+    /// Only the main process.
+    Main,
+    /// Any process of the service: in its cgroup (or, without cgroups, in
+    /// its process group), so `systemd-notify` and forking libraries work.
+    #[default]
+    All,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_filter() -> Vec<String> {
+    vec![crate::sandbox::seccomp::DEFAULT_GROUP.into()]
+}
+
 /// cgroup v2 limits, written as given into the service's cgroup.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -179,6 +200,34 @@ pub struct ServiceFile {
     /// cgroup limits.
     #[serde(default)]
     pub limits: Limits,
+    /// Who may send sd_notify messages for it.
+    #[serde(default)]
+    pub notify_access: NotifyAccess,
+    /// Capabilities it keeps (the bounding set; also ambient when `user`
+    /// is not root). None by default, whatever the user.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// `PR_SET_NO_NEW_PRIVS` (on by default).
+    #[serde(default = "yes")]
+    pub no_new_privileges: bool,
+    /// The seccomp allow-list: groups (`@system-service`) and call names;
+    /// `["@all"]` turns the filter off.
+    #[serde(default = "default_filter")]
+    pub system_call_filter: Vec<String>,
+    /// Read-only in its mount namespace.
+    #[serde(default)]
+    pub read_only_paths: Vec<PathBuf>,
+    /// Hidden in its mount namespace.
+    #[serde(default)]
+    pub inaccessible_paths: Vec<PathBuf>,
+    /// A /tmp of its own.
+    #[serde(default)]
+    pub private_tmp: bool,
+    /// A /dev of its own with only these nodes (and null, zero, full,
+    /// random, urandom); absent: the machine's /dev.
+    pub device_allow: Option<Vec<PathBuf>>,
+    /// A directory under /run created for it, owned by its user.
+    pub runtime_directory: Option<String>,
 }
 
 /// A validated service.
@@ -194,6 +243,8 @@ pub struct ServiceSpec {
     pub stop_signal: i32,
     /// uid and gid to run as, if not root.
     pub ids: Option<(u32, u32)>,
+    /// What it may do ([`crate::sandbox`]).
+    pub sandbox: crate::sandbox::Sandbox,
 }
 
 /// What is wrong with a service file.
@@ -254,8 +305,15 @@ pub struct InitConfig {
     /// Bytes kept per service (the ring holds at most `log_lines` lines and
     /// at most this many bytes, whatever the service prints).
     pub log_bytes: usize,
-    /// The service directory (the command line's `fluxnode.services=` wins).
+    /// The service directory (`--services` wins outside PID 1 of a machine).
     pub services_dir: PathBuf,
+    /// Members of this group may connect to the control socket (status,
+    /// logs); without it only root can.
+    pub control_group: Option<String>,
+    /// Members of this group may also make the requests that change
+    /// something (stop, start, restart, reboot, poweroff); without it only
+    /// root can.
+    pub control_admin_group: Option<String>,
 }
 
 /// The boot-complete action.
@@ -278,6 +336,8 @@ impl Default for InitConfig {
             log_lines: 200,
             log_bytes: 16 * 1024,
             services_dir: PathBuf::from("/etc/fluxnode/services.d"),
+            control_group: None,
+            control_admin_group: None,
         }
     }
 }
@@ -396,12 +456,28 @@ pub fn parse_service(
     }
     let ids = resolve_ids(root, cfg.user.as_deref(), cfg.group.as_deref())
         .map_err(|r| invalid(if cfg.user.is_some() { "user" } else { "group" }, r))?;
+    let sandbox = crate::sandbox::Sandbox::from_file(&cfg).map_err(|(k, r)| invalid(k, r))?;
+    if let Some(d) = &cfg.runtime_directory {
+        let p = Path::new(d);
+        let plain = !d.is_empty()
+            && p.components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !plain {
+            return Err(invalid(
+                "runtime_directory",
+                format!(
+                    "runtime_directory {d:?} must be a relative path under /run, without \"..\""
+                ),
+            ));
+        }
+    }
     Ok(ServiceSpec {
         name: name.into(),
         file: file.into(),
         cfg,
         stop_signal,
         ids,
+        sandbox,
     })
 }
 
@@ -420,6 +496,11 @@ pub fn signal_number(name: &str) -> Option<i32> {
         "PWR" => libc::SIGPWR,
         _ => return None,
     })
+}
+
+/// A group's number, by name (from `root`/etc/group) or as a number.
+pub fn resolve_group(root: &Path, name: &str) -> Result<u32, String> {
+    resolve_ids(root, None, Some(name)).map(|ids| ids.map_or(0, |(_, g)| g))
 }
 
 /// Resolves user and group by reading `root`/etc/passwd and group files

@@ -26,12 +26,14 @@ pub mod mounts;
 pub mod notify;
 pub mod output;
 pub mod powerbutton;
+pub mod sandbox;
 pub mod service;
 pub mod shutdown;
 pub mod spawn;
 pub mod stage1;
 pub mod supervisor;
 pub mod sys;
+pub mod sysctl;
 pub mod watchdog;
 
 use std::path::{Path, PathBuf};
@@ -47,12 +49,13 @@ USAGE:
     fluxnode-init notify KEY=VALUE.. send sd_notify messages (READY=1, STATUS=..,
                                      WATCHDOG=1) from a script, like systemd-notify
 
-As PID 1 in an initramfs (with /etc/initrd-release) it runs stage 1 instead.
+Stage 1 (the initramfs's /init) is the separate binary fluxnode-stage1.
 
-OPTIONS (stage 2; the kernel command line's fluxnode.* keys give the same):
+OPTIONS (stage 2; the kernel command line's fluxnode.* keys give the same;
+as PID 1 of a machine only the logging ones are honoured):
     --services DIR     service files           [fluxnode.services=, /etc/fluxnode/services.d]
     --config FILE      init's settings         [/etc/fluxnode/init.toml]
-    --run-dir DIR      sockets                 [/run/fluxnode]
+    --run-dir DIR      control socket (0700)   [/run/fluxnode; notify socket in DIR-notify]
     --debug            debug logging           [fluxnode.debug]
                        console lines stamped with seconds since boot
                                                [fluxnode.timestamps]
@@ -64,6 +67,19 @@ SIGNALS:
     SIGUSR2            toggle debug logging
     SIGHUP             ignored (service files are read at boot)
 ";
+
+/// The process entry point of the `fluxnode-stage1` binary: the
+/// initramfs's `/init`. Anywhere else it explains itself and exits.
+pub fn stage1_entry() {
+    if std::process::id() == 1 && Path::new("/etc/initrd-release").exists() {
+        stage1::run();
+    }
+    eprintln!(
+        "fluxnode-stage1: this is the initramfs's /init (stage 1 of fluxnode-init): it runs \
+         only as PID 1 of an initramfs with /etc/initrd-release. Stage 2 is fluxnode-init."
+    );
+    std::process::exit(2);
+}
 
 /// The process entry point of the `fluxnode-init` binary.
 pub fn main_entry() {
@@ -79,9 +95,8 @@ pub fn main_entry() {
     if args.first().map(String::as_str) == Some("notify") {
         std::process::exit(notify::notify_main(&args[1..]));
     }
-    if std::process::id() == 1 && Path::new("/etc/initrd-release").exists() {
-        stage1::run();
-    }
+    // Stage 1 is `fluxnode-stage1`, the initramfs's /init: this binary is
+    // stage 2 only, and never runs from an initramfs.
     let mode = Mode::detect();
     match parse_args(&args) {
         Ok(Some(paths_debug)) => stage2(mode, paths_debug.0, paths_debug.1),
@@ -122,6 +137,49 @@ fn parse_args(args: &[String]) -> Result<Option<(supervisor::Paths, bool)>, Stri
     Ok(Some((paths, debug)))
 }
 
+/// What stage 2 runs from, given the mode: the paths from the arguments
+/// (`--services`, `--config`, `--run-dir`) and the kernel command line's
+/// `fluxnode.services=`, and which of those were ignored.
+///
+/// They are for development: tests and the demo run init in a namespace
+/// or the foreground against their own files. As PID 1 of a machine they
+/// are refused: the kernel command line is not always measured (a type #1
+/// boot entry can pass one as load options), and the kernel hands its
+/// unknown words to init as arguments, so either would let whoever edits
+/// the boot entry choose what the appliance runs. Logging switches
+/// (`fluxnode.debug`, `fluxnode.timestamps`, `--debug`) change only what is
+/// printed, and stay.
+pub fn development_overrides(
+    mode: Mode,
+    paths: supervisor::Paths,
+    cmdline_services: Option<&str>,
+) -> (supervisor::Paths, Vec<String>) {
+    let defaults = supervisor::Paths::default();
+    if mode != Mode::Machine {
+        let mut paths = paths;
+        if let (Some(dir), None) = (cmdline_services, &paths.services_dir) {
+            paths.services_dir = Some(dir.into());
+        }
+        return (paths, Vec::new());
+    }
+    let mut ignored = Vec::new();
+    if let Some(dir) = cmdline_services {
+        ignored.push(format!(
+            "fluxnode.services={dir} on the kernel command line"
+        ));
+    }
+    if let Some(dir) = &paths.services_dir {
+        ignored.push(format!("--services {}", dir.display()));
+    }
+    if paths.init_config != defaults.init_config {
+        ignored.push(format!("--config {}", paths.init_config.display()));
+    }
+    if paths.run_dir != defaults.run_dir {
+        ignored.push(format!("--run-dir {}", paths.run_dir.display()));
+    }
+    (defaults, ignored)
+}
+
 /// Stage 2: mounts, supervises, shuts down. Returns only outside PID 1 of a machine.
 pub fn stage2(mode: Mode, mut paths: supervisor::Paths, debug: bool) {
     if mode != Mode::Foreground {
@@ -132,14 +190,33 @@ pub fn stage2(mode: Mode, mut paths: supervisor::Paths, debug: bool) {
     let cmdline = cmdline::Cmdline::from_file(Path::new("/proc/cmdline"));
     log::init(debug || cmdline.flag("fluxnode.debug"));
     log::set_timestamps(cmdline.flag("fluxnode.timestamps"));
-    if let (Some(dir), None) = (cmdline.get("fluxnode.services"), &paths.services_dir) {
-        paths.services_dir = Some(dir.into());
+    let ignored;
+    (paths, ignored) = development_overrides(mode, paths, cmdline.get("fluxnode.services"));
+    for what in ignored {
+        tracing::warn!(
+            "{what} ignored: development overrides apply only outside PID 1 of a machine"
+        );
     }
     if mode == Mode::Machine {
+        // Mounts made later (/var, efivarfs) must reach services that
+        // started earlier in mount namespaces of their own (`sandbox`).
+        // SAFETY: mount with constant strings and no data.
+        unsafe {
+            libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_SHARED,
+                std::ptr::null(),
+            )
+        };
         log::set_console_nonblocking(true);
         // Ctrl-Alt-Del then arrives as SIGINT instead of an instant reboot.
         // SAFETY: reboot with a plain command.
         unsafe { libc::reboot(libc::RB_DISABLE_CAD) };
+        // Before any service: no router advertisement may be taken in
+        // before netd runs (see sysctl.rs).
+        sysctl::apply_all();
         std::panic::set_hook(Box::new(|info| {
             sys::console_write(&format!("fluxnode-init: internal error: {info}\n"));
         }));
@@ -175,6 +252,50 @@ pub fn stage2(mode: Mode, mut paths: supervisor::Paths, debug: bool) {
         _ => {
             tracing::info!("{kind:?} requested outside PID 1 of a machine: exiting 0");
             std::process::exit(0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn dev_paths() -> supervisor::Paths {
+        supervisor::Paths {
+            services_dir: Some("/tmp/svc".into()),
+            init_config: "/tmp/init.toml".into(),
+            run_dir: "/tmp/run".into(),
+            ..supervisor::Paths::default()
+        }
+    }
+
+    #[test]
+    fn a_machine_ignores_every_development_override() {
+        let (p, ignored) = development_overrides(Mode::Machine, dev_paths(), Some("/tmp/evil"));
+        let d = supervisor::Paths::default();
+        assert_eq!(p.services_dir, None);
+        assert_eq!((p.init_config, p.run_dir), (d.init_config, d.run_dir));
+        assert_eq!(ignored.len(), 4, "{ignored:?}");
+        assert!(
+            ignored[0].starts_with("fluxnode.services=/tmp/evil"),
+            "{ignored:?}"
+        );
+        // Nothing given, nothing to say.
+        let (_, none) = development_overrides(Mode::Machine, supervisor::Paths::default(), None);
+        assert!(none.is_empty());
+    }
+
+    #[test]
+    fn namespace_and_foreground_honour_them() {
+        for mode in [Mode::Namespace, Mode::Foreground] {
+            let (p, ignored) = development_overrides(mode, dev_paths(), Some("/x"));
+            assert!(ignored.is_empty());
+            // An argument beats the command line.
+            assert_eq!(p.services_dir, Some("/tmp/svc".into()));
+            assert_eq!(p.run_dir, PathBuf::from("/tmp/run"));
+            let (p, _) = development_overrides(mode, supervisor::Paths::default(), Some("/x"));
+            assert_eq!(p.services_dir, Some("/x".into()));
         }
     }
 }

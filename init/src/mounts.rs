@@ -61,28 +61,31 @@ pub const EARLY_MOUNTS: &[MountEntry] = &[
         data: "gid=5,mode=620,ptmxmode=000",
         only_if: None,
     },
+    // The tmpfs mounts are bounded in size and inodes (a service filling
+    // one must not take the node's memory) and noexec: nothing on the node
+    // runs programs from them. The container store gets a mount of its own.
     MountEntry {
         source: "tmpfs",
         target: "/dev/shm",
         fstype: "tmpfs",
-        flags: libc::MS_NOSUID | libc::MS_NODEV,
-        data: "mode=1777",
+        flags: NOSUID_NODEV_NOEXEC,
+        data: "mode=1777,size=10%,nr_inodes=4096",
         only_if: None,
     },
     MountEntry {
         source: "tmpfs",
         target: "/run",
         fstype: "tmpfs",
-        flags: libc::MS_NOSUID | libc::MS_NODEV,
-        data: "mode=0755",
+        flags: NOSUID_NODEV_NOEXEC,
+        data: "mode=0755,size=10%,nr_inodes=16384",
         only_if: None,
     },
     MountEntry {
         source: "tmpfs",
         target: "/tmp",
         fstype: "tmpfs",
-        flags: libc::MS_NOSUID | libc::MS_NODEV,
-        data: "mode=1777",
+        flags: NOSUID_NODEV_NOEXEC,
+        data: "mode=1777,size=25%,nr_inodes=16384",
         only_if: None,
     },
     MountEntry {
@@ -100,11 +103,14 @@ pub const EARLY_MOUNTS: &[MountEntry] = &[
 /// loading (efivarfs); mounting efivarfs reads every EFI variable through
 /// the firmware, ~20 ms under TCG, off the path to the first services.
 pub const LATE_MOUNTS: &[MountEntry] = &[
+    // Read-only: nothing on the node writes EFI variables (blessing renames
+    // files on the ESP and only reads variables), and a writable efivarfs
+    // lets root brick some firmware by deleting variables.
     MountEntry {
         source: "efivarfs",
         target: "/sys/firmware/efi/efivars",
         fstype: "efivarfs",
-        flags: NOSUID_NODEV_NOEXEC,
+        flags: NOSUID_NODEV_NOEXEC | libc::MS_RDONLY,
         data: "",
         only_if: Some("/sys/firmware/efi/efivars"),
     },
@@ -267,7 +273,7 @@ fn mount_table(table: &'static [MountEntry]) -> Vec<&'static str> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
 
     #[test]
@@ -304,5 +310,33 @@ mod tests {
         ] {
             let _ = parse_mountinfo(t);
         }
+    }
+
+    /// What an attacker inside a service can do with the shared tmpfs
+    /// mounts is bounded: size and inode limits, no exec, no devices, no
+    /// setuid; efivarfs is read-only.
+    #[test]
+    fn shared_tmpfs_mounts_are_bounded_and_noexec() {
+        for target in ["/dev/shm", "/run", "/tmp"] {
+            let e = EARLY_MOUNTS
+                .iter()
+                .find(|e| e.target == target)
+                .unwrap_or_else(|| panic!("{target} is not in the table"));
+            assert_eq!(
+                e.flags & NOSUID_NODEV_NOEXEC,
+                NOSUID_NODEV_NOEXEC,
+                "{target}"
+            );
+            assert!(
+                e.data.contains("size=") && e.data.contains("nr_inodes="),
+                "{target}: {}",
+                e.data
+            );
+        }
+        let efi = LATE_MOUNTS
+            .iter()
+            .find(|e| e.fstype == "efivarfs")
+            .unwrap_or_else(|| panic!("no efivarfs"));
+        assert_ne!(efi.flags & libc::MS_RDONLY, 0);
     }
 }

@@ -2,8 +2,13 @@
 //!
 //! Services find it in `NOTIFY_SOCKET` and send `KEY=VALUE` lines, as with
 //! systemd, so any sd_notify library works unchanged. With SO_PASSCRED the
-//! kernel tells us the sender's pid; init maps it to a service by main pid
-//! or, for helpers like `systemd-notify`, by process group.
+//! kernel attaches the sender's pid and uid to every message, and checks
+//! them: a process can claim another pid only with CAP_SYS_ADMIN, another
+//! uid only with CAP_SETUID. init maps the pid to a service (its main pid,
+//! or a process in its cgroup; see `supervisor::events`), so any service,
+//! whatever its user, may send, but only for itself. That is why the
+//! socket can be writable by everyone (mode 0666 in a directory of its
+//! own), while the control socket is not.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixDatagram;
@@ -91,10 +96,17 @@ impl NotifySocket {
         self.sock.as_raw_fd()
     }
 
-    /// Receives one datagram: (sender pid if known, bytes, descriptors it
-    /// carried). `None` when empty. Dropping the descriptors after the
-    /// message is handled releases a sender waiting on `BARRIER=1`.
-    pub fn recv(&self) -> Option<(Option<i32>, Vec<u8>, Vec<OwnedFd>)> {
+    /// Makes the socket writable by every user: services that are not
+    /// root must reach it; the credentials decide what a message may do.
+    pub fn open_to_all(&self) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(0o666))
+    }
+
+    /// Receives one datagram. `None` when empty. Dropping its descriptors
+    /// after the message is handled releases a sender waiting on
+    /// `BARRIER=1`.
+    pub fn recv(&self) -> Option<Datagram> {
         let mut buf = vec![0u8; 4096];
         let mut cmsg = [0u64; 16];
         let mut iov = libc::iovec {
@@ -119,7 +131,7 @@ impl NotifySocket {
             return None;
         }
         buf.truncate(n as usize);
-        let mut pid = None;
+        let mut creds = None;
         let mut fds = Vec::new();
         // SAFETY: CMSG_* walk the control buffer the kernel filled.
         unsafe {
@@ -127,7 +139,7 @@ impl NotifySocket {
             while !c.is_null() {
                 if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_CREDENTIALS {
                     let cred = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::ucred>());
-                    pid = Some(cred.pid);
+                    creds = Some((cred.pid, cred.uid));
                 } else if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS
                 {
                     // Descriptors are kept until the message is handled, then
@@ -142,8 +154,27 @@ impl NotifySocket {
                 c = libc::CMSG_NXTHDR(&msg, c);
             }
         }
-        Some((pid, buf, fds))
+        Some(Datagram {
+            pid: creds.map(|c| c.0),
+            uid: creds.map(|c| c.1),
+            msg: buf,
+            fds,
+        })
     }
+}
+
+/// One message and what the kernel vouches for about its sender.
+#[derive(Debug)]
+pub struct Datagram {
+    /// The sender's pid (as seen in init's PID namespace; 0 when the sender
+    /// is outside it).
+    pub pid: Option<i32>,
+    /// The sender's uid.
+    pub uid: Option<u32>,
+    /// The bytes.
+    pub msg: Vec<u8>,
+    /// Descriptors it carried (the barrier's pipe).
+    pub fds: Vec<OwnedFd>,
 }
 
 /// `fluxnode-init notify KEY=VALUE...`: sends one datagram to
@@ -154,9 +185,23 @@ impl NotifySocket {
 /// that exits at once may be gone by then. So it waits, as
 /// `sd_notify_barrier()` does: it adds `BARRIER=1` with a pipe's write end,
 /// and init closes that only after it has handled the message.
+///
+/// `--pid N` sends on behalf of process N, as `systemd-notify --pid=` and
+/// `sd_pid_notify()` do: the kernel accepts that only from a process with
+/// CAP_SYS_ADMIN, and init then still checks the sender's uid.
 pub fn notify_main(args: &[String]) -> i32 {
+    let (as_pid, args) = match args {
+        [flag, pid, rest @ ..] if flag == "--pid" => match pid.parse::<i32>() {
+            Ok(p) => (Some(p), rest),
+            Err(_) => {
+                eprintln!("notify: --pid needs a number, got {pid:?}");
+                return 2;
+            }
+        },
+        _ => (None, args),
+    };
     if args.is_empty() || args.iter().any(|a| a == "-h" || a == "--help") {
-        eprintln!("usage: fluxnode-init notify KEY=VALUE...   (e.g. READY=1 STATUS=\"warming up\" WATCHDOG=1)");
+        eprintln!("usage: fluxnode-init notify [--pid PID] KEY=VALUE...   (e.g. READY=1 STATUS=\"warming up\" WATCHDOG=1)");
         return 2;
     }
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
@@ -164,7 +209,7 @@ pub fn notify_main(args: &[String]) -> i32 {
         return 1;
     };
     let msg = format!("{}\nBARRIER=1", args.join("\n"));
-    match send_with_barrier(Path::new(&path), msg.as_bytes()) {
+    match send_with_barrier(Path::new(&path), msg.as_bytes(), as_pid) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("notify: sending to {}: {e}", Path::new(&path).display());
@@ -173,7 +218,7 @@ pub fn notify_main(args: &[String]) -> i32 {
     }
 }
 
-fn send_with_barrier(path: &Path, msg: &[u8]) -> std::io::Result<()> {
+fn send_with_barrier(path: &Path, msg: &[u8], as_pid: Option<i32>) -> std::io::Result<()> {
     let sock = UnixDatagram::unbound()?;
     sock.connect(path)?;
     let mut fds = [0i32; 2];
@@ -187,19 +232,36 @@ fn send_with_barrier(path: &Path, msg: &[u8]) -> std::io::Result<()> {
         iov_base: msg.as_ptr() as *mut libc::c_void,
         iov_len: msg.len(),
     };
-    let mut cmsg = [0u64; 4];
+    let mut cmsg = [0u64; 8];
     // SAFETY: msghdr and the control buffer are plain data we fill in.
     unsafe {
         let mut m: libc::msghdr = std::mem::zeroed();
         m.msg_iov = &mut iov;
         m.msg_iovlen = 1;
         m.msg_control = cmsg.as_mut_ptr().cast();
-        m.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) as usize;
+        let rights = libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) as usize;
+        let creds = libc::CMSG_SPACE(std::mem::size_of::<libc::ucred>() as u32) as usize;
+        m.msg_controllen = rights + if as_pid.is_some() { creds } else { 0 };
         let c = libc::CMSG_FIRSTHDR(&m);
         (*c).cmsg_level = libc::SOL_SOCKET;
         (*c).cmsg_type = libc::SCM_RIGHTS;
         (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) as usize;
         std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<i32>(), write.as_raw_fd());
+        if let Some(pid) = as_pid {
+            let c = libc::CMSG_NXTHDR(&m, c);
+            if c.is_null() {
+                return Err(std::io::Error::other("no room for the credentials"));
+            }
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_CREDENTIALS;
+            (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::ucred>() as u32) as usize;
+            let cred = libc::ucred {
+                pid,
+                uid: libc::getuid(),
+                gid: libc::getgid(),
+            };
+            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<libc::ucred>(), cred);
+        }
         if libc::sendmsg(sock.as_raw_fd(), &m, libc::MSG_NOSIGNAL) < 0 {
             return Err(std::io::Error::last_os_error());
         }
@@ -241,10 +303,12 @@ mod tests {
         let s = NotifySocket::bind(&dir.path().join("n.sock")).unwrap();
         let c = UnixDatagram::unbound().unwrap();
         c.send_to(b"READY=1", s.path()).unwrap();
-        let (pid, msg, fds) = s.recv().unwrap();
-        assert_eq!(pid, Some(std::process::id() as i32));
-        assert_eq!(msg, b"READY=1");
-        assert!(fds.is_empty());
+        let d = s.recv().unwrap();
+        assert_eq!(d.pid, Some(std::process::id() as i32));
+        // SAFETY: getuid has no preconditions.
+        assert_eq!(d.uid, Some(unsafe { libc::getuid() }));
+        assert_eq!(d.msg, b"READY=1");
+        assert!(d.fds.is_empty());
         assert!(s.recv().is_none());
     }
 
@@ -255,17 +319,18 @@ mod tests {
         let s = NotifySocket::bind(&path).unwrap();
         let sender = std::thread::spawn(move || {
             let t = std::time::Instant::now();
-            send_with_barrier(&path, b"WATCHDOG=1\nBARRIER=1").unwrap();
+            send_with_barrier(&path, b"WATCHDOG=1\nBARRIER=1", None).unwrap();
             t.elapsed()
         });
-        let (pid, msg, fds) = loop {
+        let d = loop {
             if let Some(r) = s.recv() {
                 break r;
             }
             std::thread::sleep(std::time::Duration::from_millis(5));
         };
-        assert_eq!(pid, Some(std::process::id() as i32));
-        assert_eq!(parse(&msg), vec![Notification::Watchdog]);
+        assert_eq!(d.pid, Some(std::process::id() as i32));
+        assert_eq!(parse(&d.msg), vec![Notification::Watchdog]);
+        let fds = d.fds;
         assert_eq!(fds.len(), 1);
         std::thread::sleep(std::time::Duration::from_millis(300));
         drop(fds);

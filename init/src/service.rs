@@ -301,6 +301,15 @@ impl Service {
                 let why = why.unwrap_or_else(|| {
                     if self.watchdog_fired {
                         format!("missed its watchdog ({})", end.status)
+                    } else if end.status == ExitStatus::Signal(libc::SIGSYS)
+                        && self.spec.sandbox.seccomp.is_some()
+                    {
+                        // The kernel does not say which call; with auditing
+                        // on, dmesg does (type=1326, syscall=N).
+                        format!(
+                            "was killed by seccomp ({}, SIGSYS): it made a system call its system_call_filter does not allow",
+                            end.status
+                        )
                     } else {
                         format!("exited ({})", end.status)
                     }

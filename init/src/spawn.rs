@@ -22,9 +22,10 @@
 
 use std::ffi::{c_char, CStr, CString};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::config::ServiceSpec;
+use crate::sandbox::{caps, fsns, seccomp};
 
 /// A started process.
 #[derive(Debug)]
@@ -49,13 +50,26 @@ enum Step {
     WorkingDir = 2,
     Ids = 3,
     Exec = 4,
+    Mounts = 5,
+    Capabilities = 6,
+    Seccomp = 7,
+    NoNewPrivs = 8,
 }
 
 impl Step {
     fn from_u32(v: u32) -> Option<Step> {
-        [Step::Stdio, Step::WorkingDir, Step::Ids, Step::Exec]
-            .into_iter()
-            .find(|s| *s as u32 == v)
+        [
+            Step::Stdio,
+            Step::WorkingDir,
+            Step::Ids,
+            Step::Exec,
+            Step::Mounts,
+            Step::Capabilities,
+            Step::Seccomp,
+            Step::NoNewPrivs,
+        ]
+        .into_iter()
+        .find(|s| *s as u32 == v)
     }
 
     fn what(self) -> &'static str {
@@ -64,8 +78,27 @@ impl Step {
             Step::WorkingDir => "changing to the working directory",
             Step::Ids => "switching user and group",
             Step::Exec => "exec",
+            Step::Mounts => "setting up its mount namespace",
+            Step::Capabilities => "setting its capabilities",
+            Step::Seccomp => "installing its seccomp filter",
+            Step::NoNewPrivs => "setting no_new_privileges",
         }
     }
+}
+
+/// The report's size: step, errno, and up to this much of a path.
+const REPORT_LEN: usize = 256;
+
+/// What the child needs besides the service file: paths in init's
+/// runtime directory.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// The sd_notify socket services are given.
+    pub notify_socket: PathBuf,
+    /// The empty 000 file bound over inaccessible files.
+    pub empty_file: PathBuf,
+    /// Where `runtime_directory` is created (/run).
+    pub run_root: PathBuf,
 }
 
 /// Everything the child needs, made before the clone.
@@ -75,6 +108,14 @@ struct Plan {
     envp: Vec<CString>,
     cwd: Option<CString>,
     ids: Option<(u32, u32)>,
+    capabilities: u64,
+    no_new_privileges: bool,
+    seccomp: Option<seccomp::Program>,
+    mounts: Option<fsns::Plan>,
+    /// init runs as root: it has capabilities to drop. A development init
+    /// run by another user has none to give (and may not drop the
+    /// bounding set, nor filter without no_new_privs).
+    privileged: bool,
     stdin: OwnedFd,
     output: OwnedFd,
     report: OwnedFd,
@@ -151,10 +192,11 @@ fn open_cloexec(path: &CStr, flags: libc::c_int) -> std::io::Result<OwnedFd> {
 impl Plan {
     fn new(
         spec: &ServiceSpec,
-        notify_socket: &Path,
+        ctx: &Context,
         output: OwnedFd,
         report: OwnedFd,
     ) -> std::io::Result<Plan> {
+        let notify_socket = ctx.notify_socket.as_path();
         let argv = spec
             .cfg
             .argv
@@ -178,6 +220,12 @@ impl Plan {
             envp,
             cwd,
             ids: spec.ids,
+            capabilities: spec.sandbox.capabilities,
+            no_new_privileges: spec.sandbox.no_new_privileges,
+            seccomp: spec.sandbox.seccomp.clone(),
+            mounts: spec.sandbox.mount_plan(&ctx.empty_file)?,
+            // SAFETY: geteuid has no preconditions.
+            privileged: unsafe { libc::geteuid() } == 0,
             stdin: open_cloexec(c"/dev/null", libc::O_RDONLY)?,
             output,
             report,
@@ -218,13 +266,22 @@ unsafe fn child(
 ) -> ! {
     // SAFETY: see the function's contract.
     unsafe {
-        let fail = |step: Step| -> ! {
-            let errno = *libc::__errno_location();
-            let mut msg = [0u8; 8];
+        let fail = |step: Step, errno: i32, detail: &CStr| -> ! {
+            let mut msg = [0u8; REPORT_LEN];
             msg[..4].copy_from_slice(&(step as u32).to_ne_bytes());
-            msg[4..].copy_from_slice(&errno.to_ne_bytes());
-            libc::write(plan.report.as_raw_fd(), msg.as_ptr().cast(), msg.len());
+            msg[4..8].copy_from_slice(&errno.to_ne_bytes());
+            let d = detail.to_bytes();
+            let n = d.len().min(REPORT_LEN - 8);
+            msg[8..8 + n].copy_from_slice(&d[..n]);
+            // One write of at most PIPE_BUF bytes: the pipe keeps it whole.
+            libc::write(plan.report.as_raw_fd(), msg.as_ptr().cast(), 8 + n);
             libc::_exit(127)
+        };
+        let errno = || *libc::__errno_location();
+        let check = |step: Step, r: std::io::Result<()>| {
+            if let Err(e) = r {
+                fail(step, e.raw_os_error().unwrap_or(0), c"");
+            }
         };
         libc::setsid();
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -256,14 +313,37 @@ unsafe fn child(
         }
         let out = plan.output.as_raw_fd();
         if !(dup_to(plan.stdin.as_raw_fd(), 0) && dup_to(out, 1) && dup_to(out, 2)) {
-            fail(Step::Stdio);
+            fail(Step::Stdio, errno(), c"");
+        }
+        // Mounts first, while the child still has every capability; the
+        // working directory after, so it is looked up in the new view.
+        if let Some(m) = &plan.mounts {
+            if let Err((e, path)) = m.apply() {
+                fail(Step::Mounts, e.raw_os_error().unwrap_or(0), path);
+            }
         }
         if let Some(dir) = &plan.cwd {
             if libc::chdir(dir.as_ptr()) != 0 {
-                fail(Step::WorkingDir);
+                fail(Step::WorkingDir, errno(), dir);
             }
         }
+        if plan.privileged {
+            check(Step::Capabilities, caps::drop_bounding(plan.capabilities));
+            // Before the switch of user: installing a filter needs either
+            // CAP_SYS_ADMIN (the child still has it) or no_new_privs (which
+            // a service may turn off). The filter always allows the few
+            // calls made from here to exec.
+            if let Some(prog) = &plan.seccomp {
+                check(Step::Seccomp, seccomp::install(prog));
+            }
+        }
+        let as_user = plan.ids.is_some_and(|(uid, _)| uid != 0);
         if let Some((uid, gid)) = plan.ids {
+            // Keep the permitted set across setuid, to raise the service's
+            // capabilities as ambient ones after it.
+            if as_user && plan.capabilities != 0 {
+                libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0);
+            }
             // Raw system calls: glibc's wrappers would try to change the ids of
             // every thread of init, and only this one exists in the child.
             let no_groups: *const libc::gid_t = std::ptr::null();
@@ -271,11 +351,30 @@ unsafe fn child(
                 || libc::syscall(libc::SYS_setgid, gid) != 0
                 || libc::syscall(libc::SYS_setuid, uid) != 0
             {
-                fail(Step::Ids);
+                fail(Step::Ids, errno(), c"");
             }
         }
+        // Effective, permitted and inheritable = the service's set. For
+        // root, exec then gives it exactly the bounding set; for another
+        // user, the ambient set carries it over exec.
+        if plan.privileged {
+            check(Step::Capabilities, caps::set(plan.capabilities));
+            if as_user {
+                check(Step::Capabilities, caps::raise_ambient(plan.capabilities));
+            }
+        }
+        // Without CAP_SYS_ADMIN a filter needs no_new_privs first.
+        let unprivileged_filter = !plan.privileged && plan.seccomp.is_some();
+        if (plan.no_new_privileges || unprivileged_filter)
+            && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+        {
+            fail(Step::NoNewPrivs, errno(), c"");
+        }
+        if let (false, Some(prog)) = (plan.privileged, &plan.seccomp) {
+            check(Step::Seccomp, seccomp::install(prog));
+        }
         libc::execve(plan.prog.as_ptr(), argv.as_ptr(), envp.as_ptr());
-        fail(Step::Exec)
+        fail(Step::Exec, errno(), c"")
     }
 }
 
@@ -365,20 +464,26 @@ fn start(plan: &Plan, cgroup_procs: Option<&Path>) -> std::io::Result<libc::pid_
 /// closed at exec) or reported nothing. Read without waiting: call it
 /// once the child has been reaped, when whatever it wrote is in the pipe.
 pub fn failure_before_exec(report: &OwnedFd) -> Option<std::io::Error> {
-    let mut msg = [0u8; 8];
+    let mut msg = [0u8; REPORT_LEN];
     // SAFETY: reading at most msg.len() bytes into `msg`. The child writes
-    // its 8 bytes with one write(2), which a pipe delivers whole.
+    // its report with one write(2), which a pipe delivers whole.
     let n = unsafe { libc::read(report.as_raw_fd(), msg.as_mut_ptr().cast(), msg.len()) };
     if n <= 0 {
         return None;
     }
+    let n = n as usize;
     let word = |r: std::ops::Range<usize>| msg.get(r).and_then(|b| b.try_into().ok());
     let step = word(0..4).map(u32::from_ne_bytes).and_then(Step::from_u32);
     let errno = word(4..8).map(i32::from_ne_bytes).unwrap_or(0);
+    let detail = msg
+        .get(8..n)
+        .filter(|d| !d.is_empty())
+        .map(|d| format!(" ({})", String::from_utf8_lossy(d)))
+        .unwrap_or_default();
     let err = std::io::Error::from_raw_os_error(errno);
     Some(match step {
         Some(Step::Exec) => err,
-        Some(step) => std::io::Error::new(err.kind(), format!("{}: {err}", step.what())),
+        Some(step) => std::io::Error::new(err.kind(), format!("{}{detail}: {err}", step.what())),
         None => std::io::Error::other("the child failed before exec and said nothing clear"),
     })
 }
@@ -391,12 +496,23 @@ pub fn failure_before_exec(report: &OwnedFd) -> Option<std::io::Error> {
 /// when the child has exited (it exits 127 right after reporting).
 pub fn spawn(
     spec: &ServiceSpec,
-    notify_socket: &Path,
+    ctx: &Context,
     cgroup_procs: Option<&Path>,
 ) -> std::io::Result<Spawned> {
+    if let Some(dir) = &spec.cfg.runtime_directory {
+        crate::sandbox::runtime_directory(&ctx.run_root, dir, spec.ids).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "creating its runtime_directory {}: {e}",
+                    ctx.run_root.join(dir).display()
+                ),
+            )
+        })?;
+    }
     let (read, write) = pipe()?;
     let (report_read, report_write) = pipe()?;
-    let plan = Plan::new(spec, notify_socket, write, report_write)?;
+    let plan = Plan::new(spec, ctx, write, report_write)?;
     let pid = start(&plan, cgroup_procs)?;
     // Our copies of the child's ends: the report pipe reads EOF at exec.
     drop(plan);
@@ -432,9 +548,17 @@ mod tests {
             .unwrap()
     }
 
+    fn ctx() -> Context {
+        Context {
+            notify_socket: "/run/test/notify.sock".into(),
+            empty_file: "/nonexistent/empty".into(),
+            run_root: "/nonexistent/run".into(),
+        }
+    }
+
     /// Runs to the end; its output and exit status.
     fn run(spec: &ServiceSpec, cgroup_procs: Option<&Path>) -> (String, i32) {
-        let sp = spawn(spec, Path::new("/run/test/notify.sock"), cgroup_procs).unwrap();
+        let sp = spawn(spec, &ctx(), cgroup_procs).unwrap();
         let mut status = 0;
         // SAFETY: waits for the child just started.
         assert_eq!(unsafe { libc::waitpid(sp.pid, &mut status, 0) }, sp.pid);
@@ -475,7 +599,7 @@ mod tests {
 
     /// Starts `s`, waits for it to exit 127, and returns what it reported.
     fn failure(s: &ServiceSpec) -> std::io::Error {
-        let sp = spawn(s, Path::new("/n"), None).unwrap();
+        let sp = spawn(s, &ctx(), None).unwrap();
         let mut status = 0;
         // SAFETY: waits for the child just started.
         assert_eq!(unsafe { libc::waitpid(sp.pid, &mut status, 0) }, sp.pid);
@@ -489,7 +613,7 @@ mod tests {
         let e = failure(&s);
         assert!(
             e.to_string()
-                .starts_with("changing to the working directory: "),
+                .starts_with("changing to the working directory (/nonexistent/dir): "),
             "{e}"
         );
         assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
@@ -510,6 +634,65 @@ mod tests {
         let s = spec("argv = [\"/bin/sh\", \"-c\", \"echo ran\"]\n");
         let (out, code) = run(&s, Some(Path::new("/nonexistent/cg/cgroup.procs")));
         assert_eq!((out.trim(), code), ("ran", 0));
+    }
+
+    /// `Name:\tvalue` lines of the child's /proc/self/status.
+    fn status_of(extra: &str) -> String {
+        let s = spec(&format!(
+            "argv = [\"/bin/sh\", \"-c\", \"exec grep -E '^(Cap|NoNewPrivs|Seccomp:)' /proc/self/status\"]\n{extra}"
+        ));
+        run(&s, None).0
+    }
+
+    fn root() -> bool {
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() == 0 }
+    }
+
+    #[test]
+    fn by_default_a_service_has_no_capabilities_no_new_privileges_and_a_filter() {
+        if !root() {
+            fluxnode_testkit::skip("not root: no capabilities to drop");
+            return;
+        }
+        let out = status_of("");
+        for want in [
+            "CapEff:\t0000000000000000",
+            "CapBnd:\t0000000000000000",
+            "CapAmb:\t0000000000000000",
+            "NoNewPrivs:\t1",
+            "Seccomp:\t2",
+        ] {
+            assert!(out.contains(want), "{want} not in\n{out}");
+        }
+    }
+
+    #[test]
+    fn capabilities_bound_a_root_service_and_are_ambient_for_a_user() {
+        if !root() {
+            fluxnode_testkit::skip("not root: cannot switch users");
+            return;
+        }
+        let net = "CAP_NET_ADMIN\", \"CAP_NET_RAW";
+        // 1 << 12 | 1 << 13
+        let mask = "0000000000003000";
+        let out = status_of(&format!("capabilities = [\"{net}\"]\nno_new_privileges = false\nsystem_call_filter = [\"@all\"]"));
+        for want in [
+            format!("CapEff:\t{mask}"),
+            format!("CapBnd:\t{mask}"),
+            "NoNewPrivs:\t0".into(),
+            "Seccomp:\t0".into(),
+        ] {
+            assert!(out.contains(&want), "{want} not in\n{out}");
+        }
+        let out = status_of(&format!("capabilities = [\"{net}\"]\nuser = \"65534\""));
+        for want in [
+            format!("CapEff:\t{mask}"),
+            format!("CapAmb:\t{mask}"),
+            format!("CapBnd:\t{mask}"),
+        ] {
+            assert!(out.contains(&want), "{want} not in\n{out}");
+        }
     }
 
     #[test]

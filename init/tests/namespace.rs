@@ -175,7 +175,7 @@ fn a_failure_before_exec_is_reported_with_its_step() {
         "",
     );
     ns.wait_for(
-        "cannot start /bin/sh: changing to the working directory: No such file or directory",
+        "cannot start /bin/sh: changing to the working directory (/nonexistent/fluxnode-test): No such file or directory",
         20,
     );
     ns.wait_for("lost failed: start limit hit: 2 starts within 30 s", 20);
@@ -887,4 +887,347 @@ fn after_a_caught_panic_the_loop_re_derives_what_it_lost() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["services"][0]["state"], "running", "{out}");
     assert_eq!(v["services"][0]["restarts"], 1, "{out}");
+}
+
+// ---- least privilege (issue 11 §2) ------------------------------------
+
+/// The value of `Name:` in lines `svc: Name:\tvalue` that init printed.
+fn status_field(ns: &Ns, svc: &str, field: &str) -> String {
+    let line = ns.wait_for(&format!("{svc}: {field}:"), 20);
+    line.text
+        .split_once(&format!("{field}:"))
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_default()
+}
+
+const STATUS: &str = "grep -E '^(CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status";
+
+#[test]
+fn capabilities_and_no_new_privileges_are_least_by_default() {
+    need_namespaces!();
+    let dir = harness::scratch("caps");
+    let node = dir.join("node");
+    // A file that is not a module: with CAP_SYS_MODULE the kernel would
+    // refuse its contents (ENOEXEC); without it, it refuses the caller
+    // first (EPERM). Nothing is ever loaded.
+    let fake_ko = dir.join("fake.ko");
+    std::fs::write(&fake_ko, b"not a module").unwrap();
+    let insmod = ["/usr/sbin/insmod", "/sbin/insmod"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
+    let module_try = match insmod {
+        Some(i) => format!(
+            "echo module: $({i} {} 2>&1 | sed 's/.*: //')",
+            fake_ko.display()
+        ),
+        None => "echo module: no insmod".into(),
+    };
+    for (n, text) in [
+        (
+            "plain",
+            sh(
+                &format!(
+                    "{STATUS}; mknod {} c 1 3 2>/dev/null && echo mknod-done || echo mknod-refused; {module_try}",
+                    node.display()
+                ),
+                "type = \"oneshot\"\nsystem_call_filter = [\"@system-service\", \"@module\"]",
+            ),
+        ),
+        (
+            "netlike",
+            sh(
+                STATUS,
+                "type = \"oneshot\"\nuser = \"65534\"\ncapabilities = [\"CAP_NET_ADMIN\", \"CAP_NET_RAW\", \"CAP_NET_BIND_SERVICE\"]",
+            ),
+        ),
+        (
+            "oldstyle",
+            sh(
+                STATUS,
+                "type = \"oneshot\"\ncapabilities = [\"CAP_SYS_MODULE\"]\nno_new_privileges = false\nsystem_call_filter = [\"@all\"]",
+            ),
+        ),
+    ] {
+        std::fs::write(dir.join("services").join(format!("{n}.toml")), text).unwrap();
+    }
+    std::fs::write(dir.join("init.toml"), "").unwrap();
+    let mut ns = Ns::spawn(dir);
+    // Root without capabilities: nothing effective, nothing to regain.
+    assert_eq!(status_field(&ns, "plain", "CapEff"), "0000000000000000");
+    assert_eq!(status_field(&ns, "plain", "CapBnd"), "0000000000000000");
+    assert_eq!(status_field(&ns, "plain", "NoNewPrivs"), "1");
+    assert_eq!(status_field(&ns, "plain", "Seccomp"), "2");
+    ns.wait_for("plain: mknod-refused", 20);
+    let module = ns.wait_for("plain: module: ", 20).text;
+    if module.ends_with("Function not implemented") || module.ends_with("no insmod") {
+        // A kernel built without modules (some CI hosts) answers ENOSYS
+        // whoever asks; the guest kernel has them (tests/tests/boot.rs).
+        eprintln!("module loading not checked here: {module}");
+    } else {
+        assert!(module.ends_with("Operation not permitted"), "{}", ns.log());
+    }
+    assert!(!node.exists());
+    // A user with exactly its three capabilities, ambient so they survive
+    // the exec of /bin/sh and grep: 1 << 10 | 1 << 12 | 1 << 13.
+    for f in ["CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(status_field(&ns, "netlike", f), "0000000000003400", "{f}");
+    }
+    assert_eq!(status_field(&ns, "netlike", "NoNewPrivs"), "1");
+    // What a service gets when it asks for it.
+    assert_eq!(status_field(&ns, "oldstyle", "CapBnd"), "0000000000010000");
+    assert_eq!(status_field(&ns, "oldstyle", "NoNewPrivs"), "0");
+    assert_eq!(status_field(&ns, "oldstyle", "Seccomp"), "0");
+    ns.signal(libc::SIGTERM);
+    assert_eq!(ns.wait_exit(20), 0);
+}
+
+#[test]
+fn a_forbidden_system_call_kills_the_service_and_says_why() {
+    need_namespaces!();
+    let ns = Ns::start(
+        "seccomp",
+        &[
+            (
+                // mount(2) is not in @system-service.
+                "mounter",
+                sh(
+                    "echo trying; mount -t tmpfs none /mnt; echo survived $?",
+                    "restart = \"never\"",
+                ),
+            ),
+            (
+                "allowed",
+                sh(
+                    "mount -t tmpfs none /mnt 2>/dev/null; echo survived $?",
+                    "type = \"oneshot\"\nsystem_call_filter = [\"@system-service\", \"@mount\"]",
+                ),
+            ),
+        ],
+        "",
+    );
+    ns.wait_for("mounter: trying", 20);
+    // The shell's child (mount) dies of SIGSYS; the shell reports it.
+    ns.wait_for("mounter: survived 159", 20);
+    ns.wait_for("allowed: survived 32", 20);
+    assert!(ns.all("allowed failed").is_empty(), "{}", ns.log());
+
+    // The service itself making the call: init names seccomp.
+    let ns2 = Ns::start(
+        "seccomp2",
+        &[(
+            "mounter",
+            "argv = [\"/bin/mount\", \"-t\", \"tmpfs\", \"none\", \"/mnt\"]\nrestart = \"never\"\n"
+                .to_string(),
+        )],
+        "",
+    );
+    let l = ns2.wait_for("mounter failed: was killed by seccomp", 20);
+    assert!(
+        l.text.contains("signal 31, SIGSYS") && l.text.contains("system_call_filter"),
+        "{}",
+        ns2.log()
+    );
+}
+
+#[test]
+fn paths_tmp_and_devices_are_private() {
+    need_namespaces!();
+    let dir = harness::scratch("paths");
+    let ro = dir.join("ro");
+    let secret_dir = dir.join("secret");
+    let secret_file = dir.join("secret.txt");
+    std::fs::create_dir_all(&ro).unwrap();
+    std::fs::create_dir_all(&secret_dir).unwrap();
+    std::fs::write(secret_dir.join("inside"), "x").unwrap();
+    std::fs::write(&secret_file, "password").unwrap();
+    let (ro_s, sd, sf) = (ro.display(), secret_dir.display(), secret_file.display());
+    let sandboxed = format!(
+        "( echo x > {ro_s}/f ) 2>&1 | sed 's/.*: //'; \
+         ls {sd} 2>&1 | sed 's/.*: //'; cat {sf} 2>&1 | sed 's/.*: //'; \
+         echo tmp=$(ls -A /tmp | tr '\\n' ' '); touch /tmp/private-marker; \
+         echo dev=$(ls /dev | tr '\\n' ' '); echo hi > /dev/null && echo null-writable"
+    );
+    let extra = format!(
+        "type = \"oneshot\"\nafter = [\"before\"]\nread_only_paths = [\"{ro_s}\"]\n\
+         inaccessible_paths = [\"{sd}\", \"{sf}\"]\nprivate_tmp = true\ndevice_allow = [\"/dev/null\"]"
+    );
+    for (n, text) in [
+        ("before", sh("touch /tmp/shared-marker; echo wrote", "type = \"oneshot\"")),
+        ("boxed", sh(&sandboxed, &extra)),
+        (
+            "later",
+            sh(
+                "test -e /tmp/private-marker && echo leaked || echo not-shared; rm -f /tmp/shared-marker",
+                "type = \"oneshot\"\nafter = [\"boxed\"]",
+            ),
+        ),
+    ] {
+        std::fs::write(dir.join("services").join(format!("{n}.toml")), text).unwrap();
+    }
+    std::fs::write(dir.join("init.toml"), "").unwrap();
+    let mut ns = Ns::spawn(dir);
+    ns.wait_for("boxed finished", 20);
+    ns.wait_for("later finished", 20);
+    let lines: Vec<String> = ns
+        .all("boxed: ")
+        .into_iter()
+        .map(|l| l.text.split_once("boxed: ").unwrap().1.to_string())
+        .collect();
+    let log = ns.log();
+    assert_eq!(lines[0], "Read-only file system", "{log}");
+    assert_eq!(lines[1], "Permission denied", "{log}");
+    assert_eq!(lines[2], "Permission denied", "{log}");
+    // A fresh /tmp: the marker of the service before is not there.
+    assert_eq!(lines[3], "tmp=", "{log}");
+    // Only the basic nodes, the allowed one and the fd links.
+    assert_eq!(
+        lines[4], "dev=fd full null random stderr stdin stdout urandom zero",
+        "{log}"
+    );
+    assert_eq!(lines[5], "null-writable", "{log}");
+    ns.wait_for("later: not-shared", 5);
+    // The files themselves are untouched outside.
+    assert!(!ro.join("f").exists());
+    ns.signal(libc::SIGTERM);
+    assert_eq!(ns.wait_exit(20), 0);
+}
+
+// ---- the control and notify sockets (issue 11 §4) ----------------------
+
+fn mode_of(p: &std::path::Path) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(p).unwrap();
+    (m.mode() & 0o7777, m.gid())
+}
+
+#[test]
+fn the_control_socket_is_private_and_changes_need_root() {
+    need_namespaces!();
+    let ns = Ns::start("ctlperm", &[("svc", sh("exec sleep 60", ""))], "");
+    ns.wait_for("started svc", 20);
+    assert_eq!(mode_of(&ns.run).0, 0o700);
+    assert_eq!(mode_of(&ns.control_socket()).0, 0o600);
+    assert_eq!(mode_of(&ns.notify_dir()).0, 0o711);
+    assert_eq!(mode_of(&ns.notify_dir().join("notify.sock")).0, 0o666);
+    // Without control_group, another user cannot even connect.
+    let (code, out) = ns.ctl_as(65534, 65534, &["status"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("Permission denied"), "{out}");
+    drop(ns);
+
+    // With it, the group's members may look but not touch.
+    let mut ns = Ns::start(
+        "ctlgroup",
+        &[("svc", sh("exec sleep 60", ""))],
+        "control_group = \"65534\"\n",
+    );
+    ns.wait_for("started svc", 20);
+    assert_eq!(mode_of(&ns.run), (0o710, 65534));
+    assert_eq!(mode_of(&ns.control_socket()), (0o660, 65534));
+    let (code, out) = ns.ctl_as(65534, 65534, &["status"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("svc"), "{out}");
+    let (code, out) = ns.ctl_as(65534, 65534, &["stop", "svc"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("stop refused: only root may change services or power; you are uid 65534"),
+        "{out}"
+    );
+    ns.wait_for("control: refused \"stop svc\" from uid 65534", 5);
+    let (code, out) = ns.ctl_as(65534, 65534, &["reboot"]);
+    assert_ne!(code, 0, "{out}");
+    // Still running; root may stop it.
+    let (_, out) = ns.ctl(&["status"]);
+    assert!(out.contains("running"), "{out}");
+    let (code, out) = ns.ctl(&["stop", "svc"]);
+    assert_eq!(code, 0, "{out}");
+    ns.wait_for("stopped svc", 10);
+    let (code, out) = ns.ctl(&["poweroff"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(ns.wait_exit(20), 0);
+}
+
+#[test]
+fn notify_is_open_to_every_user_but_only_for_its_own_service() {
+    need_namespaces!();
+    let dir = harness::scratch("notifyacl");
+    let shared = dir.join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let pidfile = shared.join("victim.pid");
+    let notify = harness::notify_cmd("");
+    let nobody = "user = \"65534\"\ntype = \"notify\"";
+    for (n, text) in [
+        // Not root, and ready by its own message.
+        (
+            "honest",
+            sh(&format!("{notify} READY=1; exec sleep 60"), nobody),
+        ),
+        // Never says READY itself.
+        (
+            "victim",
+            sh(&format!("echo $$ > {}; exec sleep 60", pidfile.display()), nobody),
+        ),
+        // Tries to speak for the victim without CAP_SYS_ADMIN: the kernel
+        // refuses the forged credentials.
+        (
+            "liar",
+            sh(
+                &format!(
+                    "while ! test -s {p}; do sleep 0.05; done; {notify} --pid $(cat {p}) READY=1 2>&1 | sed 's/.*: //'; echo liar-done",
+                    p = pidfile.display()
+                ),
+                "type = \"oneshot\"",
+            ),
+        ),
+        // With CAP_SYS_ADMIN the kernel passes the forged pid, but not a
+        // forged uid: init refuses it (the victim runs as 65534).
+        (
+            "forger",
+            sh(
+                &format!(
+                    "while ! test -s {p}; do sleep 0.05; done; {notify} --pid $(cat {p}) READY=1; echo forger-done",
+                    p = pidfile.display()
+                ),
+                "type = \"oneshot\"\ncapabilities = [\"CAP_SYS_ADMIN\"]",
+            ),
+        ),
+    ] {
+        std::fs::write(dir.join("services").join(format!("{n}.toml")), text).unwrap();
+    }
+    std::fs::write(dir.join("init.toml"), "").unwrap();
+    let mut ns = Ns::spawn(dir);
+    ns.wait_for("honest is ready", 20);
+    ns.wait_for("liar: Operation not permitted", 20);
+    ns.wait_for("forger-done", 20);
+    let l = ns.wait_for("victim: notify claiming to come from its pid", 10);
+    assert!(
+        l.text
+            .contains("sent by uid 0, and victim runs as uid 65534"),
+        "{}",
+        ns.log()
+    );
+    assert!(ns.all("victim is ready").is_empty(), "{}", ns.log());
+    let (_, out) = ns.ctl(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let ready = |name: &str| {
+        v["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .map(|s| s["ready"].clone())
+    };
+    assert_eq!(
+        ready("victim"),
+        Some(serde_json::Value::Bool(false)),
+        "{out}"
+    );
+    assert_eq!(
+        ready("honest"),
+        Some(serde_json::Value::Bool(true)),
+        "{out}"
+    );
+    ns.signal(libc::SIGTERM);
+    assert_eq!(ns.wait_exit(20), 0);
 }

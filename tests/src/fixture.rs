@@ -58,6 +58,7 @@ pub fn staged_dir() -> PathBuf {
 /// The binaries the images take (`bin:` names of the specs).
 pub const IMAGE_BINARIES: &[&str] = &[
     "fluxnode-init",
+    "fluxnode-stage1",
     "fluxnode-modload",
     "fluxnode-netd",
     "fluxnode-probe",
@@ -152,6 +153,25 @@ pub fn main_image() -> Result<Built, String> {
             version: "0.2.0".into(),
             tries: Some(3),
             corrupt_root_hash: true,
+        });
+        build(&o)
+    })
+    .clone()
+}
+
+/// The "two-slot" test image: slot a blessed, slot b newer (0.2.0, `+3`)
+/// with its true root hash, so b boots first and reaches stage 2 (the same
+/// root as a). The run-time verity test corrupts a block of b's root that
+/// only a late service reads.
+pub fn two_slot_image() -> Result<Built, String> {
+    static IMG: OnceLock<Result<Built, String>> = OnceLock::new();
+    IMG.get_or_init(|| {
+        binaries()?;
+        let mut o = options("two-slot", "test.toml");
+        o.slot_b = Some(SlotB {
+            version: "0.2.0".into(),
+            tries: Some(3),
+            corrupt_root_hash: false,
         });
         build(&o)
     })

@@ -8,8 +8,16 @@
 //!   unblessed (`+3`). Boot 1: b fails three times, a boots, is blessed, the
 //!   probe prints in-guest facts; `system_powerdown`. Boot 2 of the same
 //!   disk: /var kept the file written in boot 1; `system_powerdown`.
+//!   Boots 1-3 run with two decoy disks attached (NVMe and SATA/AHCI), each
+//!   with GPT partitions named `data`, `root_a` and `esp` of the right
+//!   types, with content (the decoy `data`: zeros in its first MiB, an
+//!   operator's bytes after): they stay byte-identical through the first
+//!   boot, blessing and the later boots, and /var is on the boot disk.
 //! - tampered disk: one byte of /usr/sbin/fluxnode-init flipped inside
 //!   root_a's data region: verity refuses it; stage 2 never starts.
+//! - cloned disk: the plain image booted with a byte-identical copy of
+//!   itself on NVMe (the same disk and partition UUIDs): stage 1 refuses to
+//!   pick either and writes neither.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
@@ -19,7 +27,7 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 use fluxnode_tests::fixture;
-use fluxnode_tests::qemu::{self, Vm, VmConfig};
+use fluxnode_tests::qemu::{self, DiskBus, ExtraDisk, Vm, VmConfig};
 
 /// Per boot attempt; generous: CI has 2 cores, no KVM, and other jobs.
 const BOOT: Duration = Duration::from_secs(240);
@@ -63,6 +71,19 @@ struct MainRun {
     esp_built: Vec<String>,
     /// QEMU exit after `system_powerdown`, boot 1 and 2.
     exits: Vec<String>,
+    /// Each decoy disk: its name and its sha256 as made, after boot 1
+    /// (first boot and blessing) and after boot 3.
+    decoys: Vec<(String, Vec<String>)>,
+    /// The GPT attribute bits of the boot disk's data partition after boot 1.
+    data_attributes: u64,
+}
+
+#[derive(Clone, Debug)]
+struct CloneRun {
+    log: String,
+    /// sha256 of the boot disk and of the clone: before, after.
+    boot: (String, String),
+    clone: (String, String),
 }
 
 #[derive(Clone, Debug)]
@@ -79,6 +100,7 @@ fn skip_reason() -> Option<String> {
 struct Runs {
     main: Shared<Result<MainRun, String>>,
     tamper: Shared<Result<TamperRun, String>>,
+    clone: Shared<Result<CloneRun, String>>,
 }
 
 fn runs() -> &'static Runs {
@@ -87,11 +109,14 @@ fn runs() -> &'static Runs {
         let runs = Runs {
             main: Shared::new(),
             tamper: Shared::new(),
+            clone: Shared::new(),
         };
         let m = runs.main.clone_handle();
         std::thread::spawn(move || m.set(main_sequence()));
         let t = runs.tamper.clone_handle();
         std::thread::spawn(move || t.set(tamper_sequence()));
+        let c = runs.clone.clone_handle();
+        std::thread::spawn(move || c.set(clone_sequence()));
         runs
     })
 }
@@ -149,8 +174,19 @@ fn main_sequence() -> Result<MainRun, String> {
         .map(|p| p.offset)
         .ok_or("no esp")?;
     let esp_built = esp_listing(&disk, esp_off)?;
+    let mut decoys = Vec::new();
+    let mut extra_disks = Vec::new();
+    for (name, bus, seed) in [("nvme", DiskBus::Nvme, 1u8), ("sata", DiskBus::Sata, 2u8)] {
+        let path = dir.join(format!("decoy-{name}.img"));
+        make_decoy(&path, seed)?;
+        decoys.push((name.to_string(), vec![sha256(&path)?]));
+        extra_disks.push(ExtraDisk { path, bus });
+    }
 
-    let mut cfg = VmConfig::new(&disk, &dir.join("boot1"));
+    let mut cfg = VmConfig {
+        extra_disks: extra_disks.clone(),
+        ..VmConfig::new(&disk, &dir.join("boot1"))
+    };
     let mut vm = Vm::start(&cfg)?;
     let mut at = 0;
     for attempt in 1..=3 {
@@ -165,6 +201,9 @@ fn main_sequence() -> Result<MainRun, String> {
     let log1 = vm.log();
     drop(vm);
     let esp_after = esp_listing(&disk, esp_off)?;
+    for ((_, hashes), d) in decoys.iter_mut().zip(&extra_disks) {
+        hashes.push(sha256(&d.path)?);
+    }
 
     // Mark /var's file system as having errors (as the kernel does on a
     // corruption it notices): stage 1 must check it before mounting.
@@ -176,6 +215,7 @@ fn main_sequence() -> Result<MainRun, String> {
         .map(|p| p.offset)
         .ok_or("no data")?;
     mark_ext4_errors(&disk, data_off)?;
+    let data_attributes = gpt_attributes(&disk, 3)?;
 
     // Boot 2: the same disk (and the same firmware variables).
     let mut vm = boot_again(&mut cfg, &dir, "boot1", "boot2")?;
@@ -188,8 +228,13 @@ fn main_sequence() -> Result<MainRun, String> {
 
     // Boot 3: /var is clean now, so stage 1 leaves it to its child and
     // stage 2 starts while it is mounted (every later boot does this).
-    let vm = boot_again(&mut cfg, &dir, "boot2", "boot3")?;
+    let mut vm = boot_again(&mut cfg, &dir, "boot2", "boot3")?;
     let log3 = vm.log();
+    vm.kill();
+    drop(vm);
+    for ((_, hashes), d) in decoys.iter_mut().zip(&extra_disks) {
+        hashes.push(sha256(&d.path)?);
+    }
     Ok(MainRun {
         log1,
         log2,
@@ -197,6 +242,124 @@ fn main_sequence() -> Result<MainRun, String> {
         esp_after,
         esp_built,
         exits,
+        decoys,
+        data_attributes,
+    })
+}
+
+fn sha256(p: &Path) -> Result<String, String> {
+    fluxnode_image::manifest::hash_file(p, 0)
+        .map(|(_, h, _)| h)
+        .map_err(|e| e.to_string())
+}
+
+/// A 96 MiB disk with the image's partition names and types but its own
+/// UUIDs (`seed` varies them): `data` first (so its kernel name sorts
+/// before the boot disk's: `nvme0n1p1` < `vda4`, as in issue 11), with
+/// zeros in its first MiB and an operator's bytes from 1 MiB on (blank by
+/// any first-MiB probe), then `root_a` and `esp` with content.
+fn make_decoy(path: &Path, seed: u8) -> Result<(), String> {
+    use std::io::{Seek, SeekFrom, Write};
+    const MIB: u64 = 1 << 20;
+    let f = std::fs::File::create(path).map_err(|e| e.to_string())?;
+    f.set_len(96 * MIB).map_err(|e| e.to_string())?;
+    drop(f);
+    let g = |n: u8| format!("d3c0{seed:02x}{n:02x}-0000-4000-8000-0000000000{seed:02x}");
+    let script = format!(
+        "label: gpt\nlabel-id: {}\nunit: sectors\n\
+         start=2048, size={}, type=4D21B016-B534-45C2-A9FB-5C16E091FD2D, uuid={}, name=\"data\"\n\
+         size={}, type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709, uuid={}, name=\"root_a\"\n\
+         size={}, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, uuid={}, name=\"esp\"\n",
+        g(0),
+        40 * MIB / 512,
+        g(1),
+        24 * MIB / 512,
+        g(2),
+        24 * MIB / 512,
+        g(3)
+    );
+    let mut c = Command::new("sfdisk")
+        .args(["--quiet", "--no-reread", "--no-tell-kernel"])
+        .arg(path)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("sfdisk: {e}"))?;
+    c.stdin
+        .take()
+        .ok_or("no stdin")?
+        .write_all(script.as_bytes())
+        .map_err(|e| e.to_string())?;
+    if !c.wait().map_err(|e| e.to_string())?.success() {
+        return Err("sfdisk failed on the decoy".into());
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    let operator: Vec<u8> = (0..256 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 ^ seed)
+        .collect();
+    // data starts at 1 MiB: its own first MiB stays zero.
+    for (at, bytes) in [
+        (MIB + MIB, &operator[..]),
+        (MIB + 8 * MIB, b"operator data: do not format".as_slice()),
+        (41 * MIB, &operator[..64 * 1024]),
+        (65 * MIB, &operator[..64 * 1024]),
+    ] {
+        f.seek(SeekFrom::Start(at)).map_err(|e| e.to_string())?;
+        f.write_all(bytes).map_err(|e| e.to_string())?;
+    }
+    f.sync_all().map_err(|e| e.to_string())
+}
+
+/// The attribute bits of GPT entry `index` of `disk` (512-byte sectors,
+/// entries at LBA 2 as sfdisk writes them).
+fn gpt_attributes(disk: &Path, index: u64) -> Result<u64, String> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(disk).map_err(|e| e.to_string())?;
+    let mut hdr = [0u8; 92];
+    f.read_exact_at(&mut hdr, 512).map_err(|e| e.to_string())?;
+    if &hdr[..8] != b"EFI PART" {
+        return Err("no GPT on the disk".into());
+    }
+    let lba = u64::from_le_bytes(hdr[72..80].try_into().unwrap());
+    let size = u32::from_le_bytes(hdr[84..88].try_into().unwrap()) as u64;
+    let mut a = [0u8; 8];
+    f.read_exact_at(&mut a, lba * 512 + index * size + 48)
+        .map_err(|e| e.to_string())?;
+    Ok(u64::from_le_bytes(a))
+}
+
+/// The plain image with a byte-identical copy of itself on NVMe.
+fn clone_sequence() -> Result<CloneRun, String> {
+    let built = fixture::plain_image()?;
+    let dir = fixture::run_dir("clone");
+    let disk = fixture::copy_disk(&built.image, &dir)?;
+    let copy = dir.join("clone.img");
+    std::fs::copy(&disk, &copy).map_err(|e| e.to_string())?;
+    let before = (sha256(&disk)?, sha256(&copy)?);
+    let mut vm = Vm::start(&VmConfig {
+        net: false,
+        tpm: false,
+        extra_disks: vec![ExtraDisk {
+            path: copy.clone(),
+            bus: DiskBus::Nvme,
+        }],
+        ..VmConfig::new(&disk, &dir.join("boot"))
+    })?;
+    let res = vm.wait_for("fluxnode-init: FATAL:", BOOT);
+    // Whatever it did next (it reboots after 5 s), give it the time to
+    // write, if it were to.
+    std::thread::sleep(Duration::from_secs(3));
+    let log = vm.log();
+    vm.kill();
+    drop(vm);
+    res?;
+    Ok(CloneRun {
+        log,
+        boot: (before.0, sha256(&disk)?),
+        clone: (before.1, sha256(&copy)?),
     })
 }
 
@@ -443,7 +606,8 @@ fn boot_pid1_root_var_and_services() {
     );
     assert!(r
         .log1
-        .contains("fluxnode-init: stage 1: slot a root vda2 verified"));
+        .contains("fluxnode-init: stage 1: boot disk vda (ESP "));
+    assert!(r.log1.contains("; slot a root vda2 verified"));
     assert!(r
         .log1
         .contains("formatting vda4 as ext4 for /var (first boot)"));
@@ -679,6 +843,78 @@ fn tamper_is_refused() {
     );
 }
 
+#[test]
+fn disks_decoys_are_untouched_and_var_is_on_the_boot_disk() {
+    need_qemu!();
+    let r = main_run();
+    assert_eq!(r.decoys.len(), 2);
+    for (name, hashes) in &r.decoys {
+        assert_eq!(hashes.len(), 3, "{name}: {hashes:?}");
+        assert!(
+            hashes.iter().all(|h| h == &hashes[0]),
+            "decoy {name} changed (as made, after first boot and blessing, after boot 3): {hashes:?}"
+        );
+    }
+    // The NVMe decoy was there for stage 1 to see (hal lists the disks).
+    let p = probes(&r.log1, "fluxnode-init: stage 2 starting");
+    let hal = p.get("hal_json").cloned().unwrap_or_default();
+    assert!(hal.contains("\"nvme0n1\""), "{hal}");
+    for log in [&r.log1, &r.log2, &r.log3] {
+        assert!(!log.contains("formatting nvme0n1"));
+        assert!(!log.contains("formatting sda"));
+        assert!(
+            log.contains("fluxnode-init: stage 1: boot disk vda (ESP "),
+            "{}",
+            tail(log)
+        );
+    }
+    for log in [&r.log2, &r.log3] {
+        let p = probes(log, "fluxnode-init: stage 2 starting");
+        assert!(
+            p.get("var")
+                .is_some_and(|v| v.starts_with("/dev/vda4 ext4 rw")),
+            "{p:?}"
+        );
+    }
+    // The data partition is marked initialised (GPT attribute bit 56).
+    assert!(
+        r.data_attributes & (1 << 56) != 0,
+        "attributes {:#x}",
+        r.data_attributes
+    );
+    assert!(
+        r.log1
+            .contains("fluxnode-init: marked vda4 initialised (GPT attribute bit 56 on vda)"),
+        "{}",
+        tail(&r.log1)
+    );
+}
+
+#[test]
+fn disks_a_cloned_boot_disk_is_refused_and_untouched() {
+    need_qemu!();
+    let r = match runs().clone.get() {
+        Ok(r) => r,
+        Err(e) => panic!("clone boot failed: {e}"),
+    };
+    let fatal = r
+        .log
+        .lines()
+        .find(|l| l.contains("fluxnode-init: FATAL:"))
+        .unwrap_or("");
+    assert!(
+        fatal.contains("copy of the boot disk")
+            && fatal.contains("nvme0n1")
+            && fatal.contains("vda"),
+        "{fatal}\n{}",
+        tail(&r.log)
+    );
+    assert_eq!(r.clone.0, r.clone.1, "the clone was written");
+    assert_eq!(r.boot.0, r.boot.1, "the boot disk was written");
+    assert!(!r.log.contains("formatting"));
+    assert!(!r.log.contains("stage 2 starting"));
+}
+
 fn tail(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(30)..].join("\n")
@@ -786,4 +1022,26 @@ fn bad_input_missing_binary() {
 fn bad_input_sizes_that_do_not_fit() {
     need_tools!();
     assert_bad_build("[sizes]\nroot_mib = 2\n", "raise `sizes.root_mib`");
+}
+
+/// Issue 11: netd, which parses what the LAN sends, runs as its own user
+/// with only its three network capabilities, no_new_privileges and the
+/// default seccomp filter; init's control socket is root's alone.
+#[test]
+fn boot_netd_runs_with_least_privilege() {
+    need_qemu!();
+    let r = main_run();
+    let p = probes(&r.log1, "fluxnode-init: stage 2 starting");
+    let get = |k: &str| p.get(k).map(String::as_str);
+    assert_eq!(get("netd_Uid"), Some("100"), "{p:?}");
+    // CAP_NET_BIND_SERVICE (10), CAP_NET_ADMIN (12), CAP_NET_RAW (13).
+    for set in ["netd_CapEff", "netd_CapPrm", "netd_CapBnd", "netd_CapAmb"] {
+        assert_eq!(get(set), Some("0000000000003400"), "{set}: {p:?}");
+    }
+    assert_eq!(get("netd_NoNewPrivs"), Some("1"), "{p:?}");
+    assert_eq!(get("netd_Seccomp"), Some("2"), "{p:?}");
+    assert_eq!(get("init_run_dir_mode"), Some("700"), "{p:?}");
+    assert_eq!(get("init_control_mode"), Some("600"), "{p:?}");
+    assert_eq!(get("init_notify_dir_mode"), Some("711"), "{p:?}");
+    assert_eq!(get("init_notify_mode"), Some("666"), "{p:?}");
 }

@@ -4,9 +4,11 @@
 //! - [`protocol`]: the request and answer format, no I/O;
 //! - [`server`]: init's side, non-blocking, with deadlines and a bound on
 //!   open connections so no client can hold PID 1's loop;
+//! - [`access`]: who may ask what (the socket's modes, `SO_PEERCRED`);
 //! - [`status`]: what `status` answers;
 //! - [`client`]: `fluxnode-init ctl`.
 
+pub mod access;
 pub mod client;
 pub mod protocol;
 pub mod server;

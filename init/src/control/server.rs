@@ -23,6 +23,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 
+use super::access::{Access, Peer};
 use super::protocol::{encode_answer, received, Received, Request, MAX_REQUEST};
 
 /// Time from accept for the whole request line to arrive.
@@ -52,6 +53,8 @@ enum Phase {
 struct Conn {
     id: ConnId,
     stream: UnixStream,
+    /// The client's credentials, taken at accept.
+    peer: Option<Peer>,
     phase: Phase,
     deadline_ms: u64,
 }
@@ -72,7 +75,7 @@ pub struct ControlServer {
     conns: VecDeque<Conn>,
     next_id: u64,
     /// Requests read and not yet taken by the supervisor.
-    ready: Vec<(ConnId, Result<Request, String>)>,
+    ready: Vec<ReadyRequest>,
     /// Connections closed before their time (bound, deadline), for status.
     dropped: u64,
     /// Not accepting until then: accept failed for want of descriptors,
@@ -80,15 +83,30 @@ pub struct ControlServer {
     paused_until_ms: u64,
 }
 
+/// A whole request and who made it.
+pub type ReadyRequest = (ConnId, Result<Request, String>, Option<Peer>);
+
 /// How long to stop accepting after accept failed (EMFILE and the like).
 const ACCEPT_PAUSE_MS: u64 = 100;
 
 impl ControlServer {
-    /// Binds at `path` (replacing a stale socket), non-blocking.
-    pub fn bind(path: &Path) -> std::io::Result<Self> {
+    /// Binds at `path` (replacing a stale socket), non-blocking, with the
+    /// mode [`Access`] calls for: 0600, or 0660 for its group. The socket
+    /// is born with the umask's mode; its directory (0700 or 0710, see
+    /// `Supervisor::new`) keeps others out until the chmod.
+    pub fn bind(path: &Path, access: &Access) -> std::io::Result<Self> {
+        use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::remove_file(path);
         let listener = UnixListener::bind(path)?;
         listener.set_nonblocking(true)?;
+        let mode = match access.socket_group() {
+            Some(gid) => {
+                std::os::unix::fs::chown(path, Some(0), Some(gid))?;
+                0o660
+            }
+            None => 0o600,
+        };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
         Ok(ControlServer {
             listener,
             conns: VecDeque::new(),
@@ -178,8 +196,10 @@ impl ControlServer {
             }
             let id = ConnId(self.next_id);
             self.next_id += 1;
+            let peer = Peer::of(stream.as_raw_fd());
             self.conns.push_back(Conn {
                 id,
+                peer,
                 stream,
                 phase: Phase::Reading(Vec::new()),
                 deadline_ms: now + REQUEST_MS,
@@ -200,8 +220,8 @@ impl ControlServer {
         }
     }
 
-    /// Whole requests read since the last call.
-    pub fn take_requests(&mut self) -> Vec<(ConnId, Result<Request, String>)> {
+    /// Whole requests read since the last call, with their clients.
+    pub fn take_requests(&mut self) -> Vec<ReadyRequest> {
         std::mem::take(&mut self.ready)
     }
 
@@ -244,7 +264,7 @@ impl ControlServer {
     }
 
     fn forget(&mut self, id: ConnId) {
-        self.ready.retain(|(r, _)| *r != id);
+        self.ready.retain(|(r, _, _)| *r != id);
     }
 
     fn close(&mut self, id: ConnId) {
@@ -265,7 +285,7 @@ impl ControlServer {
                     Received::Nothing => false,
                     Received::Request(r) => {
                         c.phase = Phase::Handling;
-                        self.ready.push((id, r));
+                        self.ready.push((id, r, c.peer.clone()));
                         true
                     }
                 },
@@ -322,7 +342,7 @@ mod tests {
     fn server() -> (tempfile::TempDir, std::path::PathBuf, ControlServer) {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("control.sock");
-        let s = ControlServer::bind(&p).unwrap();
+        let s = ControlServer::bind(&p, &Access::default()).unwrap();
         (d, p, s)
     }
 

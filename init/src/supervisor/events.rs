@@ -213,23 +213,18 @@ impl Supervisor {
     pub(super) fn read_notify(&mut self) {
         // Bounded like everything else in a turn: the rest waits a turn.
         for _ in 0..64 {
-            let Some((pid, msg, _barrier_fds)) = self.notify.recv() else {
+            let Some(d) = self.notify.recv() else {
                 return;
             };
-            let Some(pid) = pid else { continue };
-            // The main pid, or any process of its group (systemd-notify forks).
-            // SAFETY: getpgid takes a plain pid.
-            let pgid = unsafe { libc::getpgid(pid) };
-            let Some(s) = self
-                .services
-                .iter_mut()
-                .find(|s| s.pid() == Some(pid) || (pgid > 0 && s.pid() == Some(pgid)))
-            else {
-                tracing::debug!("notify from unknown pid {pid} ignored");
+            let (Some(pid), Some(uid)) = (d.pid, d.uid) else {
                 continue;
             };
+            let Some(i) = self.notify_sender(pid, uid) else {
+                continue;
+            };
+            let s = &mut self.services[i];
             let now = sys::monotonic_ms();
-            for n in crate::notify::parse(&msg) {
+            for n in crate::notify::parse(&d.msg) {
                 if s.notified(&n, now) {
                     tracing::info!("{} is ready", s.spec.name);
                 }
@@ -244,5 +239,69 @@ impl Supervisor {
                 }
             }
         }
+    }
+
+    /// The service a notify message from `pid` (with `uid`, both vouched
+    /// for by the kernel) may speak for, if any; a refusal is logged.
+    ///
+    /// The pid is the main pid of a service, or (with `notify_access =
+    /// "all"`) a process in its cgroup, or in its process group where it
+    /// has no cgroup. A process can claim another's pid only with
+    /// CAP_SYS_ADMIN, which services do not get unless they ask; the uid
+    /// must then still be the service's own, which a forger cannot fake
+    /// without CAP_SETUID as well.
+    fn notify_sender(&self, pid: i32, uid: u32) -> Option<usize> {
+        let main = self.services.iter().position(|s| s.pid() == Some(pid));
+        let i = main.or_else(|| self.service_of_process(pid));
+        let Some(i) = i else {
+            tracing::debug!("notify from pid {pid}, which belongs to no service: ignored");
+            return None;
+        };
+        let s = &self.services[i];
+        if main.is_none() && s.spec.cfg.notify_access == crate::config::NotifyAccess::Main {
+            tracing::warn!(
+                "{}: notify from pid {pid} ignored: notify_access = \"main\" and its main pid is {}",
+                s.spec.name,
+                s.pid().unwrap_or(0)
+            );
+            return None;
+        }
+        let want = s.spec.ids.map_or(0, |(u, _)| u);
+        if uid != want {
+            tracing::warn!(
+                "{}: notify claiming to come from its pid {pid} ignored: sent by uid {uid}, and {} runs as uid {want}",
+                s.spec.name,
+                s.spec.name
+            );
+            return None;
+        }
+        Some(i)
+    }
+
+    /// The running service whose cgroup holds `pid`, or, for services
+    /// without a cgroup, whose process group it is in.
+    fn service_of_process(&self, pid: i32) -> Option<usize> {
+        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok();
+        let rel = cgroup
+            .as_deref()
+            .and_then(|c| c.lines().find_map(|l| l.strip_prefix("0::")))
+            .map(std::path::Path::new);
+        let by_cgroup = self.services.iter().position(|s| {
+            s.pid().is_some()
+                && s.cgroup_procs
+                    .as_deref()
+                    .and_then(std::path::Path::parent)
+                    .and_then(|dir| dir.strip_prefix(&self.cgroup_root).ok())
+                    .zip(rel)
+                    .is_some_and(|(mine, theirs)| theirs.strip_prefix("/").ok() == Some(mine))
+        });
+        if by_cgroup.is_some() {
+            return by_cgroup;
+        }
+        // SAFETY: getpgid takes a plain pid.
+        let pgid = unsafe { libc::getpgid(pid) };
+        self.services
+            .iter()
+            .position(|s| pgid > 0 && s.pid() == Some(pgid) && s.cgroup_procs.is_none())
     }
 }

@@ -31,9 +31,11 @@ use fluxnode_lowlevel::signals::SignalFd;
 use crate::boot::{BootAction, BootPhase, Facts};
 use crate::cgroup::Cgroups;
 use crate::config::{BootComplete, ConfigError, InitConfig};
+use crate::control::access::{Access, Group};
 use crate::control::server::ControlServer;
 use crate::notify::NotifySocket;
 use crate::service::{Jitter, Service};
+use crate::spawn::Context as SpawnContext;
 use crate::sys::{self, ExitStatus, Mode};
 use crate::watchdog::Feeder;
 
@@ -57,7 +59,8 @@ pub struct Paths {
     pub init_config: PathBuf,
     /// Service directory (overrides init.toml's when set).
     pub services_dir: Option<PathBuf>,
-    /// Runtime directory: control.sock, notify.sock.
+    /// init's private runtime directory (0700): control.sock. The notify
+    /// socket is in a directory of its own next to it ([`Paths::notify_dir`]).
     pub run_dir: PathBuf,
     /// The hardware watchdog device.
     pub watchdog_dev: PathBuf,
@@ -74,6 +77,54 @@ impl Default for Paths {
             watchdog_dev: "/dev/watchdog".into(),
             cgroup_root: "/sys/fs/cgroup".into(),
         }
+    }
+}
+
+impl Paths {
+    /// The notify socket's directory: `<run_dir>-notify` (0711), beside
+    /// the private one, because services that are not root must reach it.
+    pub fn notify_dir(&self) -> PathBuf {
+        let mut name = self
+            .run_dir
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_else(|| "fluxnode".into());
+        name.push("-notify");
+        self.run_dir.with_file_name(name)
+    }
+}
+
+/// Creates `dir` if needed and sets its owner group and mode.
+fn private_dir(dir: &Path, mode: u32, gid: Option<u32>) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        std::os::unix::fs::chown(dir, Some(0), Some(gid.unwrap_or(0)))?;
+    }
+    // (An init run by another user, in the foreground, keeps its own.)
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+}
+
+/// Resolves init.toml's control groups; an unknown group is logged and
+/// left out (the socket is then root's only: the safe side).
+fn control_access(config: &InitConfig) -> Access {
+    let resolve = |key: &str, name: &Option<String>| {
+        let name = name.as_ref()?;
+        match crate::config::resolve_group(Path::new("/"), name) {
+            Ok(gid) => Some(Group {
+                name: name.clone(),
+                gid,
+            }),
+            Err(e) => {
+                tracing::error!("init.toml: {key}: {e}; left out");
+                None
+            }
+        }
+    };
+    Access {
+        group: resolve("control_group", &config.control_group),
+        admin_group: resolve("control_admin_group", &config.control_admin_group),
     }
 }
 
@@ -102,7 +153,14 @@ pub struct Supervisor {
     signals: SignalFd,
     notify: NotifySocket,
     control: ControlServer,
+    /// Who may ask the control socket what.
+    access: Access,
     cgroups: Cgroups,
+    /// Where cgroup2 is mounted: a service's cgroup relative to it is what
+    /// /proc/PID/cgroup names.
+    cgroup_root: PathBuf,
+    /// What every spawn needs besides the service.
+    spawn_ctx: SpawnContext,
     /// The hardware watchdog and its feeding schedule.
     watchdog: Feeder,
     /// Spread for backoff delays.
@@ -166,9 +224,28 @@ impl Supervisor {
             .unwrap_or_else(|| config.services_dir.clone());
         let (specs, errors) = crate::config::load_dir(&dir, Path::new("/"));
         errors.iter().for_each(log_config_error);
-        std::fs::create_dir_all(&paths.run_dir)?;
-        let notify = NotifySocket::bind(&paths.run_dir.join("notify.sock"))?;
-        let control = ControlServer::bind(&paths.run_dir.join("control.sock"))?;
+        // The control socket lives in a directory only root (and the
+        // control group) can enter; the notify socket in one every service
+        // can reach, as its messages are judged by their credentials.
+        let access = control_access(&config);
+        let group = access.socket_group();
+        private_dir(
+            &paths.run_dir,
+            if group.is_some() { 0o710 } else { 0o700 },
+            group,
+        )?;
+        let notify_dir = paths.notify_dir();
+        private_dir(&notify_dir, 0o711, None)?;
+        let notify = NotifySocket::bind(&notify_dir.join("notify.sock"))?;
+        notify.open_to_all()?;
+        let control = ControlServer::bind(&paths.run_dir.join("control.sock"), &access)?;
+        let empty_file = paths.run_dir.join("inaccessible");
+        crate::sandbox::make_empty_file(&empty_file)?;
+        let spawn_ctx = SpawnContext {
+            notify_socket: notify.path().to_path_buf(),
+            empty_file,
+            run_root: PathBuf::from("/run"),
+        };
         let base = match mode {
             Mode::Machine => "fluxnode".to_string(),
             // A test namespace shares the host's cgroup2 tree: a unique name.
@@ -213,7 +290,10 @@ impl Supervisor {
             signals,
             notify,
             control,
+            access,
             cgroups,
+            cgroup_root,
+            spawn_ctx,
             watchdog,
             jitter: Jitter::new(),
             shutdown: None,

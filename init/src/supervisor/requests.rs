@@ -8,8 +8,20 @@ use crate::service::AfterStop;
 
 impl Supervisor {
     pub(super) fn handle_requests(&mut self, now: u64) {
-        for (id, req) in self.control.take_requests() {
-            let result = req.and_then(|r| self.handle_request(r));
+        for (id, req, peer) in self.control.take_requests() {
+            let result = req.and_then(|r| {
+                if let Err(why) = self.access.check(&r, peer.as_ref()) {
+                    let (uid, pid) = peer
+                        .as_ref()
+                        .map_or((-1, -1), |p| (p.uid as i64, p.pid as i64));
+                    tracing::warn!(
+                        "control: refused {:?} from uid {uid}, pid {pid}",
+                        r.to_line()
+                    );
+                    return Err(why);
+                }
+                self.handle_request(r)
+            });
             self.control.answer(id, result, now);
         }
     }

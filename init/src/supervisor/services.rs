@@ -54,7 +54,7 @@ impl Supervisor {
             .prepare(&name, &self.services[i].spec.cfg.limits);
         let s = &mut self.services[i];
         s.cgroup_procs = procs;
-        match crate::spawn::spawn(&s.spec, self.notify.path(), s.cgroup_procs.as_deref()) {
+        match crate::spawn::spawn(&s.spec, &self.spawn_ctx, s.cgroup_procs.as_deref()) {
             Ok(sp) => {
                 s.outputs.push(OutputPipe::new(sp.output));
                 s.exec_report = Some(sp.exec_report);

@@ -337,6 +337,34 @@ impl Ns {
         )
     }
 
+    /// `fluxnode-init ctl ARGS` as another user (uid, gid), from the
+    /// copy of init that any user can run.
+    pub fn ctl_as(&self, uid: u32, gid: u32, args: &[&str]) -> (i32, String) {
+        use std::os::unix::process::CommandExt;
+        let out = Command::new(init_in_ns())
+            .arg("ctl")
+            .arg("--socket")
+            .arg(self.run.join("control.sock"))
+            .args(args)
+            .uid(uid)
+            .gid(gid)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
+    /// The notify socket's directory (beside the run directory).
+    pub fn notify_dir(&self) -> PathBuf {
+        self.dir.join("run-notify")
+    }
+
     /// Waits for init (through unshare) to exit; its exit code.
     pub fn wait_exit(&mut self, secs: u64) -> i32 {
         let end = Instant::now() + Duration::from_secs(secs);

@@ -213,5 +213,51 @@ fn main() {
     } else {
         say("hal_status", "absent");
     }
+    privileges();
     say("done", "1");
+}
+
+/// What netd may do (issue 11): its ids and capability sets as the kernel
+/// reports them, and the modes of init's socket directories.
+fn privileges() {
+    use std::os::unix::fs::PermissionsExt;
+    let netd = std::fs::read_dir("/proc").ok().and_then(|r| {
+        r.flatten().find_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            (read(&format!("/proc/{pid}/comm")) == "fluxnode-netd").then_some(pid)
+        })
+    });
+    match netd {
+        Some(pid) => {
+            let status = read(&format!("/proc/{pid}/status"));
+            for f in [
+                "Uid",
+                "CapEff",
+                "CapPrm",
+                "CapBnd",
+                "CapAmb",
+                "NoNewPrivs",
+                "Seccomp",
+            ] {
+                let v = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(&format!("{f}:")))
+                    .and_then(|v| v.split_whitespace().next())
+                    .unwrap_or("-");
+                say(&format!("netd_{f}"), v);
+            }
+        }
+        None => say("netd_Uid", "no netd process"),
+    }
+    for (key, path) in [
+        ("init_run_dir_mode", "/run/fluxnode"),
+        ("init_control_mode", "/run/fluxnode/control.sock"),
+        ("init_notify_dir_mode", "/run/fluxnode-notify"),
+        ("init_notify_mode", "/run/fluxnode-notify/notify.sock"),
+    ] {
+        match std::fs::metadata(path) {
+            Ok(m) => say(key, &format!("{:o}", m.permissions().mode() & 0o7777)),
+            Err(e) => say(key, &format!("<{e}>")),
+        }
+    }
 }
