@@ -398,7 +398,7 @@ fn bad_service_files_are_reported_and_the_rest_start() {
             ("cyc1", sh("sleep 60", "after = [\"cyc2\"]")),
             ("cyc2", sh("sleep 60", "requires = [\"cyc1\"]")),
         ],
-        "",
+        "boot_complete_grace_ms = 100",
     );
     ns.wait_for("good: good up", 20);
     let dir = ns.services.display().to_string();
@@ -418,6 +418,15 @@ fn bad_service_files_are_reported_and_the_rest_start() {
         cyc.text
     );
     ns.wait_for("all services ready (1 services,", 10);
+    // A refused file may have been a required service: the boot is never
+    // complete, so an update shipping one is never blessed.
+    ns.wait_for("service file(s) were refused: the boot will not be marked good", 5);
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(
+        !ns.log().contains("boot complete"),
+        "boot completed with refused service files:\n{}",
+        ns.log()
+    );
 }
 
 #[test]

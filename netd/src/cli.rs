@@ -40,7 +40,7 @@ OPTIONS:
     --cmdline PATH      kernel command line to read   [/proc/cmdline]
     --config PATH       config file                   [/etc/fluxnode/netd.toml]
     --sys PATH          sysfs root                    [/sys]
-    --resolv-conf PATH  resolver file to write        [/run/fluxnode/resolv.conf]
+    --resolv-conf PATH  resolver file to write        [/run/netd/resolv.conf]
     --print-config      print the effective configuration and exit
     --json              with --print-config: as JSON
     -v, --verbose       debug logging (also RUST_LOG=debug)

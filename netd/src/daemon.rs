@@ -39,7 +39,7 @@ impl Default for Paths {
             cmdline: "/proc/cmdline".into(),
             config: "/etc/fluxnode/netd.toml".into(),
             sys: "/sys".into(),
-            resolv_conf: "/run/fluxnode/resolv.conf".into(),
+            resolv_conf: "/run/netd/resolv.conf".into(),
         }
     }
 }

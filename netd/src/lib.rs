@@ -10,7 +10,7 @@
 //!    address at expiry or NAK, verify the lease when the carrier comes
 //!    back) or statically ([`config`]), through a hand-written rtnetlink
 //!    client ([`netlink`]);
-//! 4. writes `/run/fluxnode/resolv.conf` ([`resolv`]);
+//! 4. writes `/run/netd/resolv.conf` ([`resolv`]);
 //! 5. reports `READY=1` over sd_notify ([`notify`]) once the kernel shows
 //!    the address and a default route through the link — checked with a
 //!    netlink dump, not assumed;

@@ -1,7 +1,7 @@
 //! Writes the resolver configuration the DHCP server (or static config) gave.
 //!
 //! The root file system is read-only erofs, so the file lives on the tmpfs
-//! at /run (`/run/fluxnode/resolv.conf` by default); the image links
+//! at /run (`/run/netd/resolv.conf` by default); the image links
 //! `/etc/resolv.conf` to it. Written to a temporary file and renamed, so a
 //! reader never sees half of it.
 

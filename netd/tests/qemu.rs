@@ -435,7 +435,7 @@ mod guest {
                 r.oif.map(name).unwrap_or_default()
             ));
         }
-        for l in std::fs::read_to_string("/run/fluxnode/resolv.conf")
+        for l in std::fs::read_to_string("/run/netd/resolv.conf")
             .unwrap_or_default()
             .lines()
         {

@@ -171,6 +171,11 @@ pub struct Supervisor {
     var: VarState,
     /// How far the boot has come.
     boot: BootPhase,
+    /// Service files init refused (unparsable, invalid, unknown user): the
+    /// boot is never complete while any is, so an update that ships a
+    /// broken one is not blessed and boot counting takes the node back.
+    /// A refused file may have been the network's or another required one.
+    refused_files: Vec<String>,
 }
 
 /// Signals init handles through its signalfd.
@@ -224,6 +229,7 @@ impl Supervisor {
             .unwrap_or_else(|| config.services_dir.clone());
         let (specs, errors) = crate::config::load_dir(&dir, Path::new("/"));
         errors.iter().for_each(log_config_error);
+        let refused_files = errors.iter().map(|e| e.to_string()).collect();
         // The control socket lives in a directory only root (and the
         // control group) can enter; the notify socket in one every service
         // can reach, as its messages are judged by their credentials.
@@ -299,6 +305,7 @@ impl Supervisor {
             shutdown: None,
             var: VarState::Ready,
             boot: BootPhase::Starting,
+            refused_files,
         })
     }
 
@@ -399,11 +406,12 @@ impl Supervisor {
             now,
             var_ready: self.var == VarState::Ready,
             any_pending: self.services.iter().any(Service::is_pending),
-            required_ready: self
-                .services
-                .iter()
-                .filter(|s| s.spec.cfg.required)
-                .all(Service::is_ready),
+            required_ready: self.refused_files.is_empty()
+                && self
+                    .services
+                    .iter()
+                    .filter(|s| s.spec.cfg.required)
+                    .all(Service::is_ready),
             shutting_down: self.shutdown.is_some(),
             grace_ms: self.config.boot_complete_grace_ms,
         };
@@ -433,6 +441,14 @@ impl Supervisor {
             .filter(|s| matches!(s.state, crate::service::State::Failed(_)))
             .map(|s| s.name())
             .collect();
+        if !self.refused_files.is_empty() {
+            tracing::error!(
+                "{} service file(s) were refused: the boot will not be marked good \
+                 (the previous slot takes over once its tries run out): {}",
+                self.refused_files.len(),
+                self.refused_files.join("; ")
+            );
+        }
         if failed.is_empty() {
             tracing::info!(
                 "all services ready ({} services, t={:.3} s)",
