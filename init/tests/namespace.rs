@@ -420,7 +420,10 @@ fn bad_service_files_are_reported_and_the_rest_start() {
     ns.wait_for("all services ready (1 services,", 10);
     // A refused file may have been a required service: the boot is never
     // complete, so an update shipping one is never blessed.
-    ns.wait_for("service file(s) were refused: the boot will not be marked good", 5);
+    ns.wait_for(
+        "service file(s) were refused: the boot will not be marked good",
+        5,
+    );
     std::thread::sleep(Duration::from_millis(1000));
     assert!(
         !ns.log().contains("boot complete"),

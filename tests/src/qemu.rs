@@ -146,7 +146,17 @@ pub fn qemu_command(
         c.arg("-serial").arg(format!("file:{}", serial.display()));
     }
     if cfg.net {
-        c.args(["-nic", "user,model=virtio-net-pci"]);
+        // Spelled out (not `-nic`) to name the netdev, so a filter can
+        // record what the guest sends: `net.pcap` beside the serial log,
+        // for tests that check traffic the guest cannot report itself
+        // (a DNS query to the server netd learned).
+        c.args(["-netdev", "user,id=net0"])
+            .args(["-device", "virtio-net-pci,netdev=net0"])
+            .arg("-object")
+            .arg(format!(
+                "filter-dump,id=dump0,netdev=net0,file={}",
+                cfg.dir.join("net.pcap").display()
+            ));
     } else {
         c.args(["-nic", "none"]);
     }

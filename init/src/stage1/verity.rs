@@ -4,9 +4,23 @@
 //!
 //! The hash tree sits in the same partition right after the data (the image
 //! builder runs `veritysetup format --no-superblock --hash-offset=<data>`), so
-//! the table is `1 DEV DEV 4096 4096 BLOCKS BLOCKS sha256 ROOT SALT`. Any
-//! block that does not match the tree reads as an I/O error: tampered code
-//! is never executed.
+//! the table is `1 DEV DEV 4096 4096 BLOCKS BLOCKS sha256 ROOT SALT`, plus
+//! `1 restart_on_corruption` (issue 11 §6): a block that does not match the
+//! tree is never handed to the reader, and the kernel restarts at once
+//! (`device-mapper: verity: DEV: data block N is corrupted`, then `reboot:
+//! Restarting system with command 'dm-verity device corrupted'`), whenever
+//! the read happens, at boot or days later. The restart is a failed try for
+//! systemd-boot's boot counting, so a slot not yet blessed falls back to the
+//! other slot.
+//!
+//! [`create`] arms that mode only once a first read through the device has
+//! verified: it starts the device in the default mode (a corrupt block
+//! reads as an I/O error), reads block 0 (which checks the root hash against
+//! the top of the tree on disk), and only then swaps in the table with
+//! `restart_on_corruption`. A root that does not match its UKI at all (a
+//! wrong root hash, an interrupted write of the slot) thus stays an I/O
+//! error, and stage 1's mount reports it with the slot's name before it
+//! reboots, instead of a restart with no reason from init on the console.
 
 use std::path::Path;
 
@@ -49,9 +63,24 @@ pub struct VerityParams {
     pub salt: String,
 }
 
+/// What dm-verity does with a block that does not match the hash tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnCorruption {
+    /// The read fails with EIO (the kernel's default; no optional argument).
+    IoError,
+    /// The kernel restarts at once (`restart_on_corruption`).
+    Restart,
+}
+
 impl VerityParams {
-    /// The dm table line (without start and length).
+    /// The dm table line (without start and length) as the root runs with
+    /// it: `... sha256 ROOT SALT 1 restart_on_corruption`.
     pub fn table(&self) -> Result<String, VerityError> {
+        self.table_with(OnCorruption::Restart)
+    }
+
+    /// The dm table line (without start and length) with `on` corruption.
+    pub fn table_with(&self, on: OnCorruption) -> Result<String, VerityError> {
         let hex = |s: &str| {
             !s.is_empty() && s.len().is_multiple_of(2) && s.bytes().all(|b| b.is_ascii_hexdigit())
         };
@@ -70,8 +99,13 @@ impl VerityParams {
         if self.data_blocks == 0 {
             return Err(VerityError::Params("zero data blocks".into()));
         }
+        // Optional arguments: their count, then each one.
+        let optional = match on {
+            OnCorruption::IoError => "",
+            OnCorruption::Restart => " 1 restart_on_corruption",
+        };
         Ok(format!(
-            "1 {d} {d} 4096 4096 {n} {n} sha256 {h} {s}",
+            "1 {d} {d} 4096 4096 {n} {n} sha256 {h} {s}{optional}",
             d = self.dev,
             n = self.data_blocks,
             h = self.root_hash,
@@ -140,8 +174,15 @@ fn ioctl(
 }
 
 /// Creates the read-only verity device `name`; returns its (major, minor).
+///
+/// The device first runs in the default mode; once a read of its block 0
+/// has verified (the root hash matches the tree on disk), the table with
+/// `restart_on_corruption` replaces it. When that read fails the device is
+/// left in the default mode, so the caller's first read (stage 1's mount)
+/// fails with EIO and the caller says which slot would not verify.
 pub fn create(control: &Path, name: &str, p: &VerityParams) -> Result<(u32, u32), VerityError> {
-    let table = p.table()?;
+    let checking = p.table_with(OnCorruption::IoError)?;
+    let armed = p.table()?;
     let ctl = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -156,15 +197,62 @@ pub fn create(control: &Path, name: &str, p: &VerityParams) -> Result<(u32, u32)
     let mut dev = [0u8; 8];
     dev.copy_from_slice(&b[40..48]);
     let dev = u64::from_ne_bytes(dev);
-    let mut b = header(name, DM_READONLY_FLAG, 1, table.len() + 64);
-    add_target(&mut b, p.data_blocks * 8, "verity", &table);
-    ioctl(fd, DM_TABLE_LOAD, &mut b, "DM_TABLE_LOAD (verity)", name)?;
-    let mut b = header(name, 0, 0, 0);
-    ioctl(fd, DM_DEV_SUSPEND, &mut b, "DM_DEV_SUSPEND (resume)", name)?;
-    Ok((
+    let (major, minor) = (
         libc::major(dev as libc::dev_t),
         libc::minor(dev as libc::dev_t),
-    ))
+    );
+    load(fd, name, p, &checking, "DM_TABLE_LOAD (verity)")?;
+    // devtmpfs: /dev/dm-N next to /dev/mapper/control.
+    let dev_dir = control
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(Path::new("/dev"));
+    if first_block_verifies(&dev_dir.join(format!("dm-{minor}"))) {
+        load(
+            fd,
+            name,
+            p,
+            &armed,
+            "DM_TABLE_LOAD (verity, restart_on_corruption)",
+        )?;
+    }
+    Ok((major, minor))
+}
+
+/// Loads `table` as the device's table and resumes it: the first load
+/// makes it live; a later one replaces the live table (resuming a device
+/// with an inactive table suspends it, swaps the tables and resumes).
+fn load(
+    fd: i32,
+    name: &str,
+    p: &VerityParams,
+    table: &str,
+    op: &'static str,
+) -> Result<(), VerityError> {
+    let mut b = header(name, DM_READONLY_FLAG, 1, table.len() + 64);
+    add_target(&mut b, p.data_blocks * 8, "verity", table);
+    ioctl(fd, DM_TABLE_LOAD, &mut b, op, name)?;
+    let mut b = header(name, 0, 0, 0);
+    ioctl(fd, DM_DEV_SUSPEND, &mut b, "DM_DEV_SUSPEND (resume)", name)
+}
+
+/// Whether the first 4 KiB block of `node` reads: dm-verity checks the
+/// path from the root hash down to it. Exactly that block is read (no
+/// read-ahead), and it stays in the page cache for the mount.
+fn first_block_verifies(node: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+    // devtmpfs makes the node as the device is added; the wait is a guard.
+    if !super::blockdev::wait_for_node(node, std::time::Duration::from_secs(5)) {
+        return false;
+    }
+    let Ok(f) = std::fs::File::open(node) else {
+        return false;
+    };
+    // SAFETY: fadvise on a descriptor we own; no pointers.
+    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
+    let mut block = [0u8; 4096];
+    f.read_exact_at(&mut block, 0).is_ok()
 }
 
 #[cfg(test)]
@@ -191,6 +279,14 @@ mod tests {
         let t = p.table().unwrap();
         assert_eq!(
             t,
+            format!(
+                "1 254:2 254:2 4096 4096 100 100 sha256 {} 00ff 1 restart_on_corruption",
+                "ab".repeat(32)
+            )
+        );
+        // The checking table of `create`: no optional arguments.
+        assert_eq!(
+            p.table_with(OnCorruption::IoError).unwrap(),
             format!(
                 "1 254:2 254:2 4096 4096 100 100 sha256 {} 00ff",
                 "ab".repeat(32)

@@ -180,6 +180,48 @@ fn main() {
             "no"
         },
     );
+    // The resolver's view: /etc/resolv.conf is a link to what netd writes,
+    // and a lookup goes to the server the lease named. The name is under
+    // .invalid (RFC 6761), so whatever answers, nothing real is looked up;
+    // the host side finds the query in the NIC's capture.
+    say(
+        "resolv_conf_link",
+        &std::fs::read_link("/etc/resolv.conf")
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|e| format!("error {e}")),
+    );
+    say(
+        "resolv_conf_nameservers",
+        &read("/etc/resolv.conf")
+            .lines()
+            .filter_map(|l| l.strip_prefix("nameserver "))
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    let lookup = std::net::ToSocketAddrs::to_socket_addrs(&("fluxnode-probe.invalid", 80));
+    say(
+        "dns_lookup",
+        &match lookup {
+            Ok(mut a) => format!("resolved {:?}", a.next()),
+            Err(e) => format!("error {e}"),
+        },
+    );
+    // Without CAP_SYS_MODULE the kernel refuses any module load before it
+    // looks at the file: EPERM (1) here, where EBADF would mean the
+    // capability check was passed.
+    // SAFETY: finit_module with an invalid descriptor and an empty string.
+    let rc = unsafe { libc::syscall(libc::SYS_finit_module, -1, c"".as_ptr(), 0) };
+    say(
+        "finit_module",
+        &if rc == 0 {
+            "loaded".to_string()
+        } else {
+            format!(
+                "errno {}",
+                std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+            )
+        },
+    );
     say(
         "input_devices",
         &std::fs::read_dir("/dev/input")
