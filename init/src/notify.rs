@@ -154,6 +154,28 @@ impl NotifySocket {
                 c = libc::CMSG_NXTHDR(&msg, c);
             }
         }
+        // A cut message is not judged: with its control data cut
+        // (MSG_CTRUNC) the credentials may be missing and descriptors lost
+        // (the kernel closes what did not fit); with its bytes cut
+        // (MSG_TRUNC) a line may be half there. The descriptors that did
+        // arrive are closed with `fds`, so a BARRIER=1 sender is released.
+        if msg.msg_flags & (libc::MSG_CTRUNC | libc::MSG_TRUNC) != 0 {
+            tracing::warn!(
+                "notify: dropped a message cut short ({}; from pid {:?})",
+                if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+                    "too much control data"
+                } else {
+                    "over 4096 bytes"
+                },
+                creds.map(|c| c.0)
+            );
+            return Some(Datagram {
+                pid: None,
+                uid: None,
+                msg: Vec::new(),
+                fds,
+            });
+        }
         Some(Datagram {
             pid: creds.map(|c| c.0),
             uid: creds.map(|c| c.1),
@@ -310,6 +332,25 @@ mod tests {
         assert_eq!(d.msg, b"READY=1");
         assert!(d.fds.is_empty());
         assert!(s.recv().is_none());
+    }
+
+    /// A message longer than the buffer is not judged on its first 4096
+    /// bytes: it carries no sender, so the loop drops it.
+    #[test]
+    fn a_message_cut_short_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = NotifySocket::bind(&dir.path().join("n.sock")).unwrap();
+        let c = UnixDatagram::unbound().unwrap();
+        let mut long = b"STATUS=".to_vec();
+        long.resize(5000, b'x');
+        long.extend_from_slice(b"\nREADY=1");
+        c.send_to(&long, s.path()).unwrap();
+        let d = s.recv().unwrap();
+        assert_eq!((d.pid, d.uid), (None, None));
+        assert!(d.msg.is_empty());
+        // The next message is judged as usual.
+        c.send_to(b"READY=1", s.path()).unwrap();
+        assert_eq!(s.recv().unwrap().pid, Some(std::process::id() as i32));
     }
 
     #[test]
