@@ -1308,6 +1308,40 @@ fn boot_netd_runs_with_least_privilege() {
     assert_eq!(get("init_notify_mode"), Some("666"), "{p:?}");
 }
 
+/// The mounts services share are bounded and noexec, and efivarfs is
+/// read-only, as PID 1 itself sees them (issue 11 §6).
+#[test]
+fn boot_shared_mounts_are_bounded_noexec_and_efivars_read_only() {
+    need_qemu!();
+    let r = main_run();
+    let p = probes(&r.log1, "fluxnode-init: stage 2 starting");
+    let get = |k: &str| p.get(k).cloned().unwrap_or_default();
+    for key in ["mount_tmp", "mount_run", "mount_shm", "mount_var"] {
+        let (per_mount, sb) = get(key).split_once(" | ").map_or_else(
+            || (String::new(), String::new()),
+            |(a, b)| (a.to_string(), b.to_string()),
+        );
+        let opts: Vec<&str> = per_mount.split(',').collect();
+        for want in ["nosuid", "nodev", "noexec"] {
+            assert!(
+                opts.contains(&want),
+                "{key}: no {want} in {per_mount:?}: {p:?}"
+            );
+        }
+        if key != "mount_var" {
+            assert!(
+                sb.contains("size=") && sb.contains("nr_inodes="),
+                "{key}: tmpfs without limits: {sb:?}"
+            );
+        }
+    }
+    assert!(
+        get("mount_efivars").starts_with("ro,"),
+        "efivarfs: {:?}",
+        get("mount_efivars")
+    );
+}
+
 /// A service without CAP_SYS_MODULE cannot load a module, on the
 /// appliance's own kernel (the build host's has no module support, so the
 /// namespace tests cannot show it). The probe's filter allows the call

@@ -39,6 +39,21 @@ fn mount_of(target: &str) -> Option<(String, String, String)> {
         .next()
 }
 
+/// PID 1's view of a mount: "per-mount options | superblock options".
+fn pid1_mount(target: &str) -> String {
+    let mi = std::fs::read_to_string("/proc/1/mountinfo").unwrap_or_default();
+    mi.lines()
+        .rev()
+        .find_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let f: Vec<&str> = pre.split_whitespace().collect();
+            let g: Vec<&str> = post.split_whitespace().collect();
+            (f.get(4) == Some(&target))
+                .then(|| format!("{} | {}", f.get(5).unwrap_or(&""), g.get(2).unwrap_or(&"")))
+        })
+        .unwrap_or_else(|| "not-mounted".into())
+}
+
 fn efivar_usec(name: &str) -> String {
     let p = format!("/sys/firmware/efi/efivars/{name}-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f");
     match std::fs::read(&p) {
@@ -145,6 +160,16 @@ fn main() {
         }
     } else {
         say("var", "not-mounted");
+    }
+    // How PID 1 mounted what services share (issue 11 §6).
+    for (key, target) in [
+        ("mount_tmp", "/tmp"),
+        ("mount_run", "/run"),
+        ("mount_shm", "/dev/shm"),
+        ("mount_var", "/var"),
+        ("mount_efivars", "/sys/firmware/efi/efivars"),
+    ] {
+        say(key, &pid1_mount(target));
     }
     // Persistence: count boots in a file on /var.
     let dir = Path::new("/var/lib/fluxnode-probe");
