@@ -1342,6 +1342,24 @@ fn boot_shared_mounts_are_bounded_noexec_and_efivars_read_only() {
     );
 }
 
+/// init's kernel settings hold in the guest: a rogue router advertisement
+/// or redirect is not taken on the NIC netd configures (issue 11 §5).
+#[test]
+fn boot_kernel_settings_refuse_router_advertisements() {
+    need_qemu!();
+    let r = main_run();
+    let p = probes(&r.log1, "fluxnode-init: stage 2 starting");
+    for (key, want) in [
+        ("sysctl_eth0_accept_ra", "0"),
+        ("sysctl_default_accept_ra", "0"),
+        ("sysctl_eth0_accept_redirects6", "0"),
+        ("sysctl_all_accept_redirects4", "0"),
+        ("sysctl_max_dgram_qlen", "512"),
+    ] {
+        assert_eq!(p.get(key).map(String::as_str), Some(want), "{key}: {p:?}");
+    }
+}
+
 /// A service without CAP_SYS_MODULE cannot load a module, on the
 /// appliance's own kernel (the build host's has no module support, so the
 /// namespace tests cannot show it). The probe's filter allows the call

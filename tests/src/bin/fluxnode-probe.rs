@@ -161,6 +161,29 @@ fn main() {
     } else {
         say("var", "not-mounted");
     }
+    // Kernel settings from init's table (issue 11 §5): no router
+    // advertisement or redirect is taken, on the NIC as on new links.
+    for (key, path) in [
+        (
+            "sysctl_eth0_accept_ra",
+            "/proc/sys/net/ipv6/conf/eth0/accept_ra",
+        ),
+        (
+            "sysctl_default_accept_ra",
+            "/proc/sys/net/ipv6/conf/default/accept_ra",
+        ),
+        (
+            "sysctl_eth0_accept_redirects6",
+            "/proc/sys/net/ipv6/conf/eth0/accept_redirects",
+        ),
+        (
+            "sysctl_all_accept_redirects4",
+            "/proc/sys/net/ipv4/conf/all/accept_redirects",
+        ),
+        ("sysctl_max_dgram_qlen", "/proc/sys/net/unix/max_dgram_qlen"),
+    ] {
+        say(key, read(path).trim());
+    }
     // How PID 1 mounted what services share (issue 11 §6).
     for (key, target) in [
         ("mount_tmp", "/tmp"),
