@@ -21,7 +21,13 @@ pub struct Args {
 }
 
 /// The crates that have fuzz targets.
-const FUZZ_DIRS: &[&str] = &["init/fuzz", "hal/fuzz", "netd/fuzz", "image/fuzz"];
+const FUZZ_DIRS: &[&str] = &[
+    "init/fuzz",
+    "hal/fuzz",
+    "netd/fuzz",
+    "image/fuzz",
+    "protocol/fuzz",
+];
 
 pub fn run(args: Args) -> Result<()> {
     if crate::deps::which("cargo-fuzz").is_none() {
