@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{io, ImageError, Result};
 use crate::manifest::{self, KernelInfo, Manifest, RootInfo, SlotInfo};
 use crate::spec::Spec;
-use crate::{disk, esp, initramfs, kernel, modules, rootfs, tools, uki};
+use crate::{disk, esp, initramfs, kernel, measure, modules, rootfs, tools, uki};
 
 /// The image file's name in the output directory.
 pub const IMAGE_FILE: &str = "fluxnode.img";
@@ -238,6 +238,7 @@ fn build_into(opts: &BuildOptions, dir: &Path, progress: Progress) -> Result<Man
             &uki_path,
             opts.source_date_epoch,
         )?;
+        let pcr11_sha256 = measure::pcr11_file(&uki_path)?;
         let esp_name = uki_name(&version, slot, tries);
         ukis.push((esp_name.clone(), uki_path.clone()));
         slots.push((
@@ -253,6 +254,7 @@ fn build_into(opts: &BuildOptions, dir: &Path, progress: Progress) -> Result<Man
                     data_blocks: root.data_blocks,
                 },
                 cmdline,
+                pcr11_sha256,
             },
         ));
     }

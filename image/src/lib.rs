@@ -27,6 +27,7 @@ pub mod initramfs;
 pub mod kernel;
 pub mod libs;
 pub mod manifest;
+pub mod measure;
 pub mod modules;
 pub mod rootfs;
 pub mod spec;

@@ -50,6 +50,10 @@ pub struct SlotInfo {
     pub root: RootInfo,
     /// The kernel command line baked into the UKI.
     pub cmdline: String,
+    /// Hex sha256-bank PCR 11 after systemd-stub measured this UKI
+    /// ([`crate::measure`]); empty in manifests written before issue 12.
+    #[serde(default)]
+    pub pcr11_sha256: String,
 }
 
 /// The kernel used.
@@ -182,6 +186,39 @@ mod tests {
         assert_eq!(chunks.len(), 3);
         assert_eq!(sum, hex::encode(Sha256::digest([7u8; 10])));
         assert_eq!(chunks[2], hex::encode(Sha256::digest([7u8; 2])));
+    }
+
+    #[test]
+    fn slots_carry_pcr11_and_older_ones_parse() {
+        let slot = SlotInfo {
+            version: "1".into(),
+            esp_name: "fluxnode-1-a.efi".into(),
+            uki: Payload {
+                file: "uki_a.efi".into(),
+                size: 1,
+                sha256: "00".into(),
+            },
+            root: RootInfo {
+                payload: Payload {
+                    file: "root_a.img".into(),
+                    size: 1,
+                    sha256: "00".into(),
+                },
+                root_hash: "11".into(),
+                salt: "22".into(),
+                data_blocks: 1,
+            },
+            cmdline: "quiet".into(),
+            pcr11_sha256: "ab".repeat(32),
+        };
+        let mut v = serde_json::to_value(&slot).unwrap();
+        assert_eq!(v["pcr11_sha256"], serde_json::json!("ab".repeat(32)));
+        assert_eq!(serde_json::from_value::<SlotInfo>(v.clone()).unwrap(), slot);
+        v.as_object_mut().unwrap().remove("pcr11_sha256");
+        assert_eq!(
+            serde_json::from_value::<SlotInfo>(v).unwrap().pcr11_sha256,
+            ""
+        );
     }
 
     #[test]

@@ -771,6 +771,53 @@ fn boot_hal_sees_the_swtpm_and_the_virtio_disk() {
     assert!(disks.contains(&"vda"), "the virtio disk: {disks:?}");
 }
 
+/// systemd-stub measured the booted UKI into PCR 11, and the build
+/// predicted the value (manifest.json's `pcr11_sha256`, issue 12). PCR 9
+/// and 12 are printed by the probe, not pinned yet.
+#[test]
+fn boot_pcr11_matches_the_manifest() {
+    need_qemu!();
+    let r = main_run();
+    let p = probes(&r.log1, "fluxnode-init: stage 2 starting");
+    let slot = p
+        .get("cmdline")
+        .and_then(|c| {
+            c.split_whitespace()
+                .find_map(|w| w.strip_prefix("fluxnode.slot="))
+        })
+        .unwrap_or_else(|| panic!("no fluxnode.slot= in the probe's cmdline: {p:?}"))
+        .to_string();
+    assert_eq!(slot, "a", "the main run ends in slot a");
+    let built = fixture::main_image().unwrap();
+    let want = &built
+        .manifest
+        .slots
+        .iter()
+        .find(|(s, _)| *s == slot)
+        .unwrap_or_else(|| panic!("no slot {slot} in the manifest"))
+        .1
+        .pcr11_sha256;
+    assert_eq!(want.len(), 64, "manifest pcr11_sha256: {want:?}");
+    eprintln!(
+        "PCR 9 {:?}, 11 {:?}, 12 {:?}",
+        p.get("pcr9_sha256"),
+        p.get("pcr11_sha256"),
+        p.get("pcr12_sha256")
+    );
+    assert_eq!(
+        p.get("pcr11_sha256"),
+        Some(want),
+        "PCR 11 of the booted slot {slot} vs the manifest ({:?})",
+        p.get("pcr12_sha256")
+    );
+    // The other slot's UKI (another command line) predicts another value.
+    for (s, info) in &built.manifest.slots {
+        if *s != slot {
+            assert_ne!(&info.pcr11_sha256, want, "slot {s}");
+        }
+    }
+}
+
 #[test]
 fn boot_poweroff_exits_qemu_cleanly() {
     need_qemu!();

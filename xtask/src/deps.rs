@@ -37,6 +37,8 @@ pub const PACKAGES: &[&str] = &[
     "swtpm",
     "swtpm-tools",
     "tpm2-tools",
+    // systemd-measure: image's PCR 11 test checks its prediction against it
+    "systemd",
     // the README's by-hand QEMU section presses the power button through
     // the monitor socket with it
     "socat",

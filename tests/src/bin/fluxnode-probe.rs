@@ -303,6 +303,16 @@ fn main() {
     } else {
         say("hal_status", "absent");
     }
+    // PCRs of the sha256 bank as Linux exposes them (uppercase hex): 11 is
+    // systemd-stub's measurement of the UKI, which the build predicts
+    // (manifest.json's pcr11_sha256); 9 (the kernel's initrd measurement)
+    // and 12 (the stub's command line and credentials) only printed.
+    for pcr in [9, 11, 12] {
+        say(
+            &format!("pcr{pcr}_sha256"),
+            &read(&format!("/sys/class/tpm/tpm0/pcr-sha256/{pcr}")).to_lowercase(),
+        );
+    }
     privileges();
     say("done", "1");
 }
