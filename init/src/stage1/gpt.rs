@@ -303,14 +303,7 @@ pub fn plan_grow_at(
     index: usize,
     min_gain: u64,
 ) -> Result<Option<Plan>, GptError> {
-    let h = parse_header(header_sector)?;
-    if h.my_lba != 1 {
-        return Err(GptError::Invalid("the primary header is not at LBA 1"));
-    }
-    let list = parse_entries(&h, header_sector, entries)?;
-    let Some(part) = list.iter().find(|e| e.index == index) else {
-        return Err(GptError::Invalid("no partition at that index"));
-    };
+    let (h, list, part) = primary_with(header_sector, entries, index)?;
     if list.iter().any(|e| e.first_lba > part.first_lba) {
         return Ok(None);
     }
@@ -359,14 +352,7 @@ pub fn plan_set_attributes(
     index: usize,
     bits: u64,
 ) -> Result<Option<Plan>, GptError> {
-    let h = parse_header(header_sector)?;
-    if h.my_lba != 1 {
-        return Err(GptError::Invalid("the primary header is not at LBA 1"));
-    }
-    let list = parse_entries(&h, header_sector, entries)?;
-    let Some(part) = list.iter().find(|e| e.index == index) else {
-        return Err(GptError::Invalid("no partition at that index"));
-    };
+    let (h, list, part) = primary_with(header_sector, entries, index)?;
     if part.attributes & bits == bits {
         return Ok(None);
     }
@@ -399,6 +385,24 @@ pub fn plan_set_attributes(
         new_last: part.last_lba,
         writes,
     }))
+}
+
+/// The primary header, its entries, and the partition at table `index`:
+/// what every plan that rewrites the table starts from.
+fn primary_with(
+    header_sector: &[u8],
+    entries: &[u8],
+    index: usize,
+) -> Result<(Header, Vec<Entry>, Entry), GptError> {
+    let h = parse_header(header_sector)?;
+    if h.my_lba != 1 {
+        return Err(GptError::Invalid("the primary header is not at LBA 1"));
+    }
+    let list = parse_entries(&h, header_sector, entries)?;
+    let Some(part) = list.iter().find(|e| e.index == index).cloned() else {
+        return Err(GptError::Invalid("no partition at that index"));
+    };
+    Ok((h, list, part))
 }
 
 /// The four writes that replace both copies of the table: backup entries
