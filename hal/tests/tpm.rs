@@ -6,135 +6,40 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use fluxnode_hal::inventory::{self, ProbeOptions, Roots};
 use fluxnode_hal::tpm::credential::CredentialBlob;
 use fluxnode_hal::tpm::pcr::PcrSelection;
 use fluxnode_hal::tpm::{keys, AkBlob, Tpm};
+use fluxnode_testkit::swtpm::Swtpm;
 
-/// A swtpm with its own state and its own local CA, killed on drop.
-struct Swtpm {
-    dir: tempfile::TempDir,
-    child: Child,
-    tcti: String,
-}
-
-fn free_port_pair() -> u16 {
-    for _ in 0..50 {
-        let a = TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = a.local_addr().unwrap().port();
-        if p < 65535 && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
-            return p;
+/// A manufactured swtpm (EK + EK certificate + platform certificate from
+/// its own local CA), from the shared harness. `None` (after saying why)
+/// when swtpm or the tools these tests check with are not available; as
+/// root, missing tools are installed first.
+fn start() -> Option<Swtpm> {
+    for (prog, pkg) in [
+        ("swtpm", "swtpm"),
+        ("swtpm_setup", "swtpm-tools"),
+        ("tpm2_checkquote", "tpm2-tools"),
+        ("openssl", "openssl"),
+    ] {
+        if !common::ensure_tool(prog, pkg) {
+            return None;
         }
     }
-    panic!("no free pair of TCP ports");
+    Swtpm::start()
 }
 
-impl Swtpm {
-    /// Manufactures a TPM (EK + EK certificate + platform certificate) and
-    /// starts it. `None` (after saying why) when swtpm is not available.
-    fn start() -> Option<Self> {
-        for (prog, pkg) in [
-            ("swtpm", "swtpm"),
-            ("swtpm_setup", "swtpm-tools"),
-            ("tpm2_checkquote", "tpm2-tools"),
-            ("openssl", "openssl"),
-        ] {
-            if !common::ensure_tool(prog, pkg) {
-                return None;
-            }
-        }
-        let dir = common::scratch();
-        let d = dir.path();
-        std::fs::create_dir_all(d.join("ca")).unwrap();
-        std::fs::create_dir_all(d.join("state")).unwrap();
-        let ca = d.join("ca");
-        std::fs::write(
-            d.join("localca.conf"),
-            format!(
-                "statedir = {0}\nsigningkey = {0}/signkey.pem\nissuercert = {0}/issuercert.pem\ncertserial = {0}/certserial\n",
-                ca.display()
-            ),
-        )
-        .unwrap();
-        std::fs::write(
-            d.join("localca.options"),
-            "--platform-manufacturer fluxnode\n--platform-version 2.1\n--platform-model test\n",
-        )
-        .unwrap();
-        std::fs::write(
-            d.join("setup.conf"),
-            format!(
-                "create_certs_tool = /usr/bin/swtpm_localca\ncreate_certs_tool_config = {0}/localca.conf\ncreate_certs_tool_options = {0}/localca.options\nactive_pcr_banks = sha256\n",
-                d.display()
-            ),
-        )
-        .unwrap();
-        let out = Command::new("swtpm_setup")
-            .args([
-                "--tpm2",
-                "--create-ek-cert",
-                "--create-platform-cert",
-                "--overwrite",
-                "--tpmstate",
-            ])
-            .arg(d.join("state"))
-            .arg("--config")
-            .arg(d.join("setup.conf"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "swtpm_setup failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let port = free_port_pair();
-        let child = Command::new("swtpm")
-            .args([
-                "socket",
-                "--tpm2",
-                "--server",
-                &format!("type=tcp,port={port}"),
-                "--ctrl",
-                &format!("type=tcp,port={}", port + 1),
-            ])
-            .args(["--flags", "not-need-init,startup-clear", "--tpmstate"])
-            .arg(format!("dir={}", d.join("state").display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "swtpm did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Some(Swtpm {
-            dir,
-            child,
-            tcti: format!("swtpm:host=127.0.0.1,port={port}"),
-        })
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn tpm(&self) -> Tpm {
-        Tpm::open(&self.tcti).unwrap()
-    }
+/// A scratch file in the TPM's directory.
+fn path(sw: &Swtpm, name: &str) -> PathBuf {
+    sw.dir().join(name)
 }
 
-impl Drop for Swtpm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn tpm(sw: &Swtpm) -> Tpm {
+    Tpm::open(&sw.tcti()).unwrap()
 }
 
 fn run_ok(cmd: &mut Command) -> (bool, String) {
@@ -151,17 +56,16 @@ fn run_ok(cmd: &mut Command) -> (bool, String) {
 
 #[test]
 fn ek_certificate_parses_and_chains_to_the_swtpm_local_ca() {
-    let Some(sw) = Swtpm::start() else { return };
-    let der = sw
-        .tpm()
+    let Some(sw) = start() else { return };
+    let der = tpm(&sw)
         .ek_certificate()
         .unwrap()
         .expect("swtpm_setup --create-ek-cert wrote one");
     let summary = keys::describe_certificate(&der).unwrap();
     assert!(summary.issuer.contains("swtpm-localca"), "{summary:?}");
-    let ek = sw.path("ek.der");
+    let ek = path(&sw, "ek.der");
     std::fs::write(&ek, &der).unwrap();
-    let pem = sw.path("ek.pem");
+    let pem = path(&sw, "ek.pem");
     assert!(
         run_ok(
             Command::new("openssl")
@@ -179,14 +83,14 @@ fn ek_certificate_parses_and_chains_to_the_swtpm_local_ca() {
                 .arg("-CAfile")
                 .arg(root)
                 .arg("-untrusted")
-                .arg(sw.path("ca/issuercert.pem"))
+                .arg(sw.ca_intermediate_cert())
                 .arg(&pem),
         )
     };
-    let (ok, text) = verify(&sw.path("ca/swtpm-localca-rootca-cert.pem"));
+    let (ok, text) = verify(&sw.ca_root_cert());
     assert!(ok, "EK certificate does not chain to the local CA: {text}");
     // And it does not chain to an unrelated root (the check can fail).
-    let other = sw.path("other-root.pem");
+    let other = path(&sw, "other-root.pem");
     let (ok, _) = run_ok(
         Command::new("openssl")
             .args([
@@ -201,7 +105,7 @@ fn ek_certificate_parses_and_chains_to_the_swtpm_local_ca() {
                 "1",
                 "-keyout",
             ])
-            .arg(sw.path("other.key"))
+            .arg(path(&sw, "other.key"))
             .arg("-out")
             .arg(&other),
     );
@@ -214,10 +118,10 @@ fn ek_certificate_parses_and_chains_to_the_swtpm_local_ca() {
 
 #[test]
 fn ak_is_a_restricted_signing_key_and_reloads_from_its_blob() {
-    let Some(sw) = Swtpm::start() else { return };
-    let blob_path = sw.path("ak.json");
+    let Some(mut sw) = start() else { return };
+    let blob_path = path(&sw, "ak.json");
     let name = {
-        let mut t = sw.tpm();
+        let mut t = tpm(&sw);
         let blob = t.create_ak().unwrap();
         blob.save(&blob_path).unwrap();
         // The node's identity: readable by its owner only, whatever the umask.
@@ -248,14 +152,14 @@ fn ak_is_a_restricted_signing_key_and_reloads_from_its_blob() {
             .is_attestation_key());
         info.name
     };
-    // "Reboot": a new context, the blob from disk, the same key.
-    let again = sw
-        .tpm()
+    // Reboot: a power cycle of the same TPM, the blob from disk, the same key.
+    sw.restart().unwrap();
+    let again = tpm(&sw)
         .ak_info(&AkBlob::load(&blob_path).unwrap())
         .unwrap();
     assert_eq!(again.name, name);
     // Repeated loads must not leak transient handles (swtpm has 3 slots).
-    let mut t = sw.tpm();
+    let mut t = tpm(&sw);
     let blob = AkBlob::load(&blob_path).unwrap();
     for _ in 0..5 {
         t.ak_info(&blob).unwrap();
@@ -264,13 +168,13 @@ fn ak_is_a_restricted_signing_key_and_reloads_from_its_blob() {
 
 #[test]
 fn quote_is_accepted_by_tpm2_checkquote_and_rejected_with_a_wrong_nonce() {
-    let Some(sw) = Swtpm::start() else { return };
-    let mut t = sw.tpm();
+    let Some(sw) = start() else { return };
+    let mut t = tpm(&sw);
     let blob = t.create_ak().unwrap();
     let info = t.ak_info(&blob).unwrap();
-    std::fs::write(sw.path("ak.pem"), &info.pem).unwrap();
+    std::fs::write(path(&sw, "ak.pem"), &info.pem).unwrap();
     // Make the PCRs non-trivial first (tpm2-tools talks to the same swtpm).
-    let port = sw.tcti.rsplit('=').next().unwrap();
+    let port = sw.port();
     let (ok, text) = run_ok(Command::new("tpm2_pcrextend").args([
         "-T",
         &format!("swtpm:port={port}"),
@@ -288,19 +192,19 @@ fn quote_is_accepted_by_tpm2_checkquote_and_rejected_with_a_wrong_nonce() {
         ("quote.sig", &q.signature),
         ("quote.pcrs", &q.pcr_values),
     ] {
-        std::fs::write(sw.path(name), bytes).unwrap();
+        std::fs::write(path(&sw, name), bytes).unwrap();
     }
     let check = |nonce_hex: &str, pcrs: &str| {
         run_ok(
             Command::new("tpm2_checkquote")
                 .arg("-u")
-                .arg(sw.path("ak.pem"))
+                .arg(path(&sw, "ak.pem"))
                 .arg("-m")
-                .arg(sw.path("quote.msg"))
+                .arg(path(&sw, "quote.msg"))
                 .arg("-s")
-                .arg(sw.path("quote.sig"))
+                .arg(path(&sw, "quote.sig"))
                 .arg("-f")
-                .arg(sw.path(pcrs))
+                .arg(path(&sw, pcrs))
                 .args(["-l", &q.selection, "-g", "sha256", "-q", nonce_hex]),
         )
     };
@@ -314,7 +218,7 @@ fn quote_is_accepted_by_tpm2_checkquote_and_rejected_with_a_wrong_nonce() {
     );
     let mut bad_pcrs = q.pcr_values.clone();
     bad_pcrs[0] ^= 1;
-    std::fs::write(sw.path("bad.pcrs"), &bad_pcrs).unwrap();
+    std::fs::write(path(&sw, "bad.pcrs"), &bad_pcrs).unwrap();
     assert!(
         !check(&hex::encode(nonce), "bad.pcrs").0,
         "tpm2_checkquote accepted tampered PCR values"
@@ -323,29 +227,29 @@ fn quote_is_accepted_by_tpm2_checkquote_and_rejected_with_a_wrong_nonce() {
 
 #[test]
 fn activate_credential_round_trips_a_tpm2_makecredential_blob() {
-    let Some(sw) = Swtpm::start() else { return };
-    let mut t = sw.tpm();
+    let Some(sw) = start() else { return };
+    let mut t = tpm(&sw);
     let blob = t.create_ak().unwrap();
     let info = t.ak_info(&blob).unwrap();
     let (_, ek_tpm2b) = t.ek_public().unwrap();
-    std::fs::write(sw.path("ek.pub"), ek_tpm2b).unwrap();
+    std::fs::write(path(&sw, "ek.pub"), ek_tpm2b).unwrap();
     let secret: Vec<u8> = (0..32u8).map(|i| i.wrapping_mul(37) ^ 0x5a).collect();
-    std::fs::write(sw.path("secret.bin"), &secret).unwrap();
+    std::fs::write(path(&sw, "secret.bin"), &secret).unwrap();
     let make = |name_hex: &str, out: &str| {
         run_ok(
             Command::new("tpm2_makecredential")
                 .args(["-T", "none", "-u"])
-                .arg(sw.path("ek.pub"))
+                .arg(path(&sw, "ek.pub"))
                 .arg("-s")
-                .arg(sw.path("secret.bin"))
+                .arg(path(&sw, "secret.bin"))
                 .args(["-n", name_hex, "-o"])
-                .arg(sw.path(out)),
+                .arg(path(&sw, out)),
         )
     };
     let (ok, text) = make(&info.name, "cred.out");
     assert!(ok, "tpm2_makecredential: {text}");
     let cred =
-        CredentialBlob::from_tpm2_tools(&std::fs::read(sw.path("cred.out")).unwrap()).unwrap();
+        CredentialBlob::from_tpm2_tools(&std::fs::read(path(&sw, "cred.out")).unwrap()).unwrap();
     assert_eq!(t.activate_credential(&blob, &cred).unwrap(), secret);
     // A credential bound to another key's name must not open with this AK.
     let mut other = hex::decode(&info.name).unwrap();
@@ -353,18 +257,18 @@ fn activate_credential_round_trips_a_tpm2_makecredential_blob() {
     other[last] ^= 1;
     assert!(make(&hex::encode(other), "other.out").0);
     let cred =
-        CredentialBlob::from_tpm2_tools(&std::fs::read(sw.path("other.out")).unwrap()).unwrap();
+        CredentialBlob::from_tpm2_tools(&std::fs::read(path(&sw, "other.out")).unwrap()).unwrap();
     let err = t.activate_credential(&blob, &cred).unwrap_err().to_string();
     assert!(err.contains("ActivateCredential"), "{err}");
 }
 
 #[test]
 fn probe_reports_the_swtpm() {
-    let Some(sw) = Swtpm::start() else { return };
+    let Some(sw) = start() else { return };
     let empty = tempfile::tempdir().unwrap();
     let inv = inventory::probe(&ProbeOptions {
         roots: Roots::under(empty.path()),
-        tcti: Some(sw.tcti.clone()),
+        tcti: Some(sw.tcti()),
         skip_gpu: true,
     });
     assert!(inv.tpm.present);

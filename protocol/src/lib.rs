@@ -11,11 +11,24 @@
 //!   PCR digest.
 //! - [`verdict`]: the checks of an attested benchmark session's quotes, in
 //!   order, each failure a [`verdict::Verdict`] with a stable code.
-//! - [`types`]: the JSON wire types.
+//! - [`types`]: the JSON wire types of quotes and policy.
+//! - [`messages`]: the request and response bodies of registration,
+//!   sessions and heartbeats.
+//! - [`session`]: the benchmark profile a session prescribes, the node's
+//!   report, and its checks (belongs to the session, physically possible,
+//!   spot-check openings recompute).
+//! - [`auth`]: node keys (ed25519) and request signatures.
+//! - [`cert`]: tier certificates, issued and checked offline.
+//! - [`ekcert`]: EK certificates, chained to allow-listed TPM vendor CAs.
 //!
 //! docs/PROTOCOL.md describes the verification order and the codes.
 #![deny(missing_docs)]
 
+pub mod auth;
+pub mod cert;
+pub mod ekcert;
+pub mod messages;
+pub mod session;
 pub mod tpm;
 pub mod types;
 pub mod verdict;

@@ -3,9 +3,7 @@
 //! ones do not.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use fluxnode_hal::tpm::pcr::{Bank, PcrSelection};
@@ -16,79 +14,20 @@ use fluxnode_protocol::types::{PcrPolicy, PcrValues, Sha256Digest, SignedQuote};
 use fluxnode_protocol::verdict::{
     check_quote_pair, extra_data, ClockTolerance, Expected, Verdict, Which, LABEL_END, LABEL_START,
 };
-
-/// A swtpm on fresh state, killed on drop.
-struct Swtpm {
-    _dir: tempfile::TempDir,
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Swtpm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use fluxnode_testkit::swtpm::{which, Swtpm};
 
 fn on_path(prog: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
-}
-
-fn free_port_pair() -> u16 {
-    for _ in 0..50 {
-        let a = TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = a.local_addr().unwrap().port();
-        if p < 65535 && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
-            return p;
-        }
-    }
-    panic!("no free pair of TCP ports");
-}
-
-impl Swtpm {
-    fn start() -> Option<Self> {
-        if !on_path("swtpm") {
-            fluxnode_testkit::skip("swtpm is not installed (apt-get install swtpm)");
-            return None;
-        }
-        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/protocol-tests");
-        std::fs::create_dir_all(&base).unwrap();
-        let dir = tempfile::tempdir_in(base).unwrap();
-        let port = free_port_pair();
-        let child = Command::new("swtpm")
-            .args(["socket", "--tpm2", "--server"])
-            .arg(format!("type=tcp,port={port}"))
-            .arg("--ctrl")
-            .arg(format!("type=tcp,port={}", port + 1))
-            .args(["--flags", "not-need-init,startup-clear", "--tpmstate"])
-            .arg(format!("dir={}", dir.path().display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "swtpm did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Some(Swtpm {
-            _dir: dir,
-            child,
-            port,
-        })
-    }
+    which(prog).is_some()
 }
 
 #[test]
 fn quotes_from_swtpm_verify_and_tampering_is_caught() {
     let Some(sw) = Swtpm::start() else { return };
-    let mut tpm = Tpm::open(&format!("swtpm:host=127.0.0.1,port={}", sw.port)).unwrap();
+    let mut tpm = Tpm::open(&sw.tcti()).unwrap();
     // Non-zero PCR values when tpm2-tools is there to extend one.
     if on_path("tpm2_pcrextend") {
         let st = Command::new("tpm2_pcrextend")
-            .args(["-T", &format!("swtpm:port={}", sw.port)])
+            .args(["-T", &format!("swtpm:port={}", sw.port())])
             .arg(format!("11:sha256={}", "ab".repeat(32)))
             .status()
             .unwrap();

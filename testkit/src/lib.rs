@@ -14,6 +14,9 @@
 
 use std::io::Write;
 
+pub mod postgres;
+pub mod swtpm;
+
 /// The variable `cargo xtask test` sets to the file that collects skips.
 pub const SKIP_LOG_VAR: &str = "FLUXNODE_SKIP_LOG";
 

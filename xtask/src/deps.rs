@@ -53,6 +53,8 @@ pub const PACKAGES: &[&str] = &[
     "dnsmasq-base",
     // netd's static-mode test pings the address from the server side
     "iputils-ping",
+    // the registry's PostgreSQL backend tests start a private cluster with it
+    "postgresql",
 ];
 
 fn installed(pkg: &str) -> bool {

@@ -2,6 +2,7 @@
 //! without a TPM: TPMS_ATTEST, TPMT_PUBLIC, TPMT_SIGNATURE, PCR selections.
 
 pub mod attest;
+pub mod makecredential;
 pub mod pcr;
 pub mod public;
 pub mod signature;

@@ -1,0 +1,23 @@
+//! # fluxnode-node
+//!
+//! The node daemon and the `fluxnode` CLI. The agent proves the node's
+//! tier to the registry: on first boot it makes a node key, provisions the
+//! AK through hal, registers and activates the credential; then it runs an
+//! attested benchmark session (every 6 h with jitter, and on every new
+//! boot), keeps the tier certificate on /var, and sends heartbeats.
+//! `fluxnode status` answers "why am I not ranked?".
+//!
+//! - [`client`]: the registry's API, CA pinned, requests signed.
+//! - [`attest`]: one attested session, step by step.
+//! - [`register`]: identity (node key, AK) and registration.
+//! - [`agent`]: the daemon's state machine and loop.
+//! - [`state`]: what the agent keeps on /var, written atomically.
+//! - [`status`]: `fluxnode status`.
+#![deny(missing_docs)]
+
+pub mod agent;
+pub mod attest;
+pub mod client;
+pub mod register;
+pub mod state;
+pub mod status;

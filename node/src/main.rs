@@ -1,0 +1,253 @@
+//! `fluxnode`: the node daemon (agent) and the operator's CLI.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+use fluxnode_lowlevel::log::{DebugSwitch, Labels, LineLogger, Stderr};
+use fluxnode_node::agent::{self, Agent, Config};
+use fluxnode_node::client::RegistryClient;
+use fluxnode_node::state::StateDir;
+use fluxnode_node::status;
+
+static DEBUG: DebugSwitch = DebugSwitch::new(false);
+
+/// The fluxnode node: proves this machine's tier to the registry and
+/// answers "is my node ranked, and why not?".
+///
+/// On the appliance, init starts `fluxnode agent` after the network is up;
+/// operators run `fluxnode status`.
+#[derive(Parser, Debug)]
+#[command(name = "fluxnode", version)]
+struct Cli {
+    /// The agent's state directory (node key, AK, state, certificate).
+    #[arg(long, global = true, default_value = "/var/lib/fluxnode")]
+    state_dir: PathBuf,
+    /// Debug logging.
+    #[arg(long, short, global = true)]
+    verbose: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Runs the agent: registers, attests every 6 h and on each boot, sends heartbeats.
+    ///
+    /// The registry and its CA come from --config (baked into the image)
+    /// unless given here. With no registry configured the agent says so and
+    /// exits 0: an image built without one proves nothing to anyone.
+    Agent {
+        /// The agent's configuration (TOML: registry, ca, tcti, interval_h).
+        #[arg(long, default_value = "/etc/fluxnode/node.toml")]
+        config: PathBuf,
+        /// The registry, https://host:port (overrides the config).
+        #[arg(long)]
+        registry: Option<String>,
+        /// The registry's CA certificate (PEM), pinned (overrides the config).
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// TPM TCTI (overrides the config).
+        #[arg(long)]
+        tcti: Option<String>,
+        /// Directory on the disk to benchmark (default: the state directory).
+        #[arg(long)]
+        bench_dir: Option<PathBuf>,
+        /// Hours between sessions (overrides the config).
+        #[arg(long)]
+        interval_h: Option<f64>,
+        /// Run one session (registering first if needed), print the verdict and exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Is this node ranked, and why not: tier, figures against thresholds,
+    /// last verdict and its reason, next session, registry reachability, uptime.
+    Status {
+        /// JSON for machines.
+        #[arg(long)]
+        json: bool,
+        /// The agent's configuration (for the registry's CA).
+        #[arg(long, default_value = "/etc/fluxnode/node.toml")]
+        config: PathBuf,
+        /// Do not ask the registry; show what the agent last recorded.
+        #[arg(long)]
+        offline: bool,
+        /// Wait up to this many seconds for the agent's first verdict
+        /// before printing (for scripts that run right after boot).
+        #[arg(long, default_value_t = 0)]
+        wait_s: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    DEBUG.set(cli.verbose);
+    let _ = LineLogger::new("", Labels::Padded, &DEBUG, Stderr).install();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("fluxnode: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `/etc/fluxnode/node.toml`: where the registry is. Baked into the image
+/// with the registry's CA.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeConfig {
+    /// `https://host:port`; none: the agent has nothing to do.
+    registry: Option<String>,
+    /// The registry's CA (PEM).
+    #[serde(default = "default_ca")]
+    ca: PathBuf,
+    /// TPM TCTI.
+    #[serde(default = "default_tcti")]
+    tcti: String,
+    /// Hours between sessions.
+    #[serde(default = "default_interval")]
+    interval_h: f64,
+}
+
+fn default_ca() -> PathBuf {
+    "/etc/fluxnode/registry-ca.pem".into()
+}
+fn default_tcti() -> String {
+    fluxnode_hal::tpm::DEFAULT_TCTI.into()
+}
+fn default_interval() -> f64 {
+    6.0
+}
+
+impl NodeConfig {
+    /// Reads the file; a missing file is an empty configuration.
+    fn load(path: &std::path::Path) -> Result<Self> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Agent {
+            config,
+            registry,
+            ca,
+            tcti,
+            bench_dir,
+            interval_h,
+            once,
+        } => {
+            let file = NodeConfig::load(&config)?;
+            let Some(registry) = registry.or(file.registry) else {
+                tracing::info!("no registry configured ({} has none, no --registry): nothing to prove to; exiting", config.display());
+                return Ok(ExitCode::SUCCESS);
+            };
+            let ca = ca.unwrap_or(file.ca);
+            let ca_pem = std::fs::read(&ca)
+                .with_context(|| format!("reading the registry CA {}", ca.display()))?;
+            let interval_h = interval_h.unwrap_or(file.interval_h);
+            if !(interval_h.is_finite() && interval_h > 0.0) {
+                anyhow::bail!(
+                    "the session interval must be a positive number of hours, not {interval_h}"
+                );
+            }
+            let interval = Duration::from_secs_f64(interval_h * 3600.0);
+            let cfg = Config {
+                registry,
+                ca_pem,
+                bench_dir: bench_dir.unwrap_or_else(|| cli.state_dir.clone()),
+                state_dir: cli.state_dir.clone(),
+                tcti: tcti.unwrap_or(file.tcti),
+                session_interval: interval,
+                jitter: interval / 12,
+                retry_refused: Duration::from_secs(3600).min(interval),
+                heartbeat: Duration::from_secs(60),
+                image: agent::image_info(),
+                boot_id: agent::boot_id(),
+                event_log: Some(fluxnode_hal::tpm::eventlog::DEFAULT_PATH.into()),
+            };
+            let signals =
+                fluxnode_lowlevel::signals::SignalFd::block(&[libc::SIGTERM, libc::SIGINT])
+                    .context("blocking SIGTERM/SIGINT")?;
+            let mut agent = Agent::new(cfg)?;
+            loop {
+                let wait = agent.step();
+                if once && agent.state().last_verdict.is_some() {
+                    let st = agent.state();
+                    println!("{}", serde_json::to_string_pretty(&st.last_verdict)?);
+                    return Ok(if st.last_verdict.as_ref().is_some_and(|v| v.accepted) {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(2)
+                    });
+                }
+                let ready = fluxnode_lowlevel::signals::poll_readable(&[signals.fd()], Some(wait))
+                    .context("waiting")?;
+                if ready.first().copied().unwrap_or(false) {
+                    let _ = signals.read_all();
+                    tracing::info!("stopping");
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
+        }
+        Cmd::Status {
+            json,
+            config,
+            offline,
+            wait_s,
+        } => {
+            let ca = NodeConfig::load(&config)?.ca;
+            let dir = StateDir::new(&cli.state_dir);
+            let deadline = std::time::Instant::now() + Duration::from_secs(wait_s);
+            let mut st = dir.load();
+            while st.last_verdict.is_none() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(500));
+                st = dir.load();
+            }
+            let (view, reachable) = match (&st.node_id, offline) {
+                (Some(id), false) if !st.registry.is_empty() => {
+                    let key = ed25519_dalek::SigningKey::from_bytes(&[0; 32]);
+                    match std::fs::read(&ca)
+                        .map_err(|e| e.to_string())
+                        .and_then(|pem| {
+                            RegistryClient::new(&st.registry, &pem, key).map_err(|e| e.to_string())
+                        }) {
+                        Ok(c) => match c.node_view(id) {
+                            Ok(v) => (Some(v), Some(true)),
+                            Err(e) => {
+                                tracing::debug!("asking the registry: {e}");
+                                (
+                                    None,
+                                    Some(!matches!(
+                                        e,
+                                        fluxnode_node::client::ClientError::Unreachable { .. }
+                                    )),
+                                )
+                            }
+                        },
+                        Err(e) => {
+                            tracing::debug!("registry client: {e}");
+                            (None, None)
+                        }
+                    }
+                }
+                _ => (None, None),
+            };
+            let s = status::status(&dir, &st, view.as_ref(), reachable);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                print!("{}", status::render(&s));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
