@@ -74,8 +74,8 @@ enum Cmd {
         /// Do not ask the registry; show what the agent last recorded.
         #[arg(long)]
         offline: bool,
-        /// Wait up to this many seconds for the agent's first verdict
-        /// before printing (for scripts that run right after boot).
+        /// Wait up to this many seconds for the agent's verdict of this
+        /// boot before printing (for scripts that run right after boot).
         #[arg(long, default_value_t = 0)]
         wait_s: u64,
     },
@@ -207,8 +207,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let ca = NodeConfig::load(&config)?.ca;
             let dir = StateDir::new(&cli.state_dir);
             let deadline = std::time::Instant::now() + Duration::from_secs(wait_s);
+            let boot = agent::boot_id();
             let mut st = dir.load();
-            while st.last_verdict.is_none() && std::time::Instant::now() < deadline {
+            while st.attested_boot_id.as_deref() != Some(boot.as_str())
+                && std::time::Instant::now() < deadline
+            {
                 std::thread::sleep(Duration::from_millis(500));
                 st = dir.load();
             }

@@ -16,10 +16,12 @@
 //! - [`policy`]: allowed images from release manifests.
 //! - [`client`]: the CLI's view of a running registry.
 //! - [`server`]: start and stop a registry from its directory.
+//! - [`demo`]: the registry the demo and the QEMU test run for a guest.
 #![deny(missing_docs)]
 
 pub mod client;
 pub mod config;
+pub mod demo;
 pub mod http;
 pub mod pki;
 pub mod policy;

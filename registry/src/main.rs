@@ -51,6 +51,10 @@ enum Cmd {
         /// instead of making new ones (the CA an image already pins).
         #[arg(long)]
         tls_from: Option<PathBuf>,
+        /// A tier table (hal's TOML format) instead of Flux's; copied into
+        /// the directory as tiers.toml.
+        #[arg(long)]
+        tier_policy: Option<PathBuf>,
     },
     /// Serves the HTTPS API until SIGINT or SIGTERM.
     Serve {
@@ -190,14 +194,26 @@ fn run(cli: Cli) -> Result<()> {
             profile,
             store,
             tls_from,
+            tier_policy,
         } => {
+            if let Some(p) = &tier_policy {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading {}", p.display()))?;
+                fluxnode_hal::tier::Policy::from_toml(&text)
+                    .with_context(|| format!("parsing {}", p.display()))?;
+            }
             let cfg = FileConfig {
                 listen,
                 store,
                 profile,
+                tier_policy: tier_policy.as_ref().map(|_| PathBuf::from("tiers.toml")),
                 ..FileConfig::default()
             };
             pki::init_with(&cli.dir, &names, &cfg, tls_from.as_deref())?;
+            if let Some(p) = &tier_policy {
+                std::fs::copy(p, dir.path("tiers.toml"))
+                    .with_context(|| format!("copying {}", p.display()))?;
+            }
             println!("registry directory: {}", cli.dir.display());
             println!("  nodes pin:        {}", dir.path("ca.pem").display());
             println!("  verifiers need:   {}", dir.path("signing.pub").display());

@@ -63,6 +63,7 @@ pub const IMAGE_BINARIES: &[&str] = &[
     "fluxnode-netd",
     "fluxnode-probe",
     "fluxnode-hal",
+    "fluxnode",
 ];
 
 fn stage() -> Result<(), String> {
@@ -95,15 +96,30 @@ pub fn binaries() -> Result<(), String> {
         for p in STATIC_PACKAGES {
             c.args(["-p", p]);
         }
-        eprintln!("fixture: building the static appliance binaries ({})", STATIC_PACKAGES.join(", "));
+        eprintln!(
+            "fixture: building the static appliance binaries ({})",
+            STATIC_PACKAGES.join(", ")
+        );
         let st = c.status().map_err(|e| format!("running cargo: {e}"))?;
         if !st.success() {
             return Err(format!("building the static binaries failed ({st})"));
         }
-        eprintln!("fixture: building fluxnode-hal (dynamic, links libtss2)");
-        match cargo().args(["build", "--release", "-p", "fluxnode-hal"]).status() {
-            Ok(s) if s.success() => {}
-            other => eprintln!("fixture: warning: fluxnode-hal did not build ({other:?}); the image goes without it"),
+        eprintln!("fixture: building fluxnode-hal and the node agent (dynamic, they link libtss2)");
+        let st = cargo()
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "fluxnode-hal",
+                "-p",
+                "fluxnode-node",
+            ])
+            .status()
+            .map_err(|e| format!("running cargo: {e}"))?;
+        if !st.success() {
+            return Err(format!(
+                "building fluxnode-hal and fluxnode-node failed ({st}); they need libtss2-dev"
+            ));
         }
         stage()
     })

@@ -42,6 +42,10 @@ pub struct VmConfig {
     pub dir: PathBuf,
     /// Attach swtpm as a TPM 2.0.
     pub tpm: bool,
+    /// The TPM's state directory (e.g. manufactured with an EK certificate
+    /// by `fluxnode_testkit::swtpm::manufacture`); default: a blank TPM in
+    /// `dir/tpm`.
+    pub tpm_state: Option<PathBuf>,
     /// User networking with a virtio NIC (else no NIC).
     pub net: bool,
     /// Memory in MiB.
@@ -60,6 +64,7 @@ impl VmConfig {
             disk: disk.into(),
             dir: dir.into(),
             tpm: true,
+            tpm_state: None,
             net: true,
             mem_mib: 1024,
             serial_stdio: false,
@@ -190,7 +195,7 @@ impl Vm {
         let mut swtpm = None;
         let mut tpm_sock = None;
         if cfg.tpm {
-            let state = cfg.dir.join("tpm");
+            let state = cfg.tpm_state.clone().unwrap_or_else(|| cfg.dir.join("tpm"));
             std::fs::create_dir_all(&state).map_err(|e| e.to_string())?;
             let sock = cfg.dir.join("swtpm.sock");
             let _ = std::fs::remove_file(&sock);

@@ -28,7 +28,7 @@ use fluxnode_image::Built;
 use fluxnode_tests::{fixture, qemu};
 
 /// The spec `cargo xtask demo` builds by default.
-const DEMO_SPEC: &str = "default.toml";
+const DEMO_SPEC: &str = "demo.toml";
 
 fn readme() -> String {
     let p = fixture::workspace().join("README.md");

@@ -1,16 +1,145 @@
 //! `cargo xtask demo`: build the appliance image and boot it under QEMU
 //! (TCG, q35, OVMF, swtpm as the TPM, user networking), with the serial
-//! console on this terminal; wait for "all services ready", then press the
-//! ACPI power button (`system_powerdown` on the monitor) and wait for the
-//! ordered poweroff. `--interactive` leaves the machine running instead.
+//! console on this terminal; wait for "all services ready", then for the
+//! node agent to prove its tier to a registry this command runs on the
+//! host (10.0.2.2:8443 from the guest), show the node as the registry sees
+//! it and check its tier certificate offline; then press the ACPI power
+//! button (`system_powerdown` on the monitor) and wait for the ordered
+//! poweroff. `--interactive` leaves the machine running instead.
+//!
+//! The registry is a child process (`fluxnode-registry serve`), built here
+//! after the packages are installed: xtask itself links nothing that needs
+//! libtss2, so it builds on a fresh machine before `apt-get` has run.
 
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use fluxnode_tests::fixture;
 use fluxnode_tests::qemu::{Vm, VmConfig};
 
-use crate::deps;
+use crate::{deps, util};
+
+/// The registry the demo runs, killed on drop.
+struct Registry {
+    bin: PathBuf,
+    dir: PathBuf,
+    child: Child,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Registry {
+    fn cli(&self, args: &[&str]) -> Result<String> {
+        cli(&self.bin, &self.dir, args)
+    }
+}
+
+fn cli(bin: &Path, dir: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new(bin)
+        .arg("--dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {}", bin.display()))?;
+    if !out.status.success() {
+        bail!(
+            "fluxnode-registry {} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Makes the demo registry (the demo's TLS identity, which demo.toml's
+/// image pins; the TPM's EK CA; the image's slots as the policy) and
+/// starts it on 127.0.0.1:8443.
+fn start_registry(run: &Path, tpm: &Path, manifest: &Path) -> Result<Registry> {
+    eprintln!("demo: building fluxnode-registry");
+    util::run(util::cargo().args(["build", "--release", "--quiet", "-p", "fluxnode-registry"]))?;
+    let bin = util::target_dir().join("release/fluxnode-registry");
+    let dir = run.join("registry");
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    let demo = util::root().join("image/services/demo");
+    let tls = demo.join("registry-tls");
+    let tiers = demo.join("tiers.toml");
+    let s = |p: &Path| p.to_string_lossy().into_owned();
+    cli(
+        &bin,
+        &dir,
+        &[
+            "init",
+            "--name",
+            "10.0.2.2",
+            "--name",
+            "127.0.0.1",
+            "--name",
+            "localhost",
+            "--listen",
+            "127.0.0.1:8443",
+            "--profile",
+            "quick",
+            "--tls-from",
+            &s(&tls),
+            "--tier-policy",
+            &s(&tiers),
+        ],
+    )?;
+    cli(
+        &bin,
+        &dir,
+        &[
+            "trust",
+            "add",
+            &s(&tpm.join("ca/swtpm-localca-rootca-cert.pem")),
+        ],
+    )?;
+    cli(
+        &bin,
+        &dir,
+        &[
+            "trust",
+            "add",
+            "--intermediate",
+            &s(&tpm.join("ca/issuercert.pem")),
+        ],
+    )?;
+    eprint!(
+        "{}",
+        cli(&bin, &dir, &["policy", "allow-image", &s(manifest)])?
+    );
+    let log = std::fs::File::create(run.join("registry.log")).context("creating registry.log")?;
+    let child = Command::new(&bin)
+        .arg("--dir")
+        .arg(&dir)
+        .arg("serve")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let r = Registry { bin, dir, child };
+    for _ in 0..100 {
+        if std::net::TcpStream::connect("127.0.0.1:8443").is_ok() {
+            eprintln!("demo: registry listening on 127.0.0.1:8443 (10.0.2.2:8443 from the guest); log in {}", run.join("registry.log").display());
+            return Ok(r);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!(
+        "the registry did not listen on 127.0.0.1:8443 (port taken?); see {}",
+        run.join("registry.log").display()
+    )
+}
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -21,8 +150,9 @@ pub struct Args {
     /// Instead of the image, run init as PID 1 of a fresh namespace with sample services.
     #[arg(long)]
     namespace: bool,
-    /// The image spec to build.
-    #[arg(long, default_value = "default.toml")]
+    /// The image spec to build (demo.toml: the shipped image, pinned to the
+    /// demo registry this command runs on the host).
+    #[arg(long, default_value = "demo.toml")]
     spec: String,
 }
 
@@ -51,8 +181,14 @@ pub fn run(args: Args) -> Result<()> {
     );
     let dir = fixture::run_dir("demo");
     let disk = fixture::copy_disk(&built.image, &dir).map_err(anyhow::Error::msg)?;
+    // A TPM as a vendor ships one: an EK certificate from a (local) CA.
+    let tpm = dir.join("tpm");
+    fluxnode_testkit::swtpm::manufacture(&tpm)
+        .map_err(|e| anyhow::anyhow!("manufacturing the TPM: {e}"))?;
+    let registry = start_registry(&dir, &tpm, &built.dir.join("manifest.json"))?;
     let cfg = VmConfig {
         serial_stdio: true,
+        tpm_state: Some(tpm.join("state")),
         ..VmConfig::new(&disk, &dir)
     };
     eprintln!("demo: booting under QEMU (TCG; 30-90 s); serial console follows\n");
@@ -78,8 +214,37 @@ pub fn run(args: Args) -> Result<()> {
     }
     // Let the boot-complete grace period pass so the blessing shows too.
     let _ = vm.wait_for("fluxnode-init: boot complete", Duration::from_secs(30));
-    std::thread::sleep(Duration::from_secs(1));
-    eprintln!("\ndemo: all services ready after {ready:.1} s (host wall time); pressing the power button (system_powerdown)");
+    // The agent proves the node's tier.
+    let proved = vm.wait_for("session accepted", Duration::from_secs(600));
+    eprintln!("\ndemo: the registry's view of the node (fluxnode-registry nodes):\n");
+    eprint!(
+        "{}",
+        registry.cli(&["nodes", "--url", "https://127.0.0.1:8443"])?
+    );
+    let nodes: serde_json::Value = serde_json::from_str(&registry.cli(&[
+        "nodes",
+        "--json",
+        "--url",
+        "https://127.0.0.1:8443",
+    ])?)
+    .context("parsing `nodes --json`")?;
+    let cert = dir.join("tier-certificate.json");
+    std::fs::write(&cert, serde_json::to_vec_pretty(&nodes[0]["certificate"])?)
+        .with_context(|| format!("writing {}", cert.display()))?;
+    let key = registry.dir.join("signing.pub");
+    let verified = registry.cli(&[
+        "verify-cert",
+        &cert.to_string_lossy(),
+        "--key",
+        &key.to_string_lossy(),
+    ]);
+    proved.map_err(|e| anyhow::anyhow!("the node did not prove its tier: {e}"))?;
+    let verified = verified?;
+    eprintln!(
+        "\ndemo: tier certificate checked offline with the registry's key: {}",
+        verified.trim()
+    );
+    eprintln!("demo: all services ready after {ready:.1} s (host wall time); pressing the power button (system_powerdown)");
     let st = vm
         .power_off(Duration::from_secs(120))
         .map_err(anyhow::Error::msg)?;
