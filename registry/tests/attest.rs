@@ -44,6 +44,7 @@ struct World {
 
 struct Options {
     session_ttl_s: u64,
+    heartbeat_interval_s: u64,
     /// `redb`, or a PostgreSQL URL.
     store: String,
     /// Allowed PCR 11 (the zero value swtpm boots with, unless changed).
@@ -54,6 +55,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             session_ttl_s: 600,
+            heartbeat_interval_s: 60,
             store: "redb".into(),
             pcr11: Sha256Digest([0; 32]),
         }
@@ -67,6 +69,8 @@ fn world(trusted: &[&Swtpm], opts: Options) -> World {
         listen: "127.0.0.1:0".into(),
         profile: "quick".into(),
         session_ttl_s: opts.session_ttl_s,
+        heartbeat_interval_s: opts.heartbeat_interval_s,
+        missed_heartbeats: 2,
         store: opts.store.clone(),
         tier_policy: Some(PathBuf::from("tiers.toml")),
         ..FileConfig::default()
@@ -515,6 +519,7 @@ fn images_outside_the_policy_and_expired_sessions_are_refused() {
         &[&sw],
         Options {
             session_ttl_s: 2,
+            heartbeat_interval_s: 1,
             pcr11: Sha256Digest([0xab; 32]),
             ..Options::default()
         },
@@ -530,6 +535,29 @@ fn images_outside_the_policy_and_expired_sessions_are_refused() {
     let c = n.collect(&o);
     std::thread::sleep(Duration::from_millis(2100));
     refused_with(n.client.evidence(&c.evidence), "session_expired");
+
+    // Heartbeats every second here; two missed and the node is offline.
+    let hb = fluxnode_protocol::messages::Heartbeat {
+        node_id: n.client.node_id().into(),
+        boot_id: "boot".into(),
+        seq: 1,
+    };
+    assert_eq!(n.client.heartbeat(&hb).unwrap().interval_s, 1);
+    assert_eq!(
+        n.client.node_view(n.client.node_id()).unwrap().state,
+        "online"
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        n.client.node_view(n.client.node_id()).unwrap().state,
+        "offline"
+    );
+    // The same heartbeat again is a replay, not a sign of life.
+    refused(n.client.heartbeat(&hb), 409, "heartbeat_replayed");
+    assert_eq!(
+        n.client.node_view(n.client.node_id()).unwrap().state,
+        "offline"
+    );
     w.healthy();
 }
 
@@ -826,5 +854,53 @@ fn two_instances_on_postgresql_share_sessions_and_refuse_replays() {
         .count();
     assert_eq!((won, used), (1, 1), "{r1:?} / {r2:?}");
     second.stop().unwrap();
+    w.healthy();
+}
+
+/// What a quote's place can be filled with by a node that holds a real AK:
+/// a quote of only the SHA-1 bank, a GetTime, a Certify. Each is signed by
+/// the registered AK and carries the right extraData; each is refused by
+/// its type or selection.
+#[test]
+fn other_attestations_and_sha1_quotes_are_refused() {
+    use fluxnode_hal::tpm::quote::OtherAttestation;
+    // A TPM with a SHA-1 bank allocated too (a TPM without one leaves an
+    // unallocated bank out of the quote: that is `pcr_not_selected`).
+    let Some(sw) = Swtpm::start_with_banks("sha1,sha256") else {
+        return;
+    };
+    let w = world(&[&sw], Options::default());
+    let mut n = registered(&w, &sw, "n");
+
+    // A quote over SHA-1 PCRs only.
+    let o = n.offer();
+    let mut c = n.collect(&o);
+    let sha1: PcrSelection = "sha1:9,11,12".parse().unwrap();
+    let (attest, signature) = n
+        .tpm
+        .quote_raw(
+            &n.id.ak,
+            &sha1,
+            &extra_data(LABEL_START, &o.nonce, &[0; 32]),
+        )
+        .unwrap();
+    c.evidence.start_quote = SignedQuote { attest, signature };
+    refused_with(n.client.evidence(&c.evidence), "pcr_selection_sha1_only");
+
+    // GetTime and Certify structures, signed by the AK, sent as quotes.
+    for (kind, name) in [
+        (OtherAttestation::GetTime, "TPM_ST_ATTEST_TIME"),
+        (OtherAttestation::Certify, "TPM_ST_ATTEST_CERTIFY"),
+    ] {
+        let o = n.offer();
+        let mut c = n.collect(&o);
+        let (attest, signature) = n
+            .tpm
+            .attest_other(&n.id.ak, kind, &extra_data(LABEL_START, &o.nonce, &[0; 32]))
+            .unwrap();
+        c.evidence.start_quote = SignedQuote { attest, signature };
+        let msg = refused_with(n.client.evidence(&c.evidence), "not_a_quote");
+        assert!(msg.contains(name), "{msg}");
+    }
     w.healthy();
 }

@@ -72,6 +72,20 @@ impl Swtpm {
 
     /// [`Swtpm::start`] returning the failure instead of panicking.
     pub fn try_start() -> Result<Option<Self>, SwtpmError> {
+        Self::try_start_with_banks("sha256")
+    }
+
+    /// [`Swtpm::start`] with these PCR banks allocated (`sha1,sha256`:
+    /// for tests of what a verifier does with SHA-1 quotes).
+    #[allow(clippy::panic)] // a broken swtpm must fail the test
+    pub fn start_with_banks(banks: &str) -> Option<Self> {
+        match Self::try_start_with_banks(banks) {
+            Ok(s) => s,
+            Err(e) => panic!("swtpm: {e}"),
+        }
+    }
+
+    fn try_start_with_banks(banks: &str) -> Result<Option<Self>, SwtpmError> {
         for (prog, pkg) in [
             ("swtpm", "swtpm"),
             ("swtpm_setup", "swtpm-tools"),
@@ -83,7 +97,7 @@ impl Swtpm {
             }
         }
         let dir = scratch()?;
-        manufacture(dir.path())?;
+        manufacture_with_banks(dir.path(), banks)?;
         let (child, port) = spawn(&dir.path().join("state"))?;
         Ok(Some(Swtpm { dir, child, port }))
     }
@@ -166,6 +180,19 @@ fn write(path: &Path, text: &str) -> Result<(), SwtpmError> {
 /// into the TPM state directory `d/state`. For a TPM that something else
 /// runs (QEMU's swtpm).
 pub fn manufacture(d: &Path) -> Result<(), SwtpmError> {
+    manufacture_with_banks(d, "sha256")
+}
+
+fn manufacture_with_banks(d: &Path, banks: &str) -> Result<(), SwtpmError> {
+    if banks.is_empty()
+        || !banks
+            .split(',')
+            .all(|b| ["sha1", "sha256", "sha384", "sha512"].contains(&b))
+    {
+        return Err(err(format!(
+            "PCR banks {banks:?}: a comma-separated list of sha1, sha256, sha384, sha512"
+        )));
+    }
     let ca = d.join("ca");
     let state = d.join("state");
     for dir in [&ca, &state] {
@@ -186,9 +213,10 @@ pub fn manufacture(d: &Path) -> Result<(), SwtpmError> {
     write(
         &d.join("setup.conf"),
         &format!(
-            "create_certs_tool = {1}\ncreate_certs_tool_config = {0}/localca.conf\ncreate_certs_tool_options = {0}/localca.options\nactive_pcr_banks = sha256\n",
+            "create_certs_tool = {1}\ncreate_certs_tool_config = {0}/localca.conf\ncreate_certs_tool_options = {0}/localca.options\nactive_pcr_banks = {2}\n",
             d.display(),
-            localca.display()
+            localca.display(),
+            banks
         ),
     )?;
     let out = Command::new("swtpm_setup")

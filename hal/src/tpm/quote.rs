@@ -147,3 +147,77 @@ impl Tpm {
         Ok((consistent, quote))
     }
 }
+
+/// Attestations other than a quote that an AK can sign: what a verifier
+/// must refuse when one is sent in a quote's place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtherAttestation {
+    /// TPM2_GetTime (TPM_ST_ATTEST_TIME).
+    GetTime,
+    /// TPM2_Certify of the AK itself (TPM_ST_ATTEST_CERTIFY).
+    Certify,
+}
+
+impl Tpm {
+    /// Signs `kind` with the AK over `qualifying_data`; returns TPMS_ATTEST
+    /// and TPMT_SIGNATURE as the TPM gave them. For verifier tests: a quote
+    /// verifier must refuse these by their type.
+    pub fn attest_other(
+        &mut self,
+        blob: &AkBlob,
+        kind: OtherAttestation,
+        qualifying_data: &[u8],
+    ) -> Result<(Vec<u8>, Vec<u8>)> {
+        use tss_esapi::interface_types::session_handles::AuthSession;
+        let data = Data::try_from(qualifying_data.to_vec())
+            .map_err(|e| Error::tpm("qualifying data too long (max 64 bytes)", e))?;
+        let what = match kind {
+            OtherAttestation::GetTime => "GetTime",
+            OtherAttestation::Certify => "Certify",
+        };
+        let (attest, signature) = self.with_ak(blob, |t, ak| {
+            let sessions = (
+                Some(AuthSession::Password),
+                Some(AuthSession::Password),
+                None,
+            );
+            t.ctx
+                .execute_with_sessions(sessions, |ctx| match kind {
+                    OtherAttestation::GetTime => ctx.get_time(ak, data, SignatureScheme::Null),
+                    OtherAttestation::Certify => {
+                        ctx.certify(ak.into(), ak, data, SignatureScheme::Null)
+                    }
+                })
+                .map_err(|e| Error::tpm(what, e))
+        })?;
+        Ok((
+            attest.marshall().map_err(|e| Error::tpm(what, e))?,
+            signature.marshall().map_err(|e| Error::tpm(what, e))?,
+        ))
+    }
+
+    /// TPM2_Quote over `selection` without reading the PCRs back (a bank
+    /// the TPM has not allocated has no values to read). For verifier
+    /// tests; [`Tpm::quote`] is what a node uses.
+    pub fn quote_raw(
+        &mut self,
+        blob: &AkBlob,
+        selection: &PcrSelection,
+        qualifying_data: &[u8],
+    ) -> Result<(Vec<u8>, Vec<u8>)> {
+        let data = Data::try_from(qualifying_data.to_vec())
+            .map_err(|e| Error::tpm("Quote (qualifying data too long, max 64 bytes)", e))?;
+        let list = selection.to_tss()?;
+        let (attest, signature) = self.with_ak(blob, |t, ak| {
+            t.ctx
+                .execute_with_nullauth_session(|ctx| {
+                    ctx.quote(ak, data, SignatureScheme::Null, list.clone())
+                })
+                .map_err(|e| Error::tpm("Quote", e))
+        })?;
+        Ok((
+            attest.marshall().map_err(|e| Error::tpm("Quote", e))?,
+            signature.marshall().map_err(|e| Error::tpm("Quote", e))?,
+        ))
+    }
+}
