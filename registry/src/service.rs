@@ -178,6 +178,35 @@ fn random<const N: usize>() -> ApiResult<[u8; N]> {
     Ok(b)
 }
 
+/// The TPM2B_PUBLIC form of a public area sent as TPMT_PUBLIC or
+/// TPM2B_PUBLIC (the forms `makecredential::ek_public_from_bytes` accepts,
+/// told apart the same way).
+fn canonical_tpm2b(public: &[u8]) -> Vec<u8> {
+    let is_tpm2b = public.len() >= 2
+        && usize::from(u16::from_be_bytes([public[0], public[1]])) == public.len() - 2;
+    if is_tpm2b {
+        public.to_vec()
+    } else {
+        let mut v = u16::try_from(public.len())
+            .unwrap_or(u16::MAX)
+            .to_be_bytes()
+            .to_vec();
+        v.extend_from_slice(public);
+        v
+    }
+}
+
+/// Names people read back (image version, slot, boot id) are short and printable.
+fn check_label(what: &str, s: &str, max: usize) -> ApiResult<()> {
+    if s.len() > max || s.chars().any(|c| c.is_control()) {
+        return Err(ApiError::bad(
+            "body_malformed",
+            format!("{what} must be at most {max} bytes of printable text"),
+        ));
+    }
+    Ok(())
+}
+
 fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -226,6 +255,8 @@ impl<S: Store> Registry<S> {
         }
         let key = auth::node_key(&req.node_key)?;
         auth::verify_request(&key, "POST", "/v1/register", body, signature)?;
+        check_label("image.version", &req.image.version, 64)?;
+        check_label("image.slot", &req.image.slot, 8)?;
 
         let ak = AttestationKey::from_tpmt(&req.ak_public).map_err(|e| {
             ApiError::new(422, "ak_refused", format!("attestation key refused: {e}"))
@@ -239,8 +270,11 @@ impl<S: Store> Registry<S> {
         )
         .map_err(|e| ApiError::new(422, e.code(), e.to_string()))?;
 
-        let node_id = auth::node_id_of(&req.ek_public);
-        let ek_sha256 = Sha256Digest(Sha256::digest(&req.ek_public).into());
+        // One EK, one node, whichever encoding it came in: the id is taken
+        // over the TPM2B_PUBLIC form (a TPMT_PUBLIC gets its size prefix).
+        let ek_tpm2b = canonical_tpm2b(&req.ek_public);
+        let node_id = auth::node_id_of(&ek_tpm2b);
+        let ek_sha256 = Sha256Digest(Sha256::digest(&ek_tpm2b).into());
         if self.store.node(&node_id).await?.is_some() {
             return Err(ApiError::new(
                 409,
@@ -367,6 +401,9 @@ impl<S: Store> Registry<S> {
             .await?;
         let req: SessionRequest = serde_json::from_slice(body)
             .map_err(|e| ApiError::bad("body_malformed", format!("session request: {e}")))?;
+        check_label("image.version", &req.image.version, 64)?;
+        check_label("image.slot", &req.image.slot, 8)?;
+        check_label("boot_id", &req.boot_id, 64)?;
         if req.node_id != node.node_id {
             return Err(ApiError::bad(
                 "node_id_mismatch",

@@ -672,6 +672,12 @@ fn registration_attacks_are_refused() {
     let e = register::register(&again.client, &mut tpm, &again.id, &image()).unwrap_err();
     assert_eq!(e_code(&e), Some("ek_already_registered"), "{e}");
     assert!(!id.is_empty());
+    // The same EK in its other encoding (TPMT_PUBLIC, no size prefix) is
+    // the same node.
+    let mut r = req(&mut a);
+    r.ek_public.drain(..2);
+    r.node_key = again.id.key.verifying_key().as_bytes().to_vec();
+    refused(again.client.register(&r), 409, "ek_already_registered");
     let _ = &mut b;
     w.healthy();
 }
