@@ -238,7 +238,9 @@ fn build_into(opts: &BuildOptions, dir: &Path, progress: Progress) -> Result<Man
             &uki_path,
             opts.source_date_epoch,
         )?;
-        let pcr11_sha256 = measure::pcr11_file(&uki_path)?;
+        // PCR 11 from the UKI's sections; PCR 12 and 9 from its .cmdline
+        // and .initrd as systemd-boot, the stub and the kernel measure them.
+        let pcrs = measure::predict_file(&uki_path)?;
         let esp_name = uki_name(&version, slot, tries);
         ukis.push((esp_name.clone(), uki_path.clone()));
         slots.push((
@@ -254,7 +256,9 @@ fn build_into(opts: &BuildOptions, dir: &Path, progress: Progress) -> Result<Man
                     data_blocks: root.data_blocks,
                 },
                 cmdline,
-                pcr11_sha256,
+                pcr11_sha256: hex::encode(pcrs.pcr11),
+                pcr12_sha256: hex::encode(pcrs.pcr12),
+                pcr9_sha256: hex::encode(pcrs.pcr9),
             },
         ));
     }

@@ -54,6 +54,16 @@ pub struct SlotInfo {
     /// ([`crate::measure`]); empty in manifests written before issue 12.
     #[serde(default)]
     pub pcr11_sha256: String,
+    /// Hex sha256-bank PCR 12 after systemd-boot and systemd-stub measured
+    /// this slot's command line as load options ([`crate::measure::pcr12`]);
+    /// empty in manifests written before the build predicted it.
+    #[serde(default)]
+    pub pcr12_sha256: String,
+    /// Hex sha256-bank PCR 9 after the kernel's EFI stub measured its load
+    /// options and the initrd ([`crate::measure::pcr9`]); empty in older
+    /// manifests.
+    #[serde(default)]
+    pub pcr9_sha256: String,
 }
 
 /// The kernel used.
@@ -189,7 +199,7 @@ mod tests {
     }
 
     #[test]
-    fn slots_carry_pcr11_and_older_ones_parse() {
+    fn slots_carry_pcrs_and_older_ones_parse() {
         let slot = SlotInfo {
             version: "1".into(),
             esp_name: "fluxnode-1-a.efi".into(),
@@ -210,14 +220,21 @@ mod tests {
             },
             cmdline: "quiet".into(),
             pcr11_sha256: "ab".repeat(32),
+            pcr12_sha256: "cd".repeat(32),
+            pcr9_sha256: "ef".repeat(32),
         };
         let mut v = serde_json::to_value(&slot).unwrap();
         assert_eq!(v["pcr11_sha256"], serde_json::json!("ab".repeat(32)));
+        assert_eq!(v["pcr12_sha256"], serde_json::json!("cd".repeat(32)));
+        assert_eq!(v["pcr9_sha256"], serde_json::json!("ef".repeat(32)));
         assert_eq!(serde_json::from_value::<SlotInfo>(v.clone()).unwrap(), slot);
-        v.as_object_mut().unwrap().remove("pcr11_sha256");
+        for key in ["pcr9_sha256", "pcr12_sha256", "pcr11_sha256"] {
+            v.as_object_mut().unwrap().remove(key);
+        }
+        let old = serde_json::from_value::<SlotInfo>(v).unwrap();
         assert_eq!(
-            serde_json::from_value::<SlotInfo>(v).unwrap().pcr11_sha256,
-            ""
+            (old.pcr9_sha256, old.pcr11_sha256, old.pcr12_sha256),
+            (String::new(), String::new(), String::new())
         );
     }
 

@@ -17,6 +17,26 @@
 //! The value is what `systemd-measure calculate --bank=sha256 --phase=`
 //! prints for the same sections; the `agrees_with_systemd_measure` test
 //! checks that over a UKI built by [`crate::uki::build`].
+//!
+//! PCR 12 and PCR 9 follow from the command line the UKI is started with
+//! (and, for 9, its initrd), as the boot path fluxnode ships measures them
+//! (verified against the guest's PCRs; docs/IMAGE.md "The measured image"):
+//!
+//! - PCR 12: systemd-boot 252 passes a type #2 entry's `.cmdline` (one
+//!   trailing newline chomped) as the UKI's load options, UTF-16 with its
+//!   NUL, and measures exactly those bytes into PCR 12 (`tpm_log_load_options`,
+//!   `strsize16`); the stub, Secure Boot off and load options present,
+//!   takes them as the command line instead of its `.cmdline` and measures
+//!   them again, the same bytes. Two extends of one digest.
+//! - PCR 9: the kernel's EFI stub (Linux 6.1) measures its load options
+//!   (the stub hands it the same UTF-16 string with its NUL) and then the
+//!   initrd it loads through the LoadFile2 protocol, which the stub serves
+//!   from the `.initrd` section (`VirtualSize` bytes; nothing is appended
+//!   while the ESP holds no credentials or system extensions).
+//!
+//! Both are taken as given here, so a loader that passes other load
+//! options (a type #1 entry naming the same UKI) yields other values while
+//! PCR 11 stays that of the UKI.
 
 use std::path::Path;
 
@@ -149,6 +169,99 @@ pub fn pcr11(pe: &[u8]) -> std::result::Result<[u8; 32], String> {
     Ok(pcr)
 }
 
+/// The load options a command line becomes: UTF-16LE with a NUL, as
+/// systemd-boot converts an ASCII `.cmdline` (one byte, one code unit) and
+/// as the stub and the kernel measure them. Refused unless every byte is
+/// printable ASCII with no space at either end: systemd-boot converts byte
+/// by byte while the stub turns control characters into spaces and chomps
+/// trailing ones before it measures, so for any other string the two
+/// measurements would differ in ways not modelled here (the build makes
+/// its command lines single-spaced ASCII).
+pub fn load_options(cmdline: &str) -> std::result::Result<Vec<u8>, String> {
+    if cmdline.is_empty() {
+        return Err("empty kernel command line (no load options to measure)".into());
+    }
+    if let Some(b) = cmdline.bytes().find(|b| !(0x20..0x7f).contains(b)) {
+        return Err(format!(
+            "kernel command line has byte {b:#04x}: only printable ASCII is predicted"
+        ));
+    }
+    if cmdline.starts_with(' ') || cmdline.ends_with(' ') {
+        return Err("kernel command line starts or ends with a space".into());
+    }
+    let mut v: Vec<u8> = cmdline.bytes().flat_map(|b| [b, 0]).collect();
+    v.extend_from_slice(&[0, 0]);
+    Ok(v)
+}
+
+/// The sha256-bank PCR 12 after systemd-boot started a UKI with `cmdline`
+/// as its load options and systemd-stub took them: the digest of
+/// [`load_options`] extended twice (no credentials on the ESP).
+pub fn pcr12(cmdline: &str) -> std::result::Result<[u8; 32], String> {
+    let d = Sha256::digest(load_options(cmdline)?);
+    let mut pcr = [0u8; 32];
+    extend(&mut pcr, &d);
+    extend(&mut pcr, &d);
+    Ok(pcr)
+}
+
+/// The sha256-bank PCR 9 after the kernel's EFI stub measured its load
+/// options (`cmdline`, see [`load_options`]) and then `initrd`.
+pub fn pcr9(cmdline: &str, initrd: &[u8]) -> std::result::Result<[u8; 32], String> {
+    let mut pcr = [0u8; 32];
+    extend(&mut pcr, &Sha256::digest(load_options(cmdline)?));
+    extend(&mut pcr, &Sha256::digest(initrd));
+    Ok(pcr)
+}
+
+/// The command line systemd-boot takes from a UKI's `.cmdline` section as
+/// loaded: up to the first NUL, one trailing newline chomped.
+pub fn section_cmdline(bytes: &[u8]) -> std::result::Result<String, String> {
+    let s = bytes.split(|b| *b == 0).next().unwrap_or_default();
+    let s = s.strip_suffix(b"\n").unwrap_or(s);
+    String::from_utf8(s.to_vec()).map_err(|_| ".cmdline is not UTF-8".to_string())
+}
+
+/// What a UKI predicts for the sha256 bank when systemd-boot starts it as
+/// a type #2 entry (its own `.cmdline`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Predicted {
+    /// The kernel's load options and initrd.
+    pub pcr9: [u8; 32],
+    /// The stub's measurement of the UKI's payload sections.
+    pub pcr11: [u8; 32],
+    /// The load options, measured by systemd-boot and by the stub.
+    pub pcr12: [u8; 32],
+}
+
+/// [`Predicted`] for a UKI: PCR 11 from its sections, PCR 12 and 9 from its
+/// `.cmdline` and `.initrd` sections as loaded.
+pub fn predict(pe: &[u8]) -> std::result::Result<Predicted, String> {
+    let table = sections(pe)?;
+    let section = |name: &str| -> std::result::Result<Vec<u8>, String> {
+        let s = find(&table, name)
+            .filter(|s| s.virtual_size > 0)
+            .ok_or_else(|| format!("the UKI has no {name} section"))?;
+        loaded(pe, s)
+    };
+    let cmdline = section_cmdline(&section(".cmdline")?)?;
+    let initrd = section(".initrd")?;
+    Ok(Predicted {
+        pcr9: pcr9(&cmdline, &initrd)?,
+        pcr11: pcr11(pe)?,
+        pcr12: pcr12(&cmdline)?,
+    })
+}
+
+/// [`predict`] for a UKI file.
+pub fn predict_file(path: &Path) -> Result<Predicted> {
+    let pe = std::fs::read(path).map_err(io("reading", path))?;
+    predict(&pe).map_err(|msg| ImageError::Format {
+        path: path.into(),
+        msg,
+    })
+}
+
 /// [`pcr11`] of a UKI file, hex.
 pub fn pcr11_file(path: &Path) -> Result<String> {
     let pe = std::fs::read(path).map_err(io("reading", path))?;
@@ -202,6 +315,70 @@ mod tests {
         pe[0x3c] = 0x40;
         pe[0x40..0x44].copy_from_slice(b"PE\0\0");
         assert!(pcr11(&pe).is_err(), "truncated COFF header");
+    }
+
+    /// The command line of the main test image's slot a, and the PCR 12
+    /// the guest read after systemd-boot 252 and systemd-stub 252 measured
+    /// it (swtpm, `/sys/class/tpm/tpm0/pcr-sha256/12`).
+    const GUEST_CMDLINE: &str = "console=ttyS0,115200 quiet panic=5 softlockup_panic=1 cryptomgr.notests fluxnode.timestamps fluxnode.slot=a fluxnode.roothash=d91e14fb71a965091ff3d87709e2f84786db532a5191ddce97b8f5b66c1b366b fluxnode.salt=4ccb90aa8bc5c09d811d49c0635e7994c3b020e6951948fd10c4efb22e2de947 fluxnode.datablocks=3110 fluxnode.diskuuid=4a4c6987-df32-47f8-8233-f4fc5f79253c fluxnode.espuuid=ba7d3d96-b368-49dc-b304-3afbd05cbed5 fluxnode.rootuuid=3a5ae598-49a3-4625-ad0f-61501831160e fluxnode.datauuid=84679ff8-5e3c-412e-8ab5-854eda6b6a03";
+    const GUEST_PCR12: &str = "bac02ce1e76efaf27dfe80e65bdfec32f0aaed79405b108217b09163a1c33070";
+
+    #[test]
+    fn load_options_are_utf16le_with_a_nul() {
+        assert_eq!(
+            load_options("ab=1").unwrap(),
+            b"a\x00b\x00=\x001\x00\x00\x00"
+        );
+        for bad in ["", " a", "a ", "a\tb", "a\nb", "caf\u{e9}", "a\u{7f}"] {
+            assert!(load_options(bad).is_err(), "{bad:?}");
+            assert!(pcr12(bad).is_err() && pcr9(bad, b"").is_err(), "{bad:?}");
+        }
+    }
+
+    /// Known answers, computed independently (Python: hashlib over
+    /// `cmdline.encode("utf-16-le") + b"\0\0"`), and the value a guest read.
+    #[test]
+    fn pcr12_and_pcr9_known_answers() {
+        let c = "console=ttyS0 fluxnode.slot=a";
+        assert_eq!(
+            hex::encode(pcr12(c).unwrap()),
+            "ae585e812a8fb6b05cad10c50048cecefefca38db0ab329c6f8568ecf96e5a6f"
+        );
+        assert_eq!(
+            hex::encode(pcr9(c, b"070701 fluxnode initrd").unwrap()),
+            "44de08c6fd536deeb76453f1d99e7ddf56e66a6cc20208b23a8415fd678c9687"
+        );
+        assert_eq!(hex::encode(pcr12(GUEST_CMDLINE).unwrap()), GUEST_PCR12);
+        // One more word: another PCR 12 (and 9), as a loader entry would give.
+        let evil = format!("{GUEST_CMDLINE} fluxnode.evil=1");
+        assert_ne!(hex::encode(pcr12(&evil).unwrap()), GUEST_PCR12);
+        assert_ne!(
+            pcr9(&evil, b"x").unwrap(),
+            pcr9(GUEST_CMDLINE, b"x").unwrap()
+        );
+        assert_ne!(pcr9(c, b"x").unwrap(), pcr9(c, b"y").unwrap());
+    }
+
+    #[test]
+    fn section_cmdline_is_what_systemd_boot_passes() {
+        assert_eq!(section_cmdline(b"a b\n").unwrap(), "a b");
+        assert_eq!(section_cmdline(b"a b\0\0\0").unwrap(), "a b");
+        assert_eq!(section_cmdline(b"a b").unwrap(), "a b");
+        assert_eq!(section_cmdline(b"a b\n\n").unwrap(), "a b\n");
+        assert!(section_cmdline(b"\xff").is_err());
+    }
+
+    #[test]
+    fn predict_needs_cmdline_and_initrd() {
+        let Ok(pe) = std::fs::read(crate::uki::STUB) else {
+            fluxnode_testkit::skip(format!(
+                "{} missing (Debian package systemd-boot-efi)",
+                crate::uki::STUB
+            ));
+            return;
+        };
+        let e = predict(&pe).unwrap_err();
+        assert!(e.contains(".cmdline"), "{e}");
     }
 
     fn section_file(uki: &Path, name: &str, out: &Path) {
@@ -281,6 +458,12 @@ mod tests {
             .to_lowercase();
         assert_eq!(pcr11_file(&uki).unwrap(), theirs);
         assert_ne!(theirs, hex::encode([0u8; 32]));
+        // PCR 12 and 9 from the sections are those of the inputs.
+        let p = predict_file(&uki).unwrap();
+        assert_eq!(hex::encode(p.pcr11), theirs);
+        let cmdline = "console=ttyS0 fluxnode.slot=a fluxnode.roothash=00ff";
+        assert_eq!(p.pcr12, pcr12(cmdline).unwrap());
+        assert_eq!(p.pcr9, pcr9(cmdline, &initrd).unwrap());
         // The command line is covered: another one, another value.
         let other = d.path().join("other.efi");
         crate::uki::build(

@@ -23,6 +23,11 @@
 //! - cloned disk: the plain image booted with a byte-identical copy of
 //!   itself on NVMe (the same disk and partition UUIDs): stage 1 refuses to
 //!   pick either and writes neither.
+//! - loader-entry disk (after the tampered disk, in its thread): the main
+//!   image with a type #1 entry `loader/entries/evil.conf` made the default,
+//!   which starts slot a's official UKI with slot a's command line plus one
+//!   word: PCR 11 stays the manifest's, PCR 12 and 9 do not, and the
+//!   registry's image policy refuses it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
@@ -114,6 +119,15 @@ struct LateTamperRun {
     seconds: f64,
 }
 
+/// The main image booted through a type #1 loader entry that passes slot
+/// a's UKI another command line.
+#[derive(Clone, Debug)]
+struct EntryRun {
+    log: String,
+    /// The `options` of the entry (slot a's command line and [`EVIL_WORD`]).
+    options: String,
+}
+
 /// Why the QEMU tests cannot run here (printed; the test then returns).
 fn skip_reason() -> Option<String> {
     qemu::missing_prerequisite()
@@ -124,6 +138,7 @@ struct Runs {
     tamper: Shared<Result<TamperRun, String>>,
     late_tamper: Shared<Result<LateTamperRun, String>>,
     clone: Shared<Result<CloneRun, String>>,
+    entry: Shared<Result<EntryRun, String>>,
 }
 
 fn runs() -> &'static Runs {
@@ -134,11 +149,18 @@ fn runs() -> &'static Runs {
             tamper: Shared::new(),
             late_tamper: Shared::new(),
             clone: Shared::new(),
+            entry: Shared::new(),
         };
         let m = runs.main.clone_handle();
         std::thread::spawn(move || m.set(main_sequence()));
         let t = runs.tamper.clone_handle();
-        std::thread::spawn(move || t.set(tamper_sequence()));
+        let e = runs.entry.clone_handle();
+        // The loader-entry boot follows the (short) tamper boot in its
+        // thread: no more than four machines at once on two cores.
+        std::thread::spawn(move || {
+            t.set(tamper_sequence());
+            e.set(entry_sequence());
+        });
         let l = runs.late_tamper.clone_handle();
         std::thread::spawn(move || l.set(late_tamper_sequence()));
         let c = runs.clone.clone_handle();
@@ -392,6 +414,82 @@ fn clone_sequence() -> Result<CloneRun, String> {
     })
 }
 
+/// The word the evil loader entry adds to slot a's command line (harmless:
+/// nothing reads it, so the boot reaches the probe).
+const EVIL_WORD: &str = "fluxnode.evil=1";
+
+/// Copies `text` into the FAT file system at `offset` of `disk` as `dst`
+/// (replacing it), with mtools.
+fn esp_put(disk: &Path, offset: u64, dst: &str, text: &str, scratch: &Path) -> Result<(), String> {
+    std::fs::write(scratch, text).map_err(|e| format!("{}: {e}", scratch.display()))?;
+    let out = Command::new("mcopy")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(["-o", "-i"])
+        .arg(format!("{}@@{offset}", disk.display()))
+        .arg(scratch)
+        .arg(format!("::{dst}"))
+        .output()
+        .map_err(|e| format!("mcopy: {e} (Debian package mtools)"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "mcopy {dst} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
+}
+
+/// Issue 12: without Secure Boot anyone who can write the ESP can add a
+/// type #1 entry that starts the official UKI with another command line.
+/// A copy of the main image gets `loader/entries/evil.conf` (slot a's UKI,
+/// slot a's command line and [`EVIL_WORD`]) and a loader.conf that makes
+/// it the default; it boots to the probe (slot b is never tried).
+fn entry_sequence() -> Result<EntryRun, String> {
+    let built = fixture::main_image()?;
+    let dir = fixture::run_dir("loader-entry");
+    let disk = fixture::copy_disk(&built.image, &dir)?;
+    let esp_off = built
+        .manifest
+        .partitions
+        .iter()
+        .find(|p| p.name == "esp")
+        .map(|p| p.offset)
+        .ok_or("no esp")?;
+    let (_, a) = built
+        .manifest
+        .slots
+        .iter()
+        .find(|(s, _)| s == "a")
+        .ok_or("no slot a")?;
+    let options = format!("{} {EVIL_WORD}", a.cmdline);
+    let entry = format!(
+        "title fluxnode (another command line)\nefi /EFI/Linux/{}\noptions {options}\n",
+        a.esp_name
+    );
+    let scratch = dir.join("esp-file");
+    esp_put(
+        &disk,
+        esp_off,
+        "/loader/entries/evil.conf",
+        &entry,
+        &scratch,
+    )?;
+    esp_put(
+        &disk,
+        esp_off,
+        "/loader/loader.conf",
+        &format!("{}default evil*\n", fluxnode_image::esp::LOADER_CONF),
+        &scratch,
+    )?;
+    let mut vm = Vm::start(&VmConfig::new(&disk, &dir.join("boot")))?;
+    let res = vm.wait_for("PROBE done=1", BOOT);
+    let log = vm.log();
+    vm.kill();
+    drop(vm);
+    res?;
+    Ok(EntryRun { log, options })
+}
+
 /// Boots the same disk again in `dir/to`, with the firmware variables
 /// `dir/from` ended with, until the probe is done and all services are ready.
 fn boot_again(cfg: &mut VmConfig, dir: &Path, from: &str, to: &str) -> Result<Vm, String> {
@@ -614,6 +712,13 @@ fn late_tamper_sequence() -> Result<LateTamperRun, String> {
     })
 }
 
+fn entry_run() -> EntryRun {
+    match runs().entry.get() {
+        Ok(r) => r,
+        Err(e) => panic!("loader-entry boot failed: {e}"),
+    }
+}
+
 fn main_run() -> MainRun {
     match runs().main.get() {
         Ok(r) => r,
@@ -771,11 +876,57 @@ fn boot_hal_sees_the_swtpm_and_the_virtio_disk() {
     assert!(disks.contains(&"vda"), "the virtio disk: {disks:?}");
 }
 
-/// systemd-stub measured the booted UKI into PCR 11, and the build
-/// predicted the value (manifest.json's `pcr11_sha256`, issue 12). PCR 9
-/// and 12 are printed by the probe, not pinned yet.
+/// The guest's sha256 PCR `i` as the probe printed it.
+fn probed_pcr(p: &BTreeMap<String, String>, i: u8) -> String {
+    p.get(&format!("pcr{i}_sha256"))
+        .unwrap_or_else(|| panic!("the probe printed no PCR {i}: {p:?}"))
+        .clone()
+}
+
+/// The probe's PCRs 9, 11 and 12 as a node would claim them.
+fn claimed_pcrs(p: &BTreeMap<String, String>) -> fluxnode_protocol::types::PcrValues {
+    let mut claimed = fluxnode_protocol::types::PcrValues::default();
+    for i in [9u8, 11, 12] {
+        let mut d = [0u8; 32];
+        hex::decode_to_slice(probed_pcr(p, i), &mut d)
+            .unwrap_or_else(|e| panic!("PCR {i} is not 64 hex digits: {e} ({p:?})"));
+        claimed
+            .sha256
+            .insert(i, fluxnode_protocol::types::Sha256Digest(d));
+    }
+    claimed
+}
+
+/// The registry's image policy for a built image, as `fluxnode-registry
+/// policy allow-image manifest.json` makes it.
+fn policy_of(built: &fluxnode_image::Built) -> fluxnode_registry::store::Policy {
+    let images = fluxnode_registry::policy::images_of_manifest(
+        &built.dir.join(fluxnode_image::build::MANIFEST_FILE),
+    )
+    .unwrap_or_else(|e| panic!("images_of_manifest: {e:#}"));
+    let mut policy = fluxnode_registry::store::Policy::default();
+    fluxnode_registry::policy::allow(&mut policy, images);
+    policy
+}
+
+/// The bytes of a section of a UKI as the firmware loads them.
+fn uki_section(uki: &Path, name: &str) -> Vec<u8> {
+    use fluxnode_image::measure;
+    let pe = std::fs::read(uki).unwrap();
+    let table = measure::sections(&pe).unwrap();
+    let s =
+        measure::find(&table, name).unwrap_or_else(|| panic!("{} has no {name}", uki.display()));
+    measure::loaded(&pe, s).unwrap()
+}
+
+/// The build predicted what the booted slot's PCRs read (manifest.json's
+/// `pcr9_sha256`, `pcr11_sha256`, `pcr12_sha256`, issue 12): 11 is
+/// systemd-stub's measurement of the UKI, 12 the command line measured by
+/// systemd-boot and by the stub, 9 the kernel's load options and initrd.
+/// The registry's policy made from that manifest accepts these values as
+/// slot a.
 #[test]
-fn boot_pcr11_matches_the_manifest() {
+fn boot_pcrs_match_the_manifest() {
     need_qemu!();
     let r = main_run();
     let p = probes(&r.log1, "fluxnode-init: stage 2 starting");
@@ -789,33 +940,104 @@ fn boot_pcr11_matches_the_manifest() {
         .to_string();
     assert_eq!(slot, "a", "the main run ends in slot a");
     let built = fixture::main_image().unwrap();
-    let want = &built
+    let info = &built
         .manifest
         .slots
         .iter()
         .find(|(s, _)| *s == slot)
         .unwrap_or_else(|| panic!("no slot {slot} in the manifest"))
-        .1
-        .pcr11_sha256;
-    assert_eq!(want.len(), 64, "manifest pcr11_sha256: {want:?}");
+        .1;
     eprintln!(
         "PCR 9 {:?}, 11 {:?}, 12 {:?}",
         p.get("pcr9_sha256"),
         p.get("pcr11_sha256"),
         p.get("pcr12_sha256")
     );
-    assert_eq!(
-        p.get("pcr11_sha256"),
-        Some(want),
-        "PCR 11 of the booted slot {slot} vs the manifest ({:?})",
-        p.get("pcr12_sha256")
-    );
-    // The other slot's UKI (another command line) predicts another value.
-    for (s, info) in &built.manifest.slots {
+    for (i, want) in [
+        (9, &info.pcr9_sha256),
+        (11, &info.pcr11_sha256),
+        (12, &info.pcr12_sha256),
+    ] {
+        assert_eq!(want.len(), 64, "manifest pcr{i}_sha256: {want:?}");
+        assert_eq!(
+            &probed_pcr(&p, i),
+            want,
+            "PCR {i} of the booted slot {slot} vs the manifest"
+        );
+    }
+    // The other slot's UKI (another command line) predicts other values.
+    for (s, other) in &built.manifest.slots {
         if *s != slot {
-            assert_ne!(&info.pcr11_sha256, want, "slot {s}");
+            assert_ne!(other.pcr11_sha256, info.pcr11_sha256, "slot {s}");
+            assert_ne!(other.pcr12_sha256, info.pcr12_sha256, "slot {s}");
+            assert_ne!(other.pcr9_sha256, info.pcr9_sha256, "slot {s}");
         }
     }
+    let policy = policy_of(&built);
+    let allowed = fluxnode_registry::policy::check_image(&policy, &claimed_pcrs(&p))
+        .unwrap_or_else(|r| panic!("the honest boot is refused: {r:?}"));
+    assert_eq!(
+        (allowed.slot.as_str(), allowed.version.as_str()),
+        ("a", info.version.as_str())
+    );
+}
+
+/// Issue 12's attack: a type #1 loader entry (`loader/entries/evil.conf`,
+/// the default) starts slot a's official UKI with another command line.
+/// systemd-stub (Secure Boot off) uses the entry's options: the kernel runs
+/// with them; PCR 11 is still slot a's manifest value, PCR 12 and 9 are
+/// what `measure::pcr12`/`pcr9` predict for the entry's options, not the
+/// manifest's; the registry's policy from manifest.json refuses the values
+/// and says that PCR 12 (the command line) differs.
+#[test]
+fn tamper_loader_entry_changes_pcr12_not_pcr11() {
+    need_qemu!();
+    let r = entry_run();
+    let p = probes(&r.log, "fluxnode-init: stage 2 starting");
+    assert_eq!(
+        p.get("cmdline"),
+        Some(&r.options),
+        "the kernel runs with the entry's options"
+    );
+    assert_eq!(
+        p.get("loader_entry").map(String::as_str),
+        Some("evil.conf"),
+        "systemd-boot started the type #1 entry (LoaderEntrySelected)"
+    );
+    let built = fixture::main_image().unwrap();
+    let (_, a) = built.manifest.slots.iter().find(|(s, _)| s == "a").unwrap();
+    eprintln!(
+        "loader entry: PCR 9 {:?}, 11 {:?}, 12 {:?}",
+        p.get("pcr9_sha256"),
+        p.get("pcr11_sha256"),
+        p.get("pcr12_sha256")
+    );
+    assert_eq!(probed_pcr(&p, 11), a.pcr11_sha256, "PCR 11 is the UKI's");
+    assert_ne!(probed_pcr(&p, 12), a.pcr12_sha256, "PCR 12");
+    assert_ne!(probed_pcr(&p, 9), a.pcr9_sha256, "PCR 9");
+    // Both follow from the options the entry passed, measured the same way.
+    let initrd = uki_section(&built.dir.join(&a.uki.file), ".initrd");
+    assert_eq!(
+        probed_pcr(&p, 12),
+        hex::encode(fluxnode_image::measure::pcr12(&r.options).unwrap()),
+        "PCR 12 predicted from the entry's options"
+    );
+    assert_eq!(
+        probed_pcr(&p, 9),
+        hex::encode(fluxnode_image::measure::pcr9(&r.options, &initrd).unwrap()),
+        "PCR 9 predicted from the entry's options and the initrd"
+    );
+    let policy = policy_of(&built);
+    let refused = fluxnode_registry::policy::check_image(&policy, &claimed_pcrs(&p))
+        .err()
+        .unwrap_or_else(|| panic!("the policy accepts a boot with another command line"));
+    eprintln!("policy: {}: {}", refused.code, refused.message);
+    assert_eq!(refused.code, "image_not_allowed");
+    assert!(
+        refused.message.contains("PCR 12") && refused.message.contains("command line"),
+        "{}",
+        refused.message
+    );
 }
 
 #[test]
