@@ -365,3 +365,22 @@ pub fn image_info() -> ImageInfo {
         .unwrap_or_else(|| "-".into());
     ImageInfo { version, slot }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap_with_jitter_and_resets() {
+        let mut b = Backoff::new();
+        let first = b.fail();
+        assert!((4_000..=6_000).contains(&first.as_millis()), "{first:?}");
+        let mut last = first;
+        for _ in 0..10 {
+            last = b.fail();
+        }
+        assert!((240_000..=360_000).contains(&last.as_millis()), "{last:?}");
+        b.reset();
+        assert!(b.fail() <= Duration::from_secs(6));
+    }
+}

@@ -157,3 +157,58 @@ pub fn render(s: &Status) -> String {
     }
     o
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use fluxnode_protocol::messages::SessionVerdict;
+    use fluxnode_protocol::types::Rejection;
+
+    #[test]
+    fn a_refusal_shows_its_code_and_reason_and_the_shortfalls() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(d.path());
+        let facts = fluxnode_hal::tier::Facts {
+            threads: Some(2.0),
+            ..Default::default()
+        };
+        let st = AgentState {
+            node_id: Some("ab".repeat(16)),
+            registry: "https://r:8443".into(),
+            registry_reachable: Some(true),
+            last_verdict: Some(SessionVerdict {
+                session_id: "s".into(),
+                accepted: false,
+                rejection: Some(Rejection {
+                    code: "image_not_allowed".into(),
+                    message: "image not allowed: PCR 11 = 00 is not that of any image".into(),
+                }),
+                tier: None,
+                classification: Some(fluxnode_hal::tier::classify(
+                    &fluxnode_hal::tier::Policy::flux(),
+                    &facts,
+                )),
+                bandwidth_mbps: None,
+                certificate: None,
+            }),
+            ..AgentState::default()
+        };
+        let s = status(&dir, &st, None, None);
+        assert_eq!(s.last_reason_code.as_deref(), Some("image_not_allowed"));
+        let text = render(&s);
+        assert!(
+            text.contains("REFUSED")
+                && text.contains("image_not_allowed")
+                && text.contains("image not allowed"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Cumulus") && text.contains("threads: 2 < 4"),
+            "{text}"
+        );
+        assert!(text.contains("(reachable)"), "{text}");
+        let j = serde_json::to_value(&s).unwrap();
+        assert_eq!(j["last_reason_code"], "image_not_allowed");
+    }
+}
