@@ -114,7 +114,14 @@ impl RegistryClient {
     /// A client for the registry at `base` (`https://host:port`), trusting
     /// only the CA in `ca_pem`, signing with `key`.
     pub fn new(base: &str, ca_pem: &[u8], key: SigningKey) -> Result<Self> {
+        // No connection reuse: a node's requests are seconds to hours
+        // apart (the benchmarks run between two of them), and the registry
+        // closes idle connections; a request sent on one just as it closes
+        // would fail before any answer. A TLS handshake per request is
+        // nothing at a node's rate.
         let agent = ureq::AgentBuilder::new()
+            .max_idle_connections(0)
+            .max_idle_connections_per_host(0)
             .tls_config(tls_pinning(ca_pem)?)
             .timeout_connect(Duration::from_secs(10))
             .timeout_read(Duration::from_secs(60))

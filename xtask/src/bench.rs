@@ -7,6 +7,8 @@
 
 use anyhow::Result;
 
+use crate::bench_registry;
+
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(subcommand)]
@@ -27,6 +29,9 @@ enum What {
     Boot(BootArgs),
     /// Our CPU, memory and disk figures vs sysbench, dd and fio on this machine.
     Hal(HalArgs),
+    /// The registry (issue 12): evidence checks per second per core, and
+    /// 1,000 simulated nodes against a real registry on redb and PostgreSQL.
+    Registry(bench_registry::Args),
 }
 
 #[derive(clap::Args, Debug)]
@@ -86,6 +91,7 @@ pub fn run(args: Args) -> Result<()> {
         What::Init { extra } => ("init", extra),
         What::Boot(b) => ("boot", &b.extra),
         What::Hal(h) => ("hal", &h.extra),
+        What::Registry(r) => ("registry", &r.extra),
     };
     if let Some(done) = help_after_dashes(name, extra) {
         return done;
@@ -119,6 +125,7 @@ pub fn run(args: Args) -> Result<()> {
             rest.extend(h.extra);
             crate::bench_hal::run(&rest)
         }
+        What::Registry(r) => bench_registry::run(r),
     }
 }
 
@@ -130,7 +137,7 @@ mod tests {
     /// `bench boot -- --help` prints help instead of starting the benchmark.
     #[test]
     fn help_after_dashes_is_help() {
-        for name in ["init", "boot", "hal"] {
+        for name in ["init", "boot", "hal", "registry"] {
             let done = help_after_dashes(name, &["--runs".into(), "--help".into()]);
             assert!(matches!(done, Some(Ok(()))), "{name}");
             assert!(help_after_dashes(name, &["--runs".into(), "3".into()]).is_none());

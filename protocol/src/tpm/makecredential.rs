@@ -295,7 +295,10 @@ pub fn make_credential_for_ak<R: CryptoRngCore>(
 /// `HMAC(key, u32be(i) ‖ label ‖ 0x00 ‖ contextU ‖ contextV ‖ u32be(8·N))`
 /// for i = 1, 2, ..., concatenated and cut to `N` bytes. `label` is given
 /// without its terminating NUL, which is always added.
-fn kdfa_sha256<const N: usize>(
+///
+/// Public so that a software ActivateCredential (the load generator's
+/// simulated TPM) derives its keys with this very function.
+pub fn kdfa_sha256<const N: usize>(
     key: &[u8],
     label: &[u8],
     context_u: &[u8],

@@ -2,9 +2,7 @@
 //! RSASSA-PKCS1-v1_5 with SHA-256 (RSA of 2048 bits or more) and ECDSA on
 //! P-256 with SHA-256. SHA-1 is refused everywhere.
 
-use p256::ecdsa::signature::Verifier as _;
 use rsa::traits::PublicKeyParts as _;
-use sha2::{Digest as _, Sha256};
 use thiserror::Error;
 
 use super::public::{Parameters, Public, PublicError, Unique};
@@ -124,10 +122,22 @@ pub struct AttestationKey {
     key: Key,
 }
 
+/// The key's numbers as ring takes them. Parsing and validation use the
+/// RustCrypto types (`rsa`, `p256`); verification uses ring, 8-20x faster
+/// per signature (docs/BENCHMARKS.md, "Registry"), which is what lets one
+/// core verify thousands of sessions' quotes per second.
 #[derive(Debug, Clone)]
 enum Key {
-    Rsa(Box<rsa::RsaPublicKey>),
-    P256(p256::ecdsa::VerifyingKey),
+    Rsa {
+        /// Modulus, big-endian, no leading zeros.
+        n: Vec<u8>,
+        /// Public exponent, big-endian.
+        e: Vec<u8>,
+        /// Modulus length in bytes: a signature's length.
+        size: usize,
+    },
+    /// SEC1 uncompressed point, validated on the curve.
+    P256(Vec<u8>),
 }
 
 impl AttestationKey {
@@ -165,7 +175,11 @@ impl AttestationKey {
                 let e = if *exponent == 0 { 65537 } else { *exponent };
                 let key = rsa::RsaPublicKey::new(n, rsa::BigUint::from(e))
                     .map_err(|e| SignatureError::InvalidKey(e.to_string()))?;
-                Key::Rsa(Box::new(key))
+                Key::Rsa {
+                    n: key.n().to_bytes_be(),
+                    e: key.e().to_bytes_be(),
+                    size: key.size(),
+                }
             }
             (Parameters::Ecc { curve, .. }, Unique::Ecc { x, y }) => {
                 if *curve != alg::NIST_P256 {
@@ -174,9 +188,9 @@ impl AttestationKey {
                 let mut sec1 = vec![0x04];
                 sec1.extend_from_slice(&pad32(x).ok_or_else(|| bad_point("x"))?);
                 sec1.extend_from_slice(&pad32(y).ok_or_else(|| bad_point("y"))?);
-                let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(&sec1)
+                p256::ecdsa::VerifyingKey::from_sec1_bytes(&sec1)
                     .map_err(|e| SignatureError::InvalidKey(e.to_string()))?;
-                Key::P256(key)
+                Key::P256(sec1)
             }
             // parse() pairs parameters and unique by type.
             _ => {
@@ -212,22 +226,27 @@ impl AttestationKey {
             return Err(SignatureError::SchemeMismatch { scheme });
         }
         match (&self.key, &sig) {
-            (Key::Rsa(key), Signature::RsaSsa { sig, .. }) => {
-                if sig.len() != key.size() {
+            (Key::Rsa { n, e, size }, Signature::RsaSsa { sig, .. }) => {
+                if sig.len() != *size {
                     return Err(SignatureError::Invalid);
                 }
-                let digest = Sha256::digest(message);
-                key.verify(rsa::Pkcs1v15Sign::new::<Sha256>(), &digest, sig)
+                ring::signature::RsaPublicKeyComponents { n, e }
+                    .verify(&ring::signature::RSA_PKCS1_2048_8192_SHA256, message, sig)
                     .map_err(|_| SignatureError::Invalid)
             }
-            (Key::P256(key), Signature::Ecdsa { r, s, .. }) => {
+            (Key::P256(point), Signature::Ecdsa { r, s, .. }) => {
                 let (Some(r), Some(s)) = (pad32(r), pad32(s)) else {
                     return Err(SignatureError::Invalid);
                 };
-                let sig = p256::ecdsa::Signature::from_scalars(r, s)
-                    .map_err(|_| SignatureError::Invalid)?;
-                key.verify(message, &sig)
-                    .map_err(|_| SignatureError::Invalid)
+                let mut rs = [0u8; 64];
+                rs[..32].copy_from_slice(&r);
+                rs[32..].copy_from_slice(&s);
+                ring::signature::UnparsedPublicKey::new(
+                    &ring::signature::ECDSA_P256_SHA256_FIXED,
+                    point,
+                )
+                .verify(message, &rs)
+                .map_err(|_| SignatureError::Invalid)
             }
             _ => Err(SignatureError::SchemeMismatch { scheme }),
         }

@@ -79,6 +79,19 @@ impl RedbStore {
     }
 }
 
+/// A write transaction; `durable = false` commits without waiting for
+/// fsync (redb's `Durability::Eventual`: the commit is on disk with the
+/// next durable one, and a crash loses at most such commits, never the
+/// file's consistency). Each commit's fsync costs 4-9 ms on the build
+/// machine's disk, which capped sessions/s (docs/BENCHMARKS.md).
+fn begin(db: &Database, durable: bool) -> Result<redb::WriteTransaction> {
+    let mut tx = db.begin_write().map_err(err)?;
+    if !durable {
+        tx.set_durability(redb::Durability::Eventual);
+    }
+    Ok(tx)
+}
+
 fn get(db: &Database, table: TableDefinition<&str, &[u8]>, key: &str) -> Result<Option<Vec<u8>>> {
     let tx = db.begin_read().map_err(err)?;
     let t = tx.open_table(table).map_err(err)?;
@@ -236,7 +249,9 @@ impl Store for RedbStore {
     ) -> Result<HeartbeatOutcome> {
         let (id, boot) = (node_id.to_string(), boot_id.to_string());
         self.run(move |db| {
-            let tx = db.begin_write().map_err(err)?;
+            // A heartbeat lost in a crash is a minute of uptime not
+            // credited; it need not wait for fsync.
+            let tx = begin(db, false)?;
             let out = {
                 if tx
                     .open_table(NODES)
@@ -282,7 +297,9 @@ impl Store for RedbStore {
             to_json(s)?,
         );
         self.run(move |db| {
-            let tx = db.begin_write().map_err(err)?;
+            // A new offer: losing it in a crash costs the node a retry
+            // (session_unknown), so it need not wait for fsync.
+            let tx = begin(db, !open)?;
             tx.open_table(SESSIONS)
                 .map_err(err)?
                 .insert(id.as_str(), v.as_slice())
@@ -315,8 +332,13 @@ impl Store for RedbStore {
             s.expires_at_ms,
             to_json(&next)?,
         );
+        // Changes that stay in `offered` are the bandwidth measurement:
+        // losing one in a crash makes the session end as
+        // bandwidth_not_measured and the node retries. Every change of
+        // state (evidence taken, verdict) is single use and waits for fsync.
+        let durable = s.state != SessionState::Offered;
         self.run(move |db| {
-            let tx = db.begin_write().map_err(err)?;
+            let tx = begin(db, durable)?;
             {
                 let mut t = tx.open_table(SESSIONS).map_err(err)?;
                 let current: Option<SessionRecord> = match t.get(id.as_str()).map_err(err)? {
