@@ -13,9 +13,11 @@
 
 use std::time::{Duration, Instant};
 
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
 use fluxnode_protocol::cert::TierCertificate;
-use fluxnode_protocol::messages::NodeView;
-use fluxnode_registry::client::AdminClient;
 use fluxnode_registry::config::RegistryDir;
 use fluxnode_registry::demo::{self, Inputs};
 use fluxnode_registry::server;
@@ -27,12 +29,43 @@ use fluxnode_tests::qemu::{self, Vm, VmConfig};
 const BOOT: Duration = Duration::from_secs(600);
 const SESSION: Duration = Duration::from_secs(600);
 
-/// What `fluxnode-registry nodes --json` prints (the CLI prints this API
-/// answer as it is; registry/tests/attest.rs runs the CLI itself).
+/// The registry's CLI (built here when the test runs alone; under
+/// `cargo test --workspace` the registry's own tests built it already).
+fn registry_cli() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let st = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "fluxnode-registry",
+                "--bin",
+                "fluxnode-registry",
+            ])
+            .current_dir(fixture::workspace())
+            .status()
+            .unwrap();
+        assert!(st.success(), "building fluxnode-registry");
+        fixture::target_dir().join("debug/fluxnode-registry")
+    })
+    .clone()
+}
+
+/// `fluxnode-registry nodes --json`, as a verifier runs it.
 fn nodes_json(dir: &RegistryDir) -> serde_json::Value {
-    let client = AdminClient::for_dir(dir, Some("https://127.0.0.1:8443")).unwrap();
-    let views: Vec<NodeView> = client.get("/v1/nodes").unwrap();
-    serde_json::to_value(views).unwrap()
+    let out = Command::new(registry_cli())
+        .arg("--dir")
+        .arg(&dir.root)
+        .args(["nodes", "--json", "--url", "https://127.0.0.1:8443"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn bench_ms_after(log: &str, from: usize) -> Option<u64> {
@@ -114,6 +147,20 @@ fn a_booted_node_proves_its_tier_to_the_registry() {
         fluxnode_protocol::cert::verify(&cert, &key, fluxnode_registry::service::now_ms()).unwrap();
     assert_eq!(body.tier.as_deref(), Some("Demo"));
     assert_eq!(body.pcr11, slot_a.pcr11_sha256);
+    let cert_file = run.join("tier-certificate.json");
+    std::fs::write(&cert_file, serde_json::to_vec(&cert).unwrap()).unwrap();
+    let out = Command::new(registry_cli())
+        .arg("verify-cert")
+        .arg(&cert_file)
+        .arg("--key")
+        .arg(dir.path("signing.pub"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(vm.power_off(Duration::from_secs(120)).unwrap().success());
 
     // Boot 2: the registry is up from the start; a new boot attests again.
