@@ -14,6 +14,7 @@ use fluxnode_image::{build, flash, BuildOptions, Manifest, SlotB};
     long_about = "Build fluxnode's reproducible A/B disk image, or flash one.\n\n\
 Typical use:\n  \
 RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build --release --target x86_64-unknown-linux-gnu -p fluxnode-init -p fluxnode-netd\n  \
+cargo build --release -p fluxnode-hal -p fluxnode-node   # dynamic: they link libtss2\n  \
 fluxnode-image build --spec image/spec/default.toml --out target/fluxnode-image/out\n  \
 fluxnode-image flash --image target/fluxnode-image/out/fluxnode.img --device /dev/sdX"
 )]
