@@ -20,6 +20,8 @@
 //! - [`auth`]: node keys (ed25519) and request signatures.
 //! - [`cert`]: tier certificates, issued and checked offline.
 //! - [`ekcert`]: EK certificates, chained to allow-listed TPM vendor CAs.
+//! - [`update`]: the signed update manifest (versions, chunks, patches,
+//!   waves) and the checks a node makes before installing.
 //!
 //! docs/PROTOCOL.md describes the verification order and the codes.
 #![deny(missing_docs)]
@@ -31,4 +33,5 @@ pub mod messages;
 pub mod session;
 pub mod tpm;
 pub mod types;
+pub mod update;
 pub mod verdict;

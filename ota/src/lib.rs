@@ -1,0 +1,4 @@
+//! # fluxnode-ota
+//!
+//! The update client (work in progress, issue 13).
+#![deny(missing_docs)]

@@ -1,0 +1,2 @@
+//! `fluxnode-ota`: a thin command line over the library.
+fn main() {}
