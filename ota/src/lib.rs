@@ -12,12 +12,16 @@
 //! - [`slot`]: the target and reference devices.
 //! - [`install`]: one payload into one target, chunk by verified chunk.
 //! - [`tuf`]: the repository's TUF metadata (tough) and the manifests it signs.
+//! - [`esp`]: boot entries (UKIs) on the ESP, installed atomically.
+//! - [`updater`]: one update in order: refusals, root, UKI, journal, history.
 //! - [`state`]: the journal of the update in flight and the history of
 //!   attempts, on /var.
 #![deny(missing_docs)]
 
+pub mod esp;
 pub mod fetch;
 pub mod install;
 pub mod slot;
 pub mod state;
 pub mod tuf;
+pub mod updater;
