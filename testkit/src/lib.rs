@@ -14,6 +14,8 @@
 
 use std::io::Write;
 
+pub mod faulty_http;
+pub mod nginx;
 pub mod postgres;
 pub mod swtpm;
 

@@ -55,6 +55,18 @@ pub const PACKAGES: &[&str] = &[
     "iputils-ping",
     // the registry's PostgreSQL backend tests start a private cluster with it
     "postgresql",
+    // atomic A/B updates (issue 13): the update client's downloads are
+    // checked against a real nginx (testkit::nginx, range requests), and
+    // the slot writer against RAUC and casync on loop-device slots
+    "nginx",
+    "rauc",
+    // `rauc bundle` runs mksquashfs (rauc only suggests it)
+    "squashfs-tools",
+    "casync",
+    // `rauc install` talks to `rauc service` over D-Bus: a private bus
+    // from `dbus-daemon --session`, whose config is the session package's
+    "dbus-daemon",
+    "dbus-session-bus-common",
 ];
 
 fn installed(pkg: &str) -> bool {
