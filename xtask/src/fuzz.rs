@@ -27,6 +27,7 @@ const FUZZ_DIRS: &[&str] = &[
     "netd/fuzz",
     "image/fuzz",
     "protocol/fuzz",
+    "ota/fuzz",
 ];
 
 pub fn run(args: Args) -> Result<()> {
