@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use fluxnode_hal::tpm::credential::CredentialBlob;
 use fluxnode_hal::tpm::pcr::PcrSelection;
-use fluxnode_hal::tpm::{self, eventlog, AkBlob, Tpm};
+use fluxnode_hal::tpm::{self, eventlog, rollback, AkBlob, Tpm};
 
 /// Where the AK blob lives on the appliance.
 const DEFAULT_AK_BLOB: &str = "/var/lib/fluxnode/ak.json";
@@ -93,6 +93,19 @@ enum TpmCmd {
         /// The credential file.
         #[arg(long)]
         credential: PathBuf,
+    },
+    /// The anti-rollback minimum security version (NV index 0x0100F1A0, a
+    /// bit field that can only grow). With --raise N, raise it to N first:
+    /// never lowers it, defines the index (owner's empty password) when
+    /// missing. Run --raise only once version N is blessed.
+    Secver {
+        /// Raise the minimum to this security version (0..=64).
+        #[arg(long, value_name = "N")]
+        raise: Option<u64>,
+        /// Print JSON (index, defined, bits, min_security_version, and
+        /// previous with --raise).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -185,6 +198,48 @@ pub fn run(a: TpmArgs) -> Result<ExitCode> {
                 "{}",
                 hex::encode(t.activate_credential(&load_blob(&blob)?, &cred)?)
             );
+        }
+        TpmCmd::Secver {
+            raise,
+            json: as_json,
+        } => {
+            let previous = match raise {
+                Some(n) => {
+                    let before = t.min_security_version()?;
+                    t.raise_security_version(n)?;
+                    Some(before)
+                }
+                None => None,
+            };
+            let st = t.security_version_state()?;
+            let index = format!("{:#010x}", rollback::INDEX);
+            if as_json {
+                let mut v = serde_json::json!({
+                    "tcti": tcti,
+                    "index": index,
+                    "defined": st.defined,
+                    "bits": format!("{:#018x}", st.bits),
+                    "min_security_version": st.min_security_version,
+                });
+                if let (Some(p), Some(o)) = (previous, v.as_object_mut()) {
+                    o.insert("previous".into(), p.into());
+                }
+                json(&v)?;
+            } else {
+                if let Some(p) = previous {
+                    println!("raised: {p} -> {}", st.min_security_version);
+                }
+                if st.defined {
+                    println!(
+                        "min security version: {} (NV index {index}, bits {:#x})",
+                        st.min_security_version, st.bits
+                    );
+                } else {
+                    println!(
+                        "min security version: 0 (NV index {index} not defined: nothing enforced)"
+                    );
+                }
+            }
         }
         TpmCmd::Eventlog { .. } => {}
     }

@@ -40,3 +40,4 @@ pub mod json;
 pub mod log;
 pub mod secret;
 pub mod signals;
+pub mod tpmnv;

@@ -26,6 +26,7 @@ pub mod info;
 pub mod keys;
 pub mod pcr;
 pub mod quote;
+pub mod rollback;
 
 use std::str::FromStr;
 
