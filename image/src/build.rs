@@ -9,7 +9,7 @@ use std::time::Instant;
 use sha2::{Digest, Sha256};
 
 use crate::error::{io, ImageError, Result};
-use crate::manifest::{self, KernelInfo, Manifest, RootInfo, SlotInfo};
+use crate::manifest::{self, KernelInfo, Manifest, RootInfo, SlotInfo, UpdateInfo, UpdateUki};
 use crate::spec::Spec;
 use crate::{disk, esp, initramfs, kernel, measure, modules, rootfs, tools, uki};
 
@@ -189,6 +189,16 @@ fn build_into(opts: &BuildOptions, dir: &Path, progress: Progress) -> Result<Man
     let late_order = db.closure(&spec.late_modules)?;
 
     say("building the unified kernel images");
+    let uki_inputs = UkiInputs {
+        stub: &stub,
+        spec: &spec,
+        parts: &parts,
+        vmlinuz: &k.vmlinuz,
+        initrd: &initrd,
+        work: &work,
+        extra_cmdline: &opts.extra_cmdline,
+        epoch: opts.source_date_epoch,
+    };
     let mut slots = Vec::new();
     let mut slot_specs = vec![(
         "a",
@@ -213,34 +223,8 @@ fn build_into(opts: &BuildOptions, dir: &Path, progress: Progress) -> Result<Man
         } else {
             root.root_hash.clone()
         };
-        let cmdline = format!(
-            "{} fluxnode.slot={slot} fluxnode.roothash={hash} fluxnode.salt={} fluxnode.datablocks={} {} {}",
-            spec.cmdline,
-            root.salt,
-            root.data_blocks,
-            disk::cmdline_keys(&parts, slot)?,
-            opts.extra_cmdline
-        )
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ");
         let uki_path = dir.join(format!("uki_{slot}.efi"));
-        let osrel = rootfs::os_release(&version, Some(slot));
-        let uw = work.join(format!("uki_{slot}"));
-        std::fs::create_dir_all(&uw).map_err(io("creating", &uw))?;
-        uki::build(
-            &stub,
-            &osrel,
-            &cmdline,
-            &k.vmlinuz,
-            &initrd,
-            &uw,
-            &uki_path,
-            opts.source_date_epoch,
-        )?;
-        // PCR 11 from the UKI's sections; PCR 12 and 9 from its .cmdline
-        // and .initrd as systemd-boot, the stub and the kernel measure them.
-        let pcrs = measure::predict_file(&uki_path)?;
+        let made = uki_inputs.build(slot, &version, &root, &hash, &uki_path)?;
         let esp_name = uki_name(&version, slot, tries);
         ukis.push((esp_name.clone(), uki_path.clone()));
         slots.push((
@@ -248,20 +232,60 @@ fn build_into(opts: &BuildOptions, dir: &Path, progress: Progress) -> Result<Man
             SlotInfo {
                 version,
                 esp_name,
-                uki: manifest::payload(&uki_path)?,
+                uki: made.uki,
                 root: RootInfo {
                     payload: manifest::payload(&root.path)?,
                     root_hash: hash,
                     salt: root.salt.clone(),
                     data_blocks: root.data_blocks,
                 },
-                cmdline,
-                pcr11_sha256: hex::encode(pcrs.pcr11),
-                pcr12_sha256: hex::encode(pcrs.pcr12),
-                pcr9_sha256: hex::encode(pcrs.pcr9),
+                cmdline: made.cmdline,
+                pcr11_sha256: made.pcr11_sha256,
+                pcr12_sha256: made.pcr12_sha256,
+                pcr9_sha256: made.pcr9_sha256,
             },
         ));
     }
+    // The update payloads: this version's UKI for each slot (a node running
+    // slot a installs the `b` one), whether or not the disk populates it.
+    // A populated slot of this version with the true root hash already has
+    // exactly that UKI; otherwise it is built next to the others (slot b of
+    // a default image: `uki_b.efi`, not on the ESP).
+    let mut update_ukis = Vec::new();
+    for slot in ["a", "b"] {
+        let same = slots.iter().find(|(s, info)| {
+            s == slot && info.version == spec.version && info.root.root_hash == root_a.root_hash
+        });
+        let u = match same {
+            Some((_, info)) => UpdateUki {
+                uki: info.uki.clone(),
+                cmdline: info.cmdline.clone(),
+                pcr11_sha256: info.pcr11_sha256.clone(),
+                pcr12_sha256: info.pcr12_sha256.clone(),
+                pcr9_sha256: info.pcr9_sha256.clone(),
+            },
+            None => {
+                let mut path = dir.join(format!("uki_{slot}.efi"));
+                if path.exists() {
+                    path = dir.join(format!("uki_{slot}-update.efi"));
+                }
+                uki_inputs.build(slot, &spec.version, &root_a, &root_a.root_hash, &path)?
+            }
+        };
+        update_ukis.push((slot.to_string(), u));
+    }
+    let update = UpdateInfo {
+        version: spec.version.clone(),
+        compatible: spec.compatible.clone(),
+        security_version: spec.security_version,
+        root: RootInfo {
+            payload: manifest::payload(&root_a.path)?,
+            root_hash: root_a.root_hash.clone(),
+            salt: root_a.salt.clone(),
+            data_blocks: root_a.data_blocks,
+        },
+        ukis: update_ukis,
+    };
     say("building the ESP (systemd-boot, loader.conf, UKIs)");
     let esp_img = work.join("esp.img");
     let esp_need: u64 = ukis
@@ -319,6 +343,7 @@ fn build_into(opts: &BuildOptions, dir: &Path, progress: Progress) -> Result<Man
         initrd_modules: initrd_order,
         late_modules: late_order,
         initramfs_size: initrd.len() as u64,
+        update: Some(update),
     };
     let mp = dir.join(MANIFEST_FILE);
     let text = serde_json::to_string_pretty(&m).map_err(|e| ImageError::Format {
@@ -327,6 +352,72 @@ fn build_into(opts: &BuildOptions, dir: &Path, progress: Progress) -> Result<Man
     })?;
     std::fs::write(&mp, text + "\n").map_err(io("writing", &mp))?;
     Ok(m)
+}
+
+/// What every UKI of a build shares.
+struct UkiInputs<'a> {
+    stub: &'a Path,
+    spec: &'a Spec,
+    parts: &'a [disk::Part],
+    vmlinuz: &'a Path,
+    initrd: &'a [u8],
+    work: &'a Path,
+    extra_cmdline: &'a str,
+    epoch: u64,
+}
+
+impl UkiInputs<'_> {
+    /// Builds the UKI of `version` for `slot` at `out`, its command line
+    /// naming the slot's partition, `hash` as the root hash and the spec's
+    /// security version; returns its payload, command line and predicted PCRs.
+    fn build(
+        &self,
+        slot: &str,
+        version: &str,
+        root: &rootfs::VerityRoot,
+        hash: &str,
+        out: &Path,
+    ) -> Result<UpdateUki> {
+        let cmdline = format!(
+            "{} fluxnode.slot={slot} fluxnode.roothash={hash} fluxnode.salt={} fluxnode.datablocks={} fluxnode.secver={} {} {}",
+            self.spec.cmdline,
+            root.salt,
+            root.data_blocks,
+            self.spec.security_version,
+            disk::cmdline_keys(self.parts, slot)?,
+            self.extra_cmdline
+        )
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+        let osrel = rootfs::os_release(version, Some(slot));
+        let name = out
+            .file_stem()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| format!("uki_{slot}"));
+        let uw = self.work.join(name);
+        std::fs::create_dir_all(&uw).map_err(io("creating", &uw))?;
+        uki::build(
+            self.stub,
+            &osrel,
+            &cmdline,
+            self.vmlinuz,
+            self.initrd,
+            &uw,
+            out,
+            self.epoch,
+        )?;
+        // PCR 11 from the UKI's sections; PCR 12 and 9 from its .cmdline
+        // and .initrd as systemd-boot, the stub and the kernel measure them.
+        let pcrs = measure::predict_file(out)?;
+        Ok(UpdateUki {
+            uki: manifest::payload(out)?,
+            cmdline,
+            pcr11_sha256: hex::encode(pcrs.pcr11),
+            pcr12_sha256: hex::encode(pcrs.pcr12),
+            pcr9_sha256: hex::encode(pcrs.pcr9),
+        })
+    }
 }
 
 fn progress_warn(m: &str) {

@@ -292,6 +292,7 @@ mod tests {
             initrd_modules: vec![],
             late_modules: vec![],
             initramfs_size: 0,
+            update: None,
         }
     }
 

@@ -15,6 +15,7 @@
 //! renames it into place at the end ([`build`]): a failed build leaves
 //! nothing behind. [`flash`] writes an image to a device or file, checking
 //! each chunk against the manifest first and reading everything back.
+//! [`publish`] signs a build's update payloads into a TUF repository.
 #![deny(missing_docs)]
 
 pub mod build;
@@ -29,6 +30,7 @@ pub mod libs;
 pub mod manifest;
 pub mod measure;
 pub mod modules;
+pub mod publish;
 pub mod rootfs;
 pub mod spec;
 pub mod tools;

@@ -66,6 +66,40 @@ pub struct SlotInfo {
     pub pcr9_sha256: String,
 }
 
+/// What an update to this build installs, whichever slots the disk image
+/// populates: the root payload (the same bytes in either slot) and one UKI
+/// per slot, each naming its slot's partition. A node running slot a
+/// installs the `b` UKI and vice versa. `fluxnode-image publish` reads
+/// this; the disk image itself holds only the UKIs of [`Manifest::slots`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateInfo {
+    /// IMAGE_VERSION of the update (the spec's `version`).
+    pub version: String,
+    /// The spec's `compatible`.
+    pub compatible: String,
+    /// The spec's `security_version` (`fluxnode.secver=` on each UKI).
+    pub security_version: u64,
+    /// The root payload (erofs + verity tree) and its verity facts.
+    pub root: RootInfo,
+    /// `(slot, UKI)` for `a` and `b`, in that order.
+    pub ukis: Vec<(String, UpdateUki)>,
+}
+
+/// The UKI an update installs into one slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateUki {
+    /// The UKI file in the output directory.
+    pub uki: Payload,
+    /// Its kernel command line.
+    pub cmdline: String,
+    /// Predicted PCR 11 (hex), as in [`SlotInfo::pcr11_sha256`].
+    pub pcr11_sha256: String,
+    /// Predicted PCR 12 (hex), as in [`SlotInfo::pcr12_sha256`].
+    pub pcr12_sha256: String,
+    /// Predicted PCR 9 (hex), as in [`SlotInfo::pcr9_sha256`].
+    pub pcr9_sha256: String,
+}
+
 /// The kernel used.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KernelInfo {
@@ -111,6 +145,10 @@ pub struct Manifest {
     pub late_modules: Vec<String>,
     /// Size of the initramfs (gzip) in bytes.
     pub initramfs_size: u64,
+    /// The update payloads of this version (both slots' UKIs); absent in
+    /// manifests written before issue 13.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update: Option<UpdateInfo>,
 }
 
 impl Manifest {
@@ -131,7 +169,49 @@ impl Manifest {
         {
             return Err("chunk list does not match the image size".into());
         }
+        if let Some(u) = &m.update {
+            let slots: Vec<&str> = u.ukis.iter().map(|(s, _)| s.as_str()).collect();
+            if slots != ["a", "b"] {
+                return Err(format!(
+                    "update.ukis names slots {slots:?}, not [\"a\", \"b\"]"
+                ));
+            }
+        }
         Ok(m)
+    }
+
+    /// The update payloads of this build: [`Manifest::update`], or for a
+    /// manifest written before issue 13 what its slots give (slot a's root,
+    /// the UKIs of the populated slots whose version is the build's).
+    pub fn update_info(&self) -> Option<UpdateInfo> {
+        if let Some(u) = &self.update {
+            return Some(u.clone());
+        }
+        let (_, a) = self.slots.iter().find(|(s, _)| s == "a")?;
+        let ukis = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.version == self.version)
+            .map(|(slot, s)| {
+                (
+                    slot.clone(),
+                    UpdateUki {
+                        uki: s.uki.clone(),
+                        cmdline: s.cmdline.clone(),
+                        pcr11_sha256: s.pcr11_sha256.clone(),
+                        pcr12_sha256: s.pcr12_sha256.clone(),
+                        pcr9_sha256: s.pcr9_sha256.clone(),
+                    },
+                )
+            })
+            .collect();
+        Some(UpdateInfo {
+            version: self.version.clone(),
+            compatible: crate::spec::DEFAULT_COMPATIBLE.into(),
+            security_version: 1,
+            root: a.root.clone(),
+            ukis,
+        })
     }
 }
 
@@ -235,6 +315,101 @@ mod tests {
         assert_eq!(
             (old.pcr9_sha256, old.pcr11_sha256, old.pcr12_sha256),
             (String::new(), String::new(), String::new())
+        );
+    }
+
+    fn payload(file: &str) -> Payload {
+        Payload {
+            file: file.into(),
+            size: 1,
+            sha256: "00".into(),
+        }
+    }
+
+    fn manifest_with(update: Option<UpdateInfo>) -> Manifest {
+        let root = RootInfo {
+            payload: payload("root_a.img"),
+            root_hash: "11".into(),
+            salt: "22".into(),
+            data_blocks: 1,
+        };
+        let slot = |s: &str, v: &str| SlotInfo {
+            version: v.into(),
+            esp_name: format!("fluxnode-{v}-{s}.efi"),
+            uki: payload(&format!("uki_{s}.efi")),
+            root: root.clone(),
+            cmdline: format!("fluxnode.slot={s}"),
+            pcr11_sha256: "ab".repeat(32),
+            pcr12_sha256: String::new(),
+            pcr9_sha256: String::new(),
+        };
+        Manifest {
+            format: 1,
+            version: "1.0".into(),
+            source_date_epoch: 0,
+            kernel: KernelInfo {
+                package: "k".into(),
+                package_version: "1".into(),
+                release: "6.1".into(),
+            },
+            image: ImageInfo {
+                payload: payload("fluxnode.img"),
+                chunk_size: CHUNK,
+                chunks: vec!["00".into()],
+            },
+            partitions: vec![],
+            slots: vec![
+                ("a".into(), slot("a", "1.0")),
+                ("b".into(), slot("b", "2.0")),
+            ],
+            initrd_modules: vec![],
+            late_modules: vec![],
+            initramfs_size: 0,
+            update,
+        }
+    }
+
+    #[test]
+    fn update_ukis_do_not_populate_slots_and_older_manifests_fall_back() {
+        let uki = |s: &str| UpdateUki {
+            uki: payload(&format!("uki_{s}.efi")),
+            cmdline: format!("fluxnode.slot={s} fluxnode.secver=4"),
+            pcr11_sha256: "cd".repeat(32),
+            pcr12_sha256: "ef".repeat(32),
+            pcr9_sha256: "12".repeat(32),
+        };
+        let mut m = manifest_with(None);
+        m.slots.truncate(1);
+        let info = UpdateInfo {
+            version: "1.0".into(),
+            compatible: "fluxnode-x86_64-uefi-ab1".into(),
+            security_version: 4,
+            root: m.slots[0].1.root.clone(),
+            ukis: vec![("a".into(), uki("a")), ("b".into(), uki("b"))],
+        };
+        m.update = Some(info.clone());
+        let text = serde_json::to_string(&m).unwrap();
+        let back = Manifest::parse(&text).unwrap();
+        assert_eq!(back.slots.len(), 1, "slot b stays empty on the disk");
+        assert_eq!(back.update_info(), Some(info.clone()));
+        // Slots out of order or missing are refused.
+        let mut bad = m.clone();
+        bad.update.as_mut().unwrap().ukis.reverse();
+        assert!(Manifest::parse(&serde_json::to_string(&bad).unwrap()).is_err());
+        // A manifest without `update` (before issue 13): slot a's root and
+        // the UKIs of slots of the build's version (here only a).
+        let old = manifest_with(None);
+        let mut v = serde_json::to_value(&old).unwrap();
+        assert!(v.get("update").is_none(), "absent, not null");
+        v.as_object_mut().unwrap().remove("update");
+        let old = Manifest::parse(&v.to_string()).unwrap();
+        let u = old.update_info().unwrap();
+        assert_eq!(u.ukis.len(), 1);
+        assert_eq!(u.ukis[0].0, "a");
+        assert_eq!(u.ukis[0].1.pcr11_sha256, "ab".repeat(32));
+        assert_eq!(
+            (u.security_version, u.root.payload.file.as_str()),
+            (1, "root_a.img")
         );
     }
 

@@ -160,7 +160,36 @@ pub fn assemble(
     write(&tree.join("etc/passwd"), passwd.as_bytes())?;
     write(&tree.join("etc/group"), group.as_bytes())?;
     write(&tree.join("etc/hostname"), b"fluxnode\n")?;
+    write(
+        &tree.join(crate::spec::IMAGE_JSON_PATH.trim_start_matches('/')),
+        &image_json(spec),
+    )?;
+    if let Some(src) = &spec.tuf_root {
+        let bytes = std::fs::read(src).map_err(io("reading the spec's tuf_root", src))?;
+        crate::publish::trust::check_root(&bytes).map_err(|msg| ImageError::Spec {
+            path: spec.path.clone(),
+            msg: format!("tuf_root {}: {msg}", src.display()),
+        })?;
+        write(
+            &tree.join(crate::spec::TUF_ROOT_PATH.trim_start_matches('/')),
+            &bytes,
+        )?;
+    }
     Ok(())
+}
+
+/// The image's identity as the running system reads it
+/// ([`crate::spec::IMAGE_JSON_PATH`]): `{"version", "compatible",
+/// "security_version"}`, the values an update manifest is checked against.
+pub fn image_json(spec: &Spec) -> Vec<u8> {
+    let v = serde_json::json!({
+        "version": spec.version,
+        "compatible": spec.compatible,
+        "security_version": spec.security_version,
+    });
+    let mut out = serde_json::to_vec_pretty(&v).unwrap_or_default();
+    out.push(b'\n');
+    out
 }
 
 /// The first `dir/name` that exists among `dirs` (else the first candidate, for the error).
@@ -291,6 +320,7 @@ fn fix_dir_modes(dir: &Path) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
     #[test]
@@ -305,5 +335,20 @@ mod tests {
         let mut ids: Vec<u32> = USERS.iter().map(|u| u.1).collect();
         ids.dedup();
         assert_eq!(ids.len(), USERS.len());
+    }
+
+    #[test]
+    fn image_json_names_version_compatible_and_security_version() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("spec");
+        let mut spec = Spec::load(&dir.join("default.toml")).unwrap();
+        spec.security_version = 7;
+        let v: serde_json::Value = serde_json::from_slice(&image_json(&spec)).unwrap();
+        assert_eq!(v["version"], serde_json::json!(spec.version));
+        assert_eq!(
+            v["compatible"],
+            serde_json::json!("fluxnode-x86_64-uefi-ab1")
+        );
+        assert_eq!(v["security_version"], serde_json::json!(7));
+        assert_eq!(v.as_object().map(|o| o.len()), Some(3));
     }
 }

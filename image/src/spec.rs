@@ -5,6 +5,9 @@
 //! ```toml
 //! base = "default.toml"          # optional, relative to this file
 //! version = "0.1.0"              # IMAGE_VERSION in .osrel and the manifest
+//! compatible = "fluxnode-x86_64-uefi-ab1"  # what updates must be built for
+//! security_version = 1           # fluxnode.secver= (anti-rollback)
+//! tuf_root = "spec:keys/root.json"  # optional: the update repository's trusted root
 //! cmdline = "console=ttyS0,115200 quiet panic=5"
 //! [kernel]
 //! package = "linux-image-amd64"  # resolved to the versioned package
@@ -31,6 +34,9 @@ struct RawSpec {
     base: Option<String>,
     version: Option<String>,
     cmdline: Option<String>,
+    compatible: Option<String>,
+    security_version: Option<u64>,
+    tuf_root: Option<String>,
     kernel: Option<RawKernel>,
     sizes: Option<RawSizes>,
     #[serde(default)]
@@ -114,6 +120,17 @@ pub struct Sizes {
     pub data_mib: u64,
 }
 
+/// `compatible` when a spec names none: x86-64, UEFI, the A/B layout of
+/// `disk.rs` (format 1 of that layout).
+pub const DEFAULT_COMPATIBLE: &str = "fluxnode-x86_64-uefi-ab1";
+
+/// Where [`Spec::tuf_root`] goes in the root filesystem.
+pub const TUF_ROOT_PATH: &str = "/usr/lib/fluxnode/tuf/root.json";
+
+/// Where the image's identity (version, compatible, security version) goes
+/// in the root filesystem.
+pub const IMAGE_JSON_PATH: &str = "/usr/lib/fluxnode/image.json";
+
 /// A resolved image spec.
 #[derive(Debug, Clone)]
 pub struct Spec {
@@ -123,6 +140,19 @@ pub struct Spec {
     pub version: String,
     /// Kernel command line (slot and verity keys are appended by the builder).
     pub cmdline: String,
+    /// The hardware and partition layout this image is built for: an update
+    /// manifest names it and a node refuses any other (`compatible`,
+    /// default [`DEFAULT_COMPATIBLE`]).
+    pub compatible: String,
+    /// Anti-rollback generation (`security_version`, default 1): on every
+    /// UKI's command line as `fluxnode.secver=`, in `/usr/lib/fluxnode/image.json`
+    /// and in the update manifest.
+    pub security_version: u64,
+    /// The update repository's trusted TUF root metadata to bake into the
+    /// root filesystem at [`TUF_ROOT_PATH`] (`tuf_root = "spec:REL"` or
+    /// `"host:/ABS"`); checked at build time to be a root that its own
+    /// root keys signed.
+    pub tuf_root: Option<PathBuf>,
     /// The kernel's Debian meta-package (or a versioned package).
     pub kernel_package: String,
     /// Modules stage 1 always loads (dependencies are resolved, not listed).
@@ -170,6 +200,9 @@ impl Spec {
         chain.reverse();
         let mut version = None;
         let mut cmdline = None;
+        let mut compatible = None;
+        let mut security_version = None;
+        let mut tuf_root = None;
         let mut package = None;
         let mut initrd = Vec::new();
         let mut drivers = Vec::new();
@@ -182,6 +215,12 @@ impl Spec {
         for (p, raw) in chain {
             version = raw.version.or(version);
             cmdline = raw.cmdline.or(cmdline);
+            compatible = raw.compatible.or(compatible);
+            security_version = raw.security_version.or(security_version);
+            let dir = p.parent().unwrap_or(Path::new(".")).to_path_buf();
+            if let Some(t) = raw.tuf_root {
+                tuf_root = Some(resolve_source_path(&p, &dir, "tuf_root", &t)?);
+            }
             if let Some(k) = raw.kernel {
                 package = k.package.or(package);
                 initrd.extend(k.initrd_modules);
@@ -195,7 +234,6 @@ impl Spec {
                 root = s.root_mib.or(root);
                 data = s.data_mib.or(data);
             }
-            let dir = p.parent().unwrap_or(Path::new(".")).to_path_buf();
             for f in raw.file {
                 let entry = resolve_file(&p, &dir, f)?;
                 files.retain(|e| e.dst != entry.dst);
@@ -222,6 +260,9 @@ impl Spec {
             path: path.to_path_buf(),
             version: need(version, "version")?,
             cmdline: cmdline.unwrap_or_default(),
+            compatible: compatible.unwrap_or_else(|| DEFAULT_COMPATIBLE.into()),
+            security_version: security_version.unwrap_or(1),
+            tuf_root,
             kernel_package: package.unwrap_or_else(|| "linux-image-amd64".into()),
             initrd_modules: initrd,
             initrd_drivers: drivers,
@@ -258,6 +299,15 @@ impl Spec {
                 self.version
             ));
         }
+        if self.compatible.is_empty()
+            || self.compatible.len() > 128
+            || !self.compatible.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return bad(format!(
+                "compatible {:?} must be 1 to 128 printable ASCII characters without spaces",
+                self.compatible
+            ));
+        }
         if self.sizes.esp_mib < 40 {
             return bad(format!(
                 "sizes.esp_mib = {} is below FAT32's minimum here (40 MiB)",
@@ -267,12 +317,38 @@ impl Spec {
         if self.sizes.root_mib == 0 || self.sizes.data_mib < 16 {
             return bad("sizes.root_mib must be > 0 and sizes.data_mib ≥ 16".into());
         }
+        for (path, what) in [(IMAGE_JSON_PATH, "the builder writes it")]
+            .into_iter()
+            .chain(
+                self.tuf_root
+                    .as_ref()
+                    .map(|_| (TUF_ROOT_PATH, "`tuf_root` puts the trusted root there")),
+            )
+        {
+            if self.files.iter().any(|f| f.dst == path) || self.links.iter().any(|(p, _)| p == path)
+            {
+                return bad(format!("a file or link installs {path}, but {what}"));
+            }
+        }
         if !self.files.iter().any(|f| f.dst == "/sbin/init")
             && !self.links.iter().any(|(p, _)| p == "/sbin/init")
         {
             return bad("no file installs /sbin/init (stage 2 of fluxnode-init)".into());
         }
         Ok(())
+    }
+}
+
+/// `spec:RELATIVE` (next to the spec) or `host:/ABSOLUTE` for a key that
+/// names one file.
+fn resolve_source_path(spec: &Path, dir: &Path, key: &str, v: &str) -> Result<PathBuf> {
+    match v.split_once(':') {
+        Some(("spec", p)) if !p.is_empty() => Ok(dir.join(p)),
+        Some(("host", p)) if p.starts_with('/') => Ok(PathBuf::from(p)),
+        _ => Err(ImageError::Spec {
+            path: spec.into(),
+            msg: format!("{key} = {v:?}: use spec:RELATIVE/PATH or host:/ABS/PATH"),
+        }),
     }
 }
 
@@ -389,6 +465,51 @@ mod tests {
             "[[file]]\nsrc=\"bin:\"\ndst=\"/\"",
         ] {
             let _ = parse_for_fuzz(t);
+        }
+    }
+
+    #[test]
+    fn compatible_security_version_and_tuf_root() {
+        let d = tempfile::tempdir().unwrap();
+        write(
+            d.path(),
+            "base.toml",
+            "version = \"1.0\"\nsecurity_version = 3\ntuf_root = \"spec:keys/root.json\"\n[[file]]\nsrc = \"bin:fluxnode-init\"\ndst = \"/sbin/init\"\n",
+        );
+        let s = Spec::load(&d.path().join("base.toml")).unwrap();
+        assert_eq!(s.compatible, DEFAULT_COMPATIBLE);
+        assert_eq!(s.security_version, 3);
+        assert_eq!(s.tuf_root, Some(d.path().join("keys/root.json")));
+        let child = write(
+            d.path(),
+            "child.toml",
+            "base = \"base.toml\"\ncompatible = \"acme-box-v2\"\ntuf_root = \"host:/etc/acme/root.json\"\n",
+        );
+        let s = Spec::load(&child).unwrap();
+        assert_eq!(s.compatible, "acme-box-v2");
+        assert_eq!(s.security_version, 3, "inherited from the base");
+        assert_eq!(s.tuf_root, Some(PathBuf::from("/etc/acme/root.json")));
+        let plain = write(
+            d.path(),
+            "plain.toml",
+            "version = \"1\"\n[[file]]\nsrc = \"bin:a\"\ndst = \"/sbin/init\"\n",
+        );
+        let s = Spec::load(&plain).unwrap();
+        assert_eq!((s.security_version, s.tuf_root), (1, None));
+        for (i, bad) in [
+            "base = \"base.toml\"\ncompatible = \"two words\"\n",
+            "base = \"base.toml\"\ncompatible = \"\"\n",
+            "base = \"base.toml\"\ntuf_root = \"keys/root.json\"\n",
+            "base = \"base.toml\"\nsecurity_version = -1\n",
+            "base = \"base.toml\"\n[[file]]\nsrc = \"spec:x\"\ndst = \"/usr/lib/fluxnode/tuf/root.json\"\n",
+            "base = \"base.toml\"\n[[file]]\nsrc = \"spec:x\"\ndst = \"/usr/lib/fluxnode/image.json\"\n",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let p = write(d.path(), "bad.toml", bad);
+            let err = Spec::load(&p).expect_err(&format!("case {i} should fail"));
+            assert!(err.to_string().contains("image spec"), "case {i}: {err}");
         }
     }
 
