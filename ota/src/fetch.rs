@@ -72,6 +72,11 @@ pub trait Fetch {
     fn whole(&mut self, url: &Url, max: u64) -> Result<Vec<u8>, FetchError>;
     /// Body bytes received so far (over the network or read from files).
     fn received(&self) -> u64;
+    /// The whole file's length as the last range answer gave it
+    /// (`Content-Range: bytes a-b/LEN`, or the file's size), if known.
+    fn remote_len(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Retry and timeout settings.
@@ -105,6 +110,7 @@ pub struct Fetcher {
     policy: FetchPolicy,
     received: u64,
     requests: u64,
+    last_total: Option<u64>,
 }
 
 impl Fetcher {
@@ -123,6 +129,7 @@ impl Fetcher {
             policy,
             received: 0,
             requests: 0,
+            last_total: None,
         }
     }
 
@@ -193,16 +200,33 @@ impl Fetcher {
                 why: format!("HTTP {} to a range request (206 expected)", resp.status()),
             }));
         }
-        let expect = format!("bytes {start}-{end}/");
-        match resp.header("Content-Range") {
-            Some(cr) if cr.starts_with(&expect) => {}
-            other => {
+        // `bytes S-E/TOTAL`: exactly the range asked, or a file that ends
+        // before it (a truncated copy: a server clamps the range to it).
+        let cr = resp.header("Content-Range").unwrap_or("(none)").to_string();
+        let parsed = cr
+            .strip_prefix("bytes ")
+            .and_then(|r| r.split_once('/'))
+            .and_then(|(span, total)| {
+                let (s, e) = span.split_once('-')?;
+                Some((
+                    s.parse::<u64>().ok()?,
+                    e.parse::<u64>().ok()?,
+                    total.parse::<u64>().ok(),
+                ))
+            });
+        match parsed {
+            Some((s, e, total)) if s == start && e == end => self.last_total = total,
+            Some((s, _, Some(total))) if s == start && total <= end => {
+                self.last_total = Some(total);
+                return Err(Attempt::Fatal(FetchError::Short {
+                    url: url.to_string(),
+                    end,
+                }));
+            }
+            _ => {
                 return Err(Attempt::Fatal(FetchError::Protocol {
                     url: url.to_string(),
-                    why: format!(
-                        "Content-Range {:?} does not answer bytes={start}-{end}",
-                        other.unwrap_or("(none)")
-                    ),
+                    why: format!("Content-Range {cr:?} does not answer bytes={start}-{end}"),
                 }))
             }
         }
@@ -259,6 +283,7 @@ impl Fetch for Fetcher {
                 url: url.to_string(),
                 why: e.to_string(),
             })?;
+            self.last_total = f.metadata().ok().map(|m| m.len());
             use std::os::unix::fs::FileExt;
             f.read_exact_at(buf, offset).map_err(|e| match e.kind() {
                 std::io::ErrorKind::UnexpectedEof => FetchError::Short {
@@ -360,5 +385,9 @@ impl Fetch for Fetcher {
 
     fn received(&self) -> u64 {
         self.received
+    }
+
+    fn remote_len(&self) -> Option<u64> {
+        self.last_total
     }
 }

@@ -451,6 +451,36 @@ pub fn install_payload(
     Ok(c)
 }
 
+/// Checks, before anything is written, that the server serves this payload
+/// as signed: it answers a range request for the last byte with 206 and
+/// its file has the signed length. A server without range support, or a
+/// truncated or replaced file, is refused here, with both slots as they
+/// were. (Chunk hashes are checked as each chunk arrives.)
+pub fn probe(payload: &Payload, url: &Url, fetch: &mut dyn Fetch) -> Result<(), InstallError> {
+    if payload.size == 0 {
+        return Ok(());
+    }
+    let mut last = [0u8; 1];
+    fetch.range(url, payload.size - 1, &mut last)?;
+    if let Some(len) = fetch.remote_len() {
+        if len != payload.size {
+            return Err(InstallError::Fetch(FetchError::Protocol {
+                url: url.to_string(),
+                why: format!(
+                    "the file is {len} bytes, the signed payload {}: the repository's copy is {}",
+                    payload.size,
+                    if len < payload.size {
+                        "truncated"
+                    } else {
+                        "not the signed one"
+                    }
+                ),
+            }));
+        }
+    }
+    Ok(())
+}
+
 /// Fetches a patch, checks its hash, and decodes it over the reference:
 /// the new payload's bytes (every chunk is still hashed by the caller).
 fn apply_patch(

@@ -104,6 +104,18 @@ pub enum UpdateError {
         #[source]
         source: InstallError,
     },
+    /// The repository does not serve a payload as signed (checked before
+    /// the first write).
+    #[error("checking the {what} of {version} on the server, before writing anything: {source}")]
+    Probe {
+        /// `root` or `uki`.
+        what: &'static str,
+        /// Version.
+        version: String,
+        /// Cause.
+        #[source]
+        source: InstallError,
+    },
     /// The journal or history.
     #[error(transparent)]
     State(#[from] StateError),
@@ -119,19 +131,9 @@ impl UpdateError {
             UpdateError::NotBlessed(_) => "not_blessed",
             UpdateError::Refused(r) => r.code(),
             UpdateError::NoUki { .. } => "no_uki_for_slot",
-            UpdateError::Install { source, .. } => match source {
-                InstallError::ChunkMismatch { .. } => "chunk_mismatch",
-                InstallError::PatchMismatch { .. } => "patch_mismatch",
-                InstallError::TooBig { .. } => "too_big",
-                InstallError::ReadBack { .. } => "read_back",
-                InstallError::Fetch(crate::fetch::FetchError::RangeIgnored { .. }) => {
-                    "range_ignored"
-                }
-                InstallError::Fetch(crate::fetch::FetchError::Short { .. }) => "truncated",
-                InstallError::Fetch(_) => "download",
-                InstallError::Slot(_) => "slot_io",
-                InstallError::State(_) => "state_io",
-            },
+            UpdateError::Install { source, .. } | UpdateError::Probe { source, .. } => {
+                install_code(source)
+            }
             UpdateError::State(_) => "state_io",
             UpdateError::Esp(_) => "esp_io",
         }
@@ -141,8 +143,29 @@ impl UpdateError {
     pub fn before_any_write(&self) -> bool {
         matches!(
             self,
-            UpdateError::NotBlessed(_) | UpdateError::Refused(_) | UpdateError::NoUki { .. }
+            UpdateError::NotBlessed(_)
+                | UpdateError::Refused(_)
+                | UpdateError::NoUki { .. }
+                | UpdateError::Probe { .. }
         )
+    }
+}
+
+fn install_code(e: &InstallError) -> &'static str {
+    use crate::fetch::FetchError;
+    match e {
+        InstallError::ChunkMismatch { .. } => "chunk_mismatch",
+        InstallError::PatchMismatch { .. } => "patch_mismatch",
+        InstallError::TooBig { .. } => "too_big",
+        InstallError::ReadBack { .. } => "read_back",
+        InstallError::Fetch(FetchError::RangeIgnored { .. }) => "range_ignored",
+        InstallError::Fetch(FetchError::Short { .. }) => "truncated",
+        InstallError::Fetch(FetchError::Protocol { why, .. }) if why.contains("truncated") => {
+            "truncated"
+        }
+        InstallError::Fetch(_) => "download",
+        InstallError::Slot(_) => "slot_io",
+        InstallError::State(_) => "state_io",
     }
 }
 
@@ -214,28 +237,27 @@ pub fn install(
     let slot = sys.target_slot();
     let esp = Esp::at(&sys.esp);
 
-    // 1. What needs no write.
-    if !sys.blessed {
-        return Err(UpdateError::NotBlessed(sys.running_version.clone()));
-    }
+    // 1. What needs no write. A refusal is recorded in the history too.
+    let uki = match refusals(sys, offer, opts, slot) {
+        Ok(u) => u,
+        Err(e) => {
+            let _ = state.record(&Attempt {
+                from: sys.running_version.clone(),
+                to: m.version.clone(),
+                started_at: state::now(),
+                ended_at: state::now(),
+                downloaded: 0,
+                payload_bytes: 0,
+                outcome: Outcome::Refused,
+                reason: format!("{}: {e}", e.code()),
+            });
+            return Err(e);
+        }
+    };
     let target = Slot::open_target(&sys.target_root).map_err(|e| UpdateError::Install {
         what: "root",
         version: m.version.clone(),
         source: e.into(),
-    })?;
-    update::check_installable(
-        m,
-        &NodeFacts {
-            running_version: &sys.running_version,
-            compatible: &sys.compatible,
-            slot_size: target.size(),
-            min_security_version: sys.min_security_version,
-        },
-        opts.allow_downgrade,
-    )?;
-    let uki = m.uki_for(slot).ok_or_else(|| UpdateError::NoUki {
-        version: m.version.clone(),
-        slot: slot.to_string(),
     })?;
 
     let payload_bytes = m.root.size + uki.payload.size;
@@ -333,6 +355,40 @@ pub fn install(
     Ok(r)
 }
 
+/// The checks that need no write; the UKI for the target slot.
+fn refusals<'m>(
+    sys: &System,
+    offer: &'m Offer,
+    opts: &Options,
+    slot: &str,
+) -> Result<&'m update::SlotUki, UpdateError> {
+    let m = &offer.manifest;
+    if !sys.blessed {
+        return Err(UpdateError::NotBlessed(sys.running_version.clone()));
+    }
+    let slot_size = Slot::open_read(&sys.target_root)
+        .map(|s| s.size())
+        .map_err(|e| UpdateError::Install {
+            what: "root",
+            version: m.version.clone(),
+            source: e.into(),
+        })?;
+    update::check_installable(
+        m,
+        &NodeFacts {
+            running_version: &sys.running_version,
+            compatible: &sys.compatible,
+            slot_size,
+            min_security_version: sys.min_security_version,
+        },
+        opts.allow_downgrade,
+    )?;
+    m.uki_for(slot).ok_or_else(|| UpdateError::NoUki {
+        version: m.version.clone(),
+        slot: slot.to_string(),
+    })
+}
+
 #[allow(clippy::too_many_arguments)]
 fn run_phases(
     sys: &System,
@@ -364,9 +420,24 @@ fn run_phases(
     let received0 = fetch.received();
     let base_downloaded = progress.downloaded;
 
-    // 2. The target slot can no longer boot (from the first write on; an
-    //    install that is past its root phase keeps the entry it made).
+    // 2. The server serves what was signed (range support, lengths, the
+    //    last chunk of each payload), then the target slot can no longer
+    //    boot (from the first write on; an install that is past its root
+    //    phase keeps the entry it made).
     if progress.phase == Phase::Root {
+        for (what, p) in [("root", &m.root), ("uki", &uki.payload)] {
+            let url = offer.url(&p.target).ok_or_else(|| {
+                ierr(what)(InstallError::Fetch(crate::fetch::FetchError::NotFound {
+                    url: p.target.clone(),
+                    status: 0,
+                }))
+            })?;
+            install::probe(p, url, fetch).map_err(|source| UpdateError::Probe {
+                what,
+                version: m.version.clone(),
+                source,
+            })?;
+        }
         esp.remove_slot(slot)?;
     }
 

@@ -90,6 +90,14 @@ pub struct SlotUki {
     /// (hex), as the image build predicts it; empty when unknown.
     #[serde(default)]
     pub pcr11_sha256: String,
+    /// Expected sha256-bank PCR 12 (the command line as load options);
+    /// empty when unknown.
+    #[serde(default)]
+    pub pcr12_sha256: String,
+    /// Expected sha256-bank PCR 9 (the initrd and the kernel's load
+    /// options); empty when unknown.
+    #[serde(default)]
+    pub pcr9_sha256: String,
     /// The UKI file.
     pub payload: Payload,
 }
@@ -246,7 +254,10 @@ impl UpdateManifest {
             {
                 return Err(field(format!("{at}.slot"), "must be a or b, each once"));
             }
-            if !u.pcr11_sha256.is_empty() && !is_hex_sha256(&u.pcr11_sha256) {
+            if [&u.pcr11_sha256, &u.pcr12_sha256, &u.pcr9_sha256]
+                .iter()
+                .any(|p| !p.is_empty() && !is_hex_sha256(p))
+            {
                 return Err(field(
                     format!("{at}.pcr11_sha256"),
                     "is not 64 lowercase hex digits",
@@ -267,12 +278,6 @@ impl UpdateManifest {
     pub fn to_json(&self) -> Vec<u8> {
         // Serializing these plain types cannot fail.
         serde_json::to_vec_pretty(self).unwrap_or_default()
-    }
-
-    /// The UKI's file name on the ESP for a fresh install with `tries`
-    /// boot attempts: `fluxnode-<version>+3.efi`.
-    pub fn uki_esp_name(&self, tries: u32) -> String {
-        format!("fluxnode-{}+{tries}.efi", self.version)
     }
 
     /// The UKI for a slot.
@@ -712,11 +717,15 @@ mod tests {
                 SlotUki {
                     slot: "a".into(),
                     pcr11_sha256: String::new(),
+                    pcr12_sha256: String::new(),
+                    pcr9_sha256: String::new(),
                     payload: payload("uki-a-0.2.0.efi", b"MZ uki a"),
                 },
                 SlotUki {
                     slot: "b".into(),
                     pcr11_sha256: "ab".repeat(32),
+                    pcr12_sha256: "cd".repeat(32),
+                    pcr9_sha256: String::new(),
                     payload: payload("uki-b-0.2.0.efi", b"MZ uki b"),
                 },
             ],

@@ -348,6 +348,8 @@ pub fn publish(
         ukis.push(SlotUki {
             slot: slot.clone(),
             pcr11_sha256: u.pcr11_sha256.clone(),
+            pcr12_sha256: u.pcr12_sha256.clone(),
+            pcr9_sha256: u.pcr9_sha256.clone(),
             payload,
         });
         uki_bytes.insert(slot.clone(), bytes);
