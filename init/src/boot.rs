@@ -13,6 +13,13 @@
 //! so it is a field of the phases after /var rather than a phase of its
 //! own.
 //!
+//! A boot that never gets there (a required service that never becomes
+//! ready, a /var child that hangs) is ended when `boot_complete_timeout_s`
+//! is set: [`BootAction::TimedOut`] once that long has passed since stage 2
+//! started without boot-complete, and the supervisor reboots in order.
+//! The reboot is a try that systemd-boot counted: a slot that never
+//! completes runs out of tries like one that crashes.
+//!
 //! [`BootPhase::advance`] does no I/O: it is fed facts and answers with
 //! actions ([`BootAction`]) that the supervisor carries out, the shape of
 //! netd's DHCP client.
@@ -32,6 +39,17 @@ pub struct Facts {
     pub shutting_down: bool,
     /// How long required services must stay ready.
     pub grace_ms: u64,
+    /// When stage 2 started (monotonic ms).
+    pub started: u64,
+    /// Boot-complete must hold within this long of `started` (0 = no limit).
+    pub timeout_ms: u64,
+}
+
+impl Facts {
+    /// When the boot-complete timeout falls due, if there is one.
+    fn timeout_at(&self) -> Option<u64> {
+        (self.timeout_ms > 0).then(|| self.started.saturating_add(self.timeout_ms))
+    }
 }
 
 /// Something to do, from [`BootPhase::advance`].
@@ -46,6 +64,10 @@ pub enum BootAction {
     ReportStartup,
     /// Boot is complete: log it and run the boot-complete action.
     BootComplete,
+    /// Boot-complete did not hold within `timeout_ms` of stage 2's start:
+    /// say what is not ready and reboot in order (the supervisor's
+    /// shutdown then stops further actions).
+    TimedOut,
 }
 
 /// The phase of the boot.
@@ -85,6 +107,10 @@ impl BootPhase {
         if *self == BootPhase::Starting {
             actions.push(BootAction::WatchPowerButton);
             *self = BootPhase::AwaitingVar;
+        }
+        if !f.shutting_down && !self.is_complete() && f.timeout_at().is_some_and(|t| f.now >= t) {
+            actions.push(BootAction::TimedOut);
+            return actions;
         }
         if *self == BootPhase::AwaitingVar {
             if !f.var_ready {
@@ -192,6 +218,12 @@ impl BootPhase {
             _ => None,
         }
     }
+
+    /// When the boot-complete timeout falls due (`timeout_ms` after
+    /// `started`; 0 = none), while boot-complete has not been reached.
+    pub fn timeout_deadline(&self, started: u64, timeout_ms: u64) -> Option<u64> {
+        (timeout_ms > 0 && !self.is_complete()).then(|| started.saturating_add(timeout_ms))
+    }
 }
 
 #[cfg(test)]
@@ -206,6 +238,8 @@ mod tests {
             required_ready: false,
             shutting_down: false,
             grace_ms: 100,
+            started: 0,
+            timeout_ms: 0,
         }
     }
 
@@ -278,5 +312,81 @@ mod tests {
         );
         assert!(p.advance(Facts { now: 10_000, ..f }).is_empty());
         assert!(!p.is_complete());
+    }
+
+    #[test]
+    fn no_timeout_by_default() {
+        let mut p = BootPhase::Starting;
+        p.advance(facts(0));
+        assert_eq!(p.timeout_deadline(0, 0), None);
+        // Never ready, for a very long time: nothing happens.
+        assert!(p.advance(facts(u64::MAX / 2)).is_empty());
+        assert!(!p.is_complete());
+    }
+
+    #[test]
+    fn a_boot_that_never_completes_times_out_once_due() {
+        let timed = |now| Facts {
+            started: 1_000,
+            timeout_ms: 900_000,
+            ..facts(now)
+        };
+        let mut p = BootPhase::Starting;
+        p.advance(timed(1_000));
+        assert_eq!(p.timeout_deadline(1_000, 900_000), Some(901_000));
+        // Required services ready, but not for the grace period yet.
+        assert!(p
+            .advance(Facts {
+                required_ready: true,
+                ..timed(900_950)
+            })
+            .is_empty());
+        assert!(p.advance(timed(900_999)).is_empty());
+        assert_eq!(p.advance(timed(901_000)), [BootAction::TimedOut]);
+        // The supervisor is rebooting now: nothing more, ever.
+        let down = |now| Facts {
+            shutting_down: true,
+            ..timed(now)
+        };
+        assert!(p.advance(down(901_001)).is_empty());
+        assert!(p.advance(down(2_000_000)).is_empty());
+    }
+
+    #[test]
+    fn the_timeout_counts_while_var_is_awaited_too() {
+        let mut p = BootPhase::Starting;
+        let f = |now| Facts {
+            var_ready: false,
+            timeout_ms: 50,
+            ..facts(now)
+        };
+        assert_eq!(p.advance(f(0)), [BootAction::WatchPowerButton]);
+        assert!(p.advance(f(49)).is_empty());
+        assert_eq!(p.advance(f(50)), [BootAction::TimedOut]);
+        assert_eq!(p, BootPhase::AwaitingVar);
+    }
+
+    #[test]
+    fn a_complete_boot_never_times_out() {
+        let timed = |now| Facts {
+            required_ready: true,
+            timeout_ms: 1_000,
+            ..facts(now)
+        };
+        let mut p = BootPhase::Starting;
+        p.advance(timed(0));
+        p.advance(timed(10));
+        assert_eq!(p.advance(timed(110)), [BootAction::BootComplete]);
+        assert_eq!(p.timeout_deadline(0, 1_000), None);
+        // Readiness lost after boot-complete: still complete, no timeout.
+        assert!(!p
+            .advance(Facts {
+                required_ready: false,
+                ..timed(5_000)
+            })
+            .contains(&BootAction::TimedOut));
+        p.blessing(9);
+        assert!(p.advance(timed(9_000)).is_empty());
+        assert_eq!(p.timeout_deadline(0, 1_000), None);
     }
 }

@@ -38,6 +38,12 @@ impl Cmdline {
         self.0.flag(key)
     }
 
+    /// The shared parser's view of the same line (for the code in
+    /// `fluxnode_lowlevel` that reads it: the boot disk's UUIDs).
+    pub fn as_lowlevel(&self) -> &Parsed {
+        &self.0
+    }
+
     /// Every `fluxnode.*` key with its value, the prefix removed, sorted.
     pub fn fluxnode_keys(&self) -> impl Iterator<Item = (&str, Option<&str>)> {
         self.0.with_prefix("fluxnode.")

@@ -298,6 +298,10 @@ pub struct InitConfig {
     pub boot_complete: BootComplete,
     /// How long required services must stay ready.
     pub boot_complete_grace_ms: u64,
+    /// Boot-complete must hold within this many seconds of stage 2's
+    /// start, or init logs what is not ready and reboots in order (a
+    /// counted try). 0 (the default) = no limit.
+    pub boot_complete_timeout_s: u64,
     /// Hardware watchdog timeout in seconds (0 = do not use it).
     pub hardware_watchdog_s: u32,
     /// Lines kept per service.
@@ -332,6 +336,7 @@ impl Default for InitConfig {
         InitConfig {
             boot_complete: BootComplete::None,
             boot_complete_grace_ms: 2000,
+            boot_complete_timeout_s: 0,
             hardware_watchdog_s: 30,
             log_lines: 200,
             log_bytes: 16 * 1024,
@@ -707,12 +712,16 @@ pids_max = 10
         assert_eq!(InitConfig::load(&p).unwrap(), InitConfig::default());
         std::fs::write(
             &p,
-            "boot_complete = \"bless\"\nboot_complete_grace_ms = 10\n",
+            "boot_complete = \"bless\"\nboot_complete_grace_ms = 10\nboot_complete_timeout_s = 900\n",
         )
         .unwrap();
         let c = InitConfig::load(&p).unwrap();
         assert_eq!(c.boot_complete, BootComplete::Bless);
         assert_eq!(c.boot_complete_grace_ms, 10);
+        assert_eq!(c.boot_complete_timeout_s, 900);
+        assert_eq!(InitConfig::default().boot_complete_timeout_s, 0);
+        std::fs::write(&p, "boot_complete_timeout_s = -1\n").unwrap();
+        assert!(InitConfig::load(&p).is_err());
         std::fs::write(&p, "nope = 1\n").unwrap();
         assert!(InitConfig::load(&p).is_err());
     }

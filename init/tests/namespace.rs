@@ -529,6 +529,35 @@ fn a_failed_var_child_means_reboot_and_its_dependents_never_start() {
     assert!(!log.contains("all services ready"), "{log}");
 }
 
+#[test]
+fn a_boot_that_never_completes_reboots_at_its_timeout() {
+    need_namespaces!();
+    // `stuck` is required and a notify service that never says READY=1:
+    // boot-complete never holds. With boot_complete_timeout_s = 1, init
+    // names it and reboots in order (in a namespace: an ordered exit 0).
+    let mut ns = Ns::start(
+        "boottimeout",
+        &[
+            (
+                "stuck",
+                sh("exec sleep 60", "type = \"notify\"\nrequired = true"),
+            ),
+            ("fine", sh("exec sleep 60", "required = true")),
+        ],
+        "boot_complete_timeout_s = 1\n",
+    );
+    let line = ns.wait_for("boot not complete within boot_complete_timeout_s = 1 s", 20);
+    assert!(
+        line.text
+            .contains("not ready: stuck (running, not ready); rebooting"),
+        "{}",
+        ns.log()
+    );
+    assert_eq!(ns.wait_exit(20), 0, "{}", ns.log());
+    assert!(!ns.log().contains("boot complete:"), "{}", ns.log());
+    ns.wait_for("Reboot requested outside PID 1 of a machine: exiting 0", 1);
+}
+
 // ---- PID 1 under abuse (issue 10, section 2) ------------------------------
 
 /// Runs `ctl status` and returns how long the answer took.
@@ -825,7 +854,7 @@ fn blessing_runs_in_a_child_reaped_by_the_loop() {
     need_namespaces!();
     // An empty tmpfs over /sys/firmware, seen only inside the namespace:
     // no EFI variables, whatever the host has, so the child never looks at
-    // the host's real ESP. It finds no boot counter, says so, and is
+    // the host's real ESP. It finds no boot loader variable, says so, and is
     // reaped like any child while the loop goes on.
     let ns = Ns::start_after(
         "bless",
@@ -834,7 +863,7 @@ fn blessing_runs_in_a_child_reaped_by_the_loop() {
         "mount -t tmpfs none /sys/firmware",
     );
     let complete = ns.wait_for("boot complete: required services ready for 100 ms", 20);
-    let outcome = ns.wait_for("nothing to bless: this boot entry has no counter", 10);
+    let outcome = ns.wait_for("nothing to bless: not booted by systemd-boot", 10);
     assert!(complete.at <= outcome.at, "{}", ns.log());
     assert!(
         ns.all("blessing the boot failed").is_empty(),

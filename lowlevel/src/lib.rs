@@ -14,6 +14,12 @@
 //!   a console or for init to capture;
 //! - [`secret`]: key and identity files written 0600, atomically and
 //!   durably (fsync the file, rename, fsync the directory);
+//! - [`disk`]: the boot disk, its GPT and its partitions (stage 1, blessing
+//!   and the update client find them the same way);
+//! - [`tpmnv`]: the anti-rollback minimum in a TPM NV index, read with a
+//!   raw TPM client (stage 1 has no TPM software stack);
+//! - [`notify`]: the sd_notify client (READY=1, STATUS=, the watchdog)
+//!   that netd and the update daemon send init, non-blocking;
 //! - [`json`]: JSON string escaping for the few hand-written JSON outputs
 //!   (a JSON library is not worth its code size in PID 1).
 //!
@@ -36,8 +42,10 @@
 #![deny(missing_docs)]
 
 pub mod cmdline;
+pub mod disk;
 pub mod json;
 pub mod log;
+pub mod notify;
 pub mod secret;
 pub mod signals;
 pub mod tpmnv;

@@ -33,7 +33,8 @@ pub mod guard;
 pub mod link;
 pub mod log;
 pub mod netlink;
-pub mod notify;
+/// The sd_notify client, shared with the other daemons (`fluxnode-lowlevel`).
+pub use fluxnode_lowlevel::notify;
 pub mod resolv;
 pub mod sys;
 

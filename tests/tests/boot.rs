@@ -5,9 +5,10 @@
 //! run in parallel threads; each test then asserts on their serial logs.
 //!
 //! - main disk: slot b newer but broken (`+3`, wrong root hash), slot a
-//!   unblessed (`+3`). Boot 1: b fails three times, a boots, is blessed, the
-//!   probe prints in-guest facts; `system_powerdown`. Boot 2 of the same
-//!   disk: /var kept the file written in boot 1; `system_powerdown`.
+//!   unblessed (`+3`). Boot 1: b fails three times, a boots, is blessed
+//!   (re-armed: `+2-1` renamed to `+3`), the probe prints in-guest facts;
+//!   `system_powerdown`. Boot 2 of the same disk: /var kept the file
+//!   written in boot 1, a is re-armed again; `system_powerdown`.
 //!   Boots 1-3 run with two decoy disks attached (NVMe and SATA/AHCI), each
 //!   with GPT partitions named `data`, `root_a` and `esp` of the right
 //!   types, with content (the decoy `data`: zeros in its first MiB, an
@@ -1223,7 +1224,7 @@ fn rollback_broken_newer_slot_falls_back_to_a() {
 }
 
 #[test]
-fn bless_renames_the_counted_entry() {
+fn bless_re_arms_the_counted_entry() {
     need_qemu!();
     let r = main_run();
     assert!(
@@ -1236,27 +1237,29 @@ fn bless_renames_the_counted_entry() {
         p.get("boot_count_path").map(String::as_str),
         Some("\\EFI\\Linux\\fluxnode-0.1.0-a+2-1.efi")
     );
+    // Blessed = re-armed with three fresh tries, not stripped of its
+    // counter: a blessed slot that later goes bad still runs out of tries.
     assert!(
         r.log1
-            .contains("fluxnode-init: boot blessed: /EFI/Linux/fluxnode-0.1.0-a.efi"),
+            .contains("fluxnode-init: boot blessed: /EFI/Linux/fluxnode-0.1.0-a+3.efi"),
         "{}",
         tail(&r.log1)
     );
     assert!(
-        r.esp_after.contains(&"fluxnode-0.1.0-a.efi".to_string()),
+        r.esp_after.contains(&"fluxnode-0.1.0-a+3.efi".to_string()),
         "{:?}",
         r.esp_after
     );
+    let a_entries: Vec<&String> = r
+        .esp_after
+        .iter()
+        .filter(|f| f.starts_with("fluxnode-0.1.0-a"))
+        .collect();
+    assert_eq!(a_entries, ["fluxnode-0.1.0-a+3.efi"], "{:?}", r.esp_after);
+    // Boot 2 boots the blessed entry, counted again (+2-1), and re-arms it.
     assert!(
-        !r.esp_after
-            .iter()
-            .any(|f| f.starts_with("fluxnode-0.1.0-a+")),
-        "{:?}",
-        r.esp_after
-    );
-    // Boot 2 boots the blessed entry: nothing left to bless.
-    assert!(
-        r.log2.contains("fluxnode-init: nothing to bless"),
+        r.log2
+            .contains("fluxnode-init: boot blessed: /EFI/Linux/fluxnode-0.1.0-a+3.efi"),
         "{}",
         tail(&r.log2)
     );
@@ -1298,8 +1301,20 @@ fn tamper_is_refused() {
         at(&corrupted) < at(VERITY_RESTART),
         "restart_on_corruption: the kernel restarts on the corrupt read"
     );
-    // The read never returned: stage 1 had no I/O error to report.
-    assert!(!first.contains("fluxnode-init: FATAL:"), "{}", tail(first));
+    // The read never returned: stage 1 had no I/O error to report about
+    // the root. (Once the kernel has begun its restart it shuts the disk
+    // down, and a read stage 1 has in flight on another partition at that
+    // moment, /var's probe of vda4, may fail and print its FATAL line
+    // before the reset: seen once, `reading /newroot/dev/vda4:
+    // Input/output error` 15 ms before `reboot: Restarting system`.)
+    if let Some(fatal) = first.find("fluxnode-init: FATAL:") {
+        let line = first[fatal..].lines().next().unwrap_or_default();
+        assert!(
+            fatal > at(&corrupted) && !line.contains("slot") && !line.contains("verity"),
+            "{}",
+            tail(first)
+        );
+    }
     assert!(
         !r.log.contains("stage 2 starting"),
         "tampered code never ran"

@@ -17,13 +17,13 @@
 //! and reboots after a delay, so systemd-boot's boot counting can fall back
 //! to the other slot: never a panic loop without a reason on screen.
 
-pub mod blockdev;
-pub mod bootdisk;
+// The disk code is shared with the update client: it lives in lowlevel.
+pub use fluxnode_lowlevel::disk::{blockdev, bootdisk, gpt};
 pub mod data;
-pub mod gpt;
 pub mod modalias;
 pub mod modules;
 pub mod readahead;
+pub mod secver;
 pub mod var;
 pub mod verity;
 
@@ -127,7 +127,8 @@ fn stage1(cmdline: &Cmdline, t0: f64) -> Result<Never, String> {
         .and_then(|v| v.parse().ok())
         .ok_or("no valid fluxnode.datablocks= on the kernel command line")?;
 
-    let expected = bootdisk::Expected::from_cmdline(cmdline)?;
+    let expected = bootdisk::Expected::from_cmdline(cmdline.as_lowlevel())?;
+    let secver = secver::slot_security_version(cmdline)?;
 
     let sys = Path::new("/sys");
     let always =
@@ -149,6 +150,17 @@ fn stage1(cmdline: &Cmdline, t0: f64) -> Result<Never, String> {
         .partition(|m| var_closure.contains(&m.replace('-', "_")));
     // Forked before any thread starts (see `var`).
     let mut var_child = var::start(&loader, &for_var, &for_stage2, t0)?;
+    // The node's minimum security version, read alongside module loading
+    // and judged before the root is created ([`secver`]).
+    let secver_check = match secver.map(secver::Check::start).transpose() {
+        Ok(c) => c,
+        Err(e) => {
+            say(&format!(
+                "warning: stage 1: cannot start the security version check: {e}; not checked"
+            ));
+            None
+        }
+    };
     // The early tracks share the modules.dep just read; the last one,
     // started later, reads /proc/modules afresh to skip what is loaded.
     let mut root_loader = loader.clone();
@@ -165,6 +177,15 @@ fn stage1(cmdline: &Cmdline, t0: f64) -> Result<Never, String> {
             "partition {part_name} is smaller than its verity data"
         ));
     }
+    let secver_note = match secver_check.map(secver::Check::finish) {
+        None => String::new(),
+        Some(secver::Decision::Boot(words)) => format!("; {words}"),
+        Some(secver::Decision::Warn(line)) => {
+            say(&line);
+            "; security version not checked".into()
+        }
+        Some(secver::Decision::Refuse(why)) => return Err(why),
+    };
     let params = verity::VerityParams {
         dev: root.majmin.clone(),
         data_blocks,
@@ -220,7 +241,7 @@ fn stage1(cmdline: &Cmdline, t0: f64) -> Result<Never, String> {
         .map(|(m, d)| format!("{m} {:.0}", d.as_secs_f64() * 1e3))
         .collect();
     say(&format!(
-        "stage 1: boot disk {} ({}); slot {slot} root {} verified; {} modules (the root's in by {:.2} s; slowest ms: {}); root at {:.2} s; {var_note}; {}; switch_root at t={:.3} s ({:.2} s in stage 1)",
+        "stage 1: boot disk {} ({}); slot {slot} root {} verified{secver_note}; {} modules (the root's in by {:.2} s; slowest ms: {}); root at {:.2} s; {var_note}; {}; switch_root at t={:.3} s ({:.2} s in stage 1)",
         found.disk,
         anchor.describe(),
         root.devname,

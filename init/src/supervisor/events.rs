@@ -16,6 +16,11 @@ impl Supervisor {
             .filter_map(Service::next_deadline)
             .chain(self.watchdog.next_deadline())
             .chain(self.boot.next_deadline(self.config.boot_complete_grace_ms))
+            .chain(
+                self.boot
+                    .timeout_deadline(self.started_ms, self.boot_timeout_ms())
+                    .filter(|_| self.shutdown.is_none()),
+            )
             .chain(self.control.next_deadline())
             .min()
     }

@@ -3,11 +3,11 @@
 //! One thread, one `poll(2)`: the signalfd (SIGCHLD, SIGTERM, ...), the
 //! sd_notify socket, the control socket and its open connections, and
 //! every service's output pipe. Timers (backoff, stop timeouts, watchdogs,
-//! boot-complete grace, control deadlines) set the poll timeout. A single
-//! reaper (`waitpid(-1)`) collects every exit and routes it by pid:
-//! supervised children get their exit status, the /var child and the
-//! blessing child theirs, orphans are simply reaped — nothing else in init
-//! ever waits, so nothing is stolen.
+//! boot-complete grace and timeout, control deadlines) set the poll
+//! timeout. A single reaper (`waitpid(-1)`) collects every exit and routes
+//! it by pid: supervised children get their exit status, the /var child
+//! and the blessing child theirs, orphans are simply reaped — nothing
+//! else in init ever waits, so nothing is stolen.
 //!
 //! Nothing in a turn waits on anything outside init: control clients are
 //! read and written without blocking, under deadlines ([`crate::control::server`]);
@@ -171,6 +171,9 @@ pub struct Supervisor {
     var: VarState,
     /// How far the boot has come.
     boot: BootPhase,
+    /// When stage 2 started (monotonic ms): `boot_complete_timeout_s`
+    /// counts from here.
+    started_ms: u64,
     /// Service files init refused (unparsable, invalid, unknown user): the
     /// boot is never complete while any is, so an update that ships a
     /// broken one is not blessed and boot counting takes the node back.
@@ -305,6 +308,7 @@ impl Supervisor {
             shutdown: None,
             var: VarState::Ready,
             boot: BootPhase::Starting,
+            started_ms: sys::monotonic_ms(),
             refused_files,
         })
     }
@@ -414,6 +418,8 @@ impl Supervisor {
                     .all(Service::is_ready),
             shutting_down: self.shutdown.is_some(),
             grace_ms: self.config.boot_complete_grace_ms,
+            started: self.started_ms,
+            timeout_ms: self.boot_timeout_ms(),
         };
         for action in self.boot.advance(facts) {
             match action {
@@ -430,7 +436,52 @@ impl Supervisor {
                 }
                 BootAction::ReportStartup => self.report_startup(),
                 BootAction::BootComplete => self.boot_complete(),
+                BootAction::TimedOut => self.boot_timed_out(),
             }
+        }
+    }
+
+    /// `boot_complete_timeout_s` in ms (0 = none).
+    pub(super) fn boot_timeout_ms(&self) -> u64 {
+        self.config.boot_complete_timeout_s.saturating_mul(1000)
+    }
+
+    /// What keeps the boot from completing, for the timeout's line.
+    fn not_ready(&self) -> Vec<String> {
+        let mut v: Vec<String> = Vec::new();
+        if self.var != VarState::Ready {
+            v.push("/var (not mounted yet)".into());
+        }
+        v.extend(
+            self.services
+                .iter()
+                .filter(|s| s.spec.cfg.required && !s.is_ready())
+                .map(|s| format!("{} ({})", s.name(), not_ready_word(&s.state))),
+        );
+        if !self.refused_files.is_empty() {
+            v.push(format!(
+                "{} refused service file(s)",
+                self.refused_files.len()
+            ));
+        }
+        if v.is_empty() {
+            // Every required service is ready, but not yet for the grace.
+            v.push(format!(
+                "required services ready for less than {} ms",
+                self.config.boot_complete_grace_ms
+            ));
+        }
+        v
+    }
+
+    fn boot_timed_out(&mut self) {
+        tracing::error!(
+            "boot not complete within boot_complete_timeout_s = {} s of stage 2's start; not ready: {}; rebooting (a counted try: boot counting falls back to the other slot)",
+            self.config.boot_complete_timeout_s,
+            self.not_ready().join(", ")
+        );
+        if self.shutdown.is_none() {
+            self.begin_shutdown(ShutdownKind::Reboot);
         }
     }
 
@@ -490,6 +541,17 @@ impl Supervisor {
         self.cgroups.remove_all();
         self.watchdog.disarm();
         let _ = self.mode;
+    }
+}
+
+/// How a required service that is not ready stands, in a few words.
+fn not_ready_word(state: &crate::service::State) -> String {
+    use crate::service::State;
+    match state {
+        State::Running { .. } => "running, not ready".into(),
+        State::Failed(why) => format!("failed: {why}"),
+        State::Exited(st) => format!("exited: {st}"),
+        other => other.name().into(),
     }
 }
 

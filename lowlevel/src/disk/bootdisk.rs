@@ -258,6 +258,136 @@ pub fn find_esp(sys: &Path, dev: &Path, esp: &[u8; 16]) -> Result<Option<BlockDe
     Ok(blockdev::partition_of(sys, &d.name, e.index + 1))
 }
 
+/// A device found by [`locate_slots`]: its node and size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located {
+    /// Kernel name (`vda3`).
+    pub devname: String,
+    /// The node under the `dev` given (`/dev/vda3`).
+    pub node: PathBuf,
+    /// Size in bytes, as the kernel sees it.
+    pub size: u64,
+}
+
+/// A partition found by [`locate_slots`]: the device and its GPT entry
+/// (index, partition UUID, name, bounds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocatedPart {
+    /// The partition's device.
+    pub dev: Located,
+    /// Its GPT entry on the boot disk.
+    pub entry: Entry,
+}
+
+/// What the update client writes to, found the way stage 1 finds the root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slots {
+    /// The boot disk (the one holding the ESP systemd-boot was loaded from).
+    pub disk: Located,
+    /// That ESP.
+    pub esp: LocatedPart,
+    /// The root partition this system runs from (root x86-64 type, the
+    /// running slot's partition UUID).
+    pub running: LocatedPart,
+    /// The one other root x86-64 partition on the boot disk: the slot an
+    /// update is written to.
+    pub other: LocatedPart,
+}
+
+fn located(dev: &Path, b: &BlockDev) -> Located {
+    Located {
+        devname: b.devname.clone(),
+        node: b.node(dev),
+        size: b.bytes(),
+    }
+}
+
+/// Finds the boot disk, its ESP, the running root partition
+/// (`running_root`: its partition UUID, `fluxnode.rootuuid=` of the booted
+/// UKI) and the other root slot, with the same rules as stage 1: the boot
+/// disk is the one holding the ESP named by `LoaderDevicePartUUID` in the
+/// (mounted) efivarfs at `efivars`; partitions are matched by type GUID
+/// and partition UUID, never by name; nothing on another disk counts.
+///
+/// Refused (an error saying why): no `LoaderDevicePartUUID` (not booted
+/// through systemd-boot, whose boot counting an update relies on); no
+/// disk, or two disks, carrying that ESP (a copy of the boot disk is
+/// attached); the running root not on the boot disk, or not of the root
+/// type, or twice; not exactly one other root x86-64 partition; a
+/// partition without its device in sysfs.
+pub fn locate_slots(
+    sys: &Path,
+    dev: &Path,
+    efivars: &Path,
+    running_root: &[u8; 16],
+) -> Result<Slots, String> {
+    let esp = match anchor_from(efivars) {
+        Anchor::Loader(u) => u,
+        Anchor::ImageOnly => {
+            return Err(format!(
+                "no {LOADER_DEVICE_PART_UUID} in {}: the system was not booted through systemd-boot, whose boot counting an update needs",
+                efivars.display()
+            ))
+        }
+    };
+    let disks = scan(sys, dev);
+    let exp = Expected {
+        disk: [0; 16],
+        esp,
+        root: *running_root,
+        data: [0; 16],
+    };
+    let disk = pick(&disks, &Anchor::Loader(esp), &exp)?.ok_or_else(|| {
+        format!(
+            "no disk carries the ESP systemd-boot was loaded from ({})",
+            gpt::guid_string(&esp)
+        )
+    })?;
+    let part = |e: &Entry, what: &str| -> Result<LocatedPart, String> {
+        let b = blockdev::partition_of(sys, &disk.name, e.index + 1).ok_or_else(|| {
+            format!(
+                "the {what} partition (number {} of {}) has no device in sysfs",
+                e.index + 1,
+                disk.name
+            )
+        })?;
+        Ok(LocatedPart {
+            dev: located(dev, &b),
+            entry: e.clone(),
+        })
+    };
+    let esp_part = part(disk.entry(&esp, TYPE_ESP, "ESP")?, "ESP")?;
+    let running = part(
+        disk.entry(running_root, TYPE_ROOT_X86_64, "running root")?,
+        "running root",
+    )?;
+    let root_type = gpt::parse_guid(TYPE_ROOT_X86_64);
+    let others: Vec<&Entry> = disk
+        .entries
+        .iter()
+        .filter(|e| Some(e.type_guid) == root_type && &e.uuid != running_root)
+        .collect();
+    let other = match others.as_slice() {
+        [one] => part(one, "other root")?,
+        _ => {
+            return Err(format!(
+                "the boot disk {} has {} root x86-64 partitions besides the running one ({}), not exactly one: no other slot to update",
+                disk.name,
+                others.len(),
+                running.dev.devname
+            ))
+        }
+    };
+    let whole = blockdev::disk(sys, &disk.name)
+        .ok_or_else(|| format!("the boot disk {} has no device in sysfs", disk.name))?;
+    Ok(Slots {
+        disk: located(dev, &whole),
+        esp: esp_part,
+        running,
+        other,
+    })
+}
+
 /// Decodes an efivarfs file holding a GUID string: 4 bytes of attributes,
 /// then UTF-16LE, NUL-terminated.
 pub fn decode_guid_var(raw: &[u8]) -> Option<[u8; 16]> {
@@ -286,20 +416,24 @@ pub fn read_anchor(efivars: &Path) -> Anchor {
     if !efivars.is_dir() {
         return Anchor::ImageOnly;
     }
-    let mounted = super::mount(
-        "efivarfs",
-        &efivars.to_string_lossy(),
-        "efivarfs",
-        libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-        "",
-    )
-    .is_ok();
+    let Ok(target) = std::ffi::CString::new(efivars.as_os_str().as_encoded_bytes()) else {
+        return Anchor::ImageOnly;
+    };
+    let fs = c"efivarfs";
+    // SAFETY: NUL-terminated strings that outlive the call; no data.
+    let mounted = unsafe {
+        libc::mount(
+            fs.as_ptr(),
+            target.as_ptr(),
+            fs.as_ptr(),
+            libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            std::ptr::null(),
+        )
+    } == 0;
     let anchor = anchor_from(efivars);
     if mounted {
-        if let Ok(c) = std::ffi::CString::new(efivars.as_os_str().as_encoded_bytes()) {
-            // SAFETY: a NUL-terminated path.
-            unsafe { libc::umount2(c.as_ptr(), 0) };
-        }
+        // SAFETY: a NUL-terminated path.
+        unsafe { libc::umount2(target.as_ptr(), 0) };
     }
     anchor
 }
@@ -310,15 +444,15 @@ pub fn efivars_dir() -> PathBuf {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
-    pub(crate) fn g(s: &str) -> [u8; 16] {
+    fn g(s: &str) -> [u8; 16] {
         gpt::parse_guid(s).unwrap()
     }
 
-    pub(crate) fn expected() -> Expected {
+    fn expected() -> Expected {
         Expected {
             disk: g("11111111-0000-4000-8000-000000000000"),
             esp: g("22222222-0000-4000-8000-000000000000"),
@@ -523,6 +657,13 @@ pub(crate) mod tests {
             std::fs::write(t.path().join("dev").join(disk), img).unwrap();
             let real = t.path().join("sys/devices/pci/block").join(disk);
             std::fs::create_dir_all(&real).unwrap();
+            std::fs::write(
+                real.join("uevent"),
+                format!("DEVNAME={disk}\nDEVTYPE=disk\n"),
+            )
+            .unwrap();
+            std::fs::write(real.join("dev"), "259:0\n").unwrap();
+            std::fs::write(real.join("size"), "8192\n").unwrap();
             std::os::unix::fs::symlink(&real, class.join(disk)).unwrap();
             for i in 1..=*n {
                 let sep = if disk.ends_with(|c: char| c.is_ascii_digit()) {
@@ -630,5 +771,121 @@ pub(crate) mod tests {
         .unwrap_err();
         assert!(err.contains("nvme0n1, vda"), "{err}");
         assert!(find_esp(&sys, &dev, &e.esp).is_err());
+    }
+
+    /// An efivarfs directory with `LoaderDevicePartUUID` = `esp`.
+    fn efivars_with(esp: &str) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        let mut raw = vec![6, 0, 0, 0];
+        for u in esp.to_uppercase().encode_utf16().chain([0]) {
+            raw.extend_from_slice(&u.to_le_bytes());
+        }
+        std::fs::write(d.path().join(LOADER_DEVICE_PART_UUID), raw).unwrap();
+        d
+    }
+
+    #[test]
+    fn locates_the_esp_and_both_root_slots_on_the_boot_disk_only() {
+        let e = expected();
+        let root_b = g("55555555-0000-4000-8000-000000000000");
+        let layout = |extra: &[(&'static str, [u8; 16], &'static str)]| {
+            let mut parts = vec![
+                (TYPE_ESP, e.esp, "esp"),
+                (TYPE_ROOT_X86_64, e.root, "root_a"),
+                (TYPE_ROOT_X86_64, root_b, "root_b"),
+                (TYPE_VAR, e.data, "data"),
+            ];
+            parts.extend_from_slice(extra);
+            gpt_disk(e.disk, &parts)
+        };
+        // A decoy that sorts first, with root partitions of its own.
+        let decoy = gpt_disk(
+            g("99999999-0000-4000-8000-000000000000"),
+            &[
+                (
+                    TYPE_ROOT_X86_64,
+                    g("99999999-0000-4000-8000-000000000001"),
+                    "root_a",
+                ),
+                (
+                    TYPE_ROOT_X86_64,
+                    g("99999999-0000-4000-8000-000000000002"),
+                    "root_b",
+                ),
+                (TYPE_ESP, g("99999999-0000-4000-8000-000000000003"), "esp"),
+            ],
+        );
+        let vars = efivars_with("22222222-0000-4000-8000-000000000000");
+        let m = machine(&[("nvme0n1", 3, decoy.clone()), ("vda", 4, layout(&[]))]);
+        let (sys, dev) = (m.path().join("sys"), m.path().join("dev"));
+        let s = locate_slots(&sys, &dev, vars.path(), &e.root).unwrap();
+        assert_eq!(
+            s.disk,
+            Located {
+                devname: "vda".into(),
+                node: dev.join("vda"),
+                size: 8192 * 512
+            }
+        );
+        assert_eq!(s.esp.dev.node, dev.join("vda1"));
+        assert_eq!(s.esp.entry.uuid, e.esp);
+        assert_eq!(s.running.dev.node, dev.join("vda2"));
+        assert_eq!(s.running.dev.size, 2048 * 512);
+        assert_eq!(s.running.entry.uuid, e.root);
+        assert_eq!(s.other.dev.node, dev.join("vda3"));
+        assert_eq!(s.other.entry.uuid, root_b);
+        assert_eq!(s.other.entry.name, "root_b");
+        // Running from slot b: the other slot is a.
+        let s = locate_slots(&sys, &dev, vars.path(), &root_b).unwrap();
+        assert_eq!(
+            (s.running.dev.devname.as_str(), s.other.dev.devname.as_str()),
+            ("vda3", "vda2")
+        );
+        // The running root must be a root partition of the boot disk.
+        for bad in [e.data, g("99999999-0000-4000-8000-000000000001")] {
+            assert!(locate_slots(&sys, &dev, vars.path(), &bad).is_err());
+        }
+        // Not booted through systemd-boot: refused, not guessed.
+        let none = tempfile::tempdir().unwrap();
+        let err = locate_slots(&sys, &dev, none.path(), &e.root).unwrap_err();
+        assert!(err.contains("LoaderDevicePartUUID"), "{err}");
+        // The boot disk is not there: the decoy's slots are never offered.
+        let m = machine(&[("nvme0n1", 3, decoy)]);
+        let (sys, dev) = (m.path().join("sys"), m.path().join("dev"));
+        let err = locate_slots(&sys, &dev, vars.path(), &e.root).unwrap_err();
+        assert!(err.contains("no disk carries the ESP"), "{err}");
+        // A copy of the boot disk attached: neither.
+        let m = machine(&[("nvme0n1", 4, layout(&[])), ("vda", 4, layout(&[]))]);
+        let (sys, dev) = (m.path().join("sys"), m.path().join("dev"));
+        let err = locate_slots(&sys, &dev, vars.path(), &e.root).unwrap_err();
+        assert!(err.contains("nvme0n1, vda"), "{err}");
+        // Not exactly one other root slot: a third, or none.
+        let third = g("66666666-0000-4000-8000-000000000000");
+        let m = machine(&[("vda", 5, layout(&[(TYPE_ROOT_X86_64, third, "root_c")]))]);
+        let (sys, dev) = (m.path().join("sys"), m.path().join("dev"));
+        let err = locate_slots(&sys, &dev, vars.path(), &e.root).unwrap_err();
+        assert!(
+            err.contains("has 2 root x86-64 partitions besides"),
+            "{err}"
+        );
+        let single = gpt_disk(
+            e.disk,
+            &[
+                (TYPE_ESP, e.esp, "esp"),
+                (TYPE_ROOT_X86_64, e.root, "root_a"),
+            ],
+        );
+        let m = machine(&[("vda", 2, single)]);
+        let (sys, dev) = (m.path().join("sys"), m.path().join("dev"));
+        let err = locate_slots(&sys, &dev, vars.path(), &e.root).unwrap_err();
+        assert!(err.contains("has 0 root"), "{err}");
+        // The other slot's partition not (yet) in sysfs.
+        let m = machine(&[("vda", 2, layout(&[]))]);
+        let (sys, dev) = (m.path().join("sys"), m.path().join("dev"));
+        let err = locate_slots(&sys, &dev, vars.path(), &e.root).unwrap_err();
+        assert!(
+            err.contains("other root partition (number 3 of vda)"),
+            "{err}"
+        );
     }
 }

@@ -22,6 +22,12 @@ impl BlockDev {
     pub fn node(&self, dev: &Path) -> PathBuf {
         dev.join(&self.devname)
     }
+
+    /// Its size in bytes (sysfs counts 512-byte sectors, whatever the
+    /// disk's logical block size).
+    pub fn bytes(&self) -> u64 {
+        self.sectors.saturating_mul(512)
+    }
 }
 
 fn read_dev(dir: &Path) -> Option<BlockDev> {
@@ -81,6 +87,15 @@ pub fn partition_of(sys: &Path, disk: &str, partno: usize) -> Option<BlockDev> {
         .and_then(|p| read_dev(&p))
 }
 
+/// The whole disk `disk` (`vda`) as sysfs shows it.
+pub fn disk(sys: &Path, disk: &str) -> Option<BlockDev> {
+    let dir = std::fs::canonicalize(sys.join("class/block").join(disk)).ok()?;
+    if dir.join("partition").exists() {
+        return None;
+    }
+    read_dev(&dir)
+}
+
 /// The disk a partition is on (`vda` for `vda4`), from sysfs.
 pub fn parent_disk(sys: &Path, partition: &str) -> Option<String> {
     let real = std::fs::canonicalize(sys.join("class/block").join(partition)).ok()?;
@@ -131,6 +146,13 @@ mod tests {
         for (disk, parts) in [("vda", 4), ("nvme0n1", 1), ("loop0", 0)] {
             let real = d.path().join("devices/x/block").join(disk);
             std::fs::create_dir_all(&real).unwrap();
+            std::fs::write(
+                real.join("uevent"),
+                format!("DEVNAME={disk}\nDEVTYPE=disk\n"),
+            )
+            .unwrap();
+            std::fs::write(real.join("dev"), "254:0\n").unwrap();
+            std::fs::write(real.join("size"), "8192\n").unwrap();
             std::os::unix::fs::symlink(&real, class.join(disk)).unwrap();
             for n in 1..=parts {
                 let name = if disk.starts_with("nvme") {
@@ -165,6 +187,17 @@ mod tests {
             Some("nvme0n1p1".into())
         );
         assert_eq!(partition_of(d.path(), "vda", 5), None);
+        assert_eq!(
+            disk(d.path(), "vda"),
+            Some(BlockDev {
+                devname: "vda".into(),
+                majmin: "254:0".into(),
+                sectors: 8192
+            })
+        );
+        // A partition is not a whole disk; an unknown name is nothing.
+        assert_eq!(disk(d.path(), "vda4"), None);
+        assert_eq!(disk(d.path(), "sdz"), None);
         assert_eq!(partition_of(d.path(), "sda", 1), None);
     }
 }

@@ -15,7 +15,7 @@
 //! Setting an attribute bit rewrites both copies the same way (backup
 //! first), leaving every partition's bounds as they are.
 //! The parser takes the disk's bytes as they are (outside input); it has a
-//! fuzz target (`init/fuzz`, `boot_files`).
+//! fuzz target (`init/fuzz`, `boot_files`, through init's re-export).
 
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
