@@ -33,6 +33,7 @@ pub mod merkle;
 pub mod proof;
 pub mod seed;
 pub mod tier;
+#[cfg(feature = "tpm")]
 pub mod tpm;
 
 pub use error::{Error, Result};

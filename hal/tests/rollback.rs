@@ -3,6 +3,7 @@
 //! raw connection) and read back both through tss-esapi and through
 //! `fluxnode_lowlevel::tpmnv`, the raw client init's stage 1 uses, over
 //! swtpm's server port.
+#![cfg(feature = "tpm")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;

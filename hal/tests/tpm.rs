@@ -2,6 +2,7 @@
 //! CA), checked by independent tools: openssl for the certificate chain,
 //! tpm2-tools for quotes (`tpm2_checkquote`) and credentials
 //! (`tpm2_makecredential`).
+#![cfg(feature = "tpm")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;

@@ -43,6 +43,9 @@ pub struct Status {
     pub registry_state: Option<String>,
     /// Whether a tier certificate is on disk.
     pub certificate: bool,
+    /// The last heartbeat the registry acknowledged (Unix ms): the update
+    /// client's health check reads it ("registered and heartbeating").
+    pub last_heartbeat_ms: Option<u64>,
 }
 
 /// Builds the status from the agent's state and, when given, the
@@ -72,6 +75,7 @@ pub fn status(
         uptime_s: view.map(|v| v.uptime_s).or(st.registry_uptime_s),
         registry_state: view.map(|v| v.state.clone()),
         certificate: dir.certificate().is_some(),
+        last_heartbeat_ms: st.last_heartbeat_ms,
     }
 }
 

@@ -12,16 +12,24 @@
 //! - [`slot`]: the target and reference devices.
 //! - [`install`]: one payload into one target, chunk by verified chunk.
 //! - [`tuf`]: the repository's TUF metadata (tough) and the manifests it signs.
+//! - [`daemon`]: the service: health of a new version, scheduled checks,
+//!   waves, reboot policy.
 //! - [`esp`]: boot entries (UKIs) on the ESP, installed atomically.
 //! - [`updater`]: one update in order: refusals, root, UKI, journal, history.
+//! - [`reconcile`]: what the daemon does at each boot (first boot of a new
+//!   version, rollback, fall-back, resume), decided from facts alone.
+//! - [`system`]: the running node: version, slots, ESP, security minimum.
 //! - [`state`]: the journal of the update in flight and the history of
 //!   attempts, on /var.
 #![deny(missing_docs)]
 
+pub mod daemon;
 pub mod esp;
 pub mod fetch;
 pub mod install;
+pub mod reconcile;
 pub mod slot;
 pub mod state;
+pub mod system;
 pub mod tuf;
 pub mod updater;

@@ -8,9 +8,11 @@ use std::process::ExitCode;
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 use fluxnode_lowlevel::log::{DebugSwitch, Labels, LineLogger, Stderr};
+use fluxnode_ota::daemon::{self, DaemonConfig, InitHost};
 use fluxnode_ota::esp::Esp;
 use fluxnode_ota::fetch::{FetchPolicy, Fetcher};
 use fluxnode_ota::state::StateDir;
+use fluxnode_ota::system::{self, Paths};
 use fluxnode_ota::tuf::{self, RepoConfig};
 use fluxnode_ota::updater::{self, Options, System};
 use fluxnode_protocol::update::{self, NodeFacts, Waves};
@@ -69,6 +71,20 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// The service init starts: health checks on a new version's first
+    /// boot, then scheduled checks, installs and reboots (see
+    /// docs/UPDATES.md).
+    Daemon,
+    /// Accept the new version now, without waiting for its health checks
+    /// (on its first boot; the daemon then lets init bless the boot).
+    Commit,
+    /// Go back to the other slot's version: mark this boot's entry bad and
+    /// reboot (refused when the other slot has no bootable entry).
+    Rollback {
+        /// Mark the entry but do not reboot.
+        #[arg(long)]
+        no_reboot: bool,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -91,54 +107,28 @@ struct InstallArgs {
     json: bool,
 }
 
-/// `/etc/fluxnode/ota.toml`.
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Config {
-    /// The repository (URL or directory).
-    #[serde(default)]
-    repository: Option<String>,
-    /// The trusted root metadata.
-    #[serde(default = "default_root")]
-    trusted_root: PathBuf,
-    /// The state directory on /var.
-    #[serde(default = "default_state")]
-    state_dir: PathBuf,
-    /// A stable identity for the wave position (default: the machine id).
-    #[serde(default)]
-    wave_identity: Option<String>,
-}
-
-fn default_root() -> PathBuf {
-    "/usr/lib/fluxnode/tuf/root.json".into()
-}
-fn default_state() -> PathBuf {
-    "/var/lib/fluxnode/ota".into()
-}
+type Config = DaemonConfig;
 
 fn load_config(path: &Path) -> Result<Config> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => toml::from_str(&text).with_context(|| format!("parsing {}", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config {
-            repository: None,
-            trusted_root: default_root(),
-            state_dir: default_state(),
-            wave_identity: None,
-        }),
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-    }
+    DaemonConfig::read(path).map_err(anyhow::Error::msg)
 }
 
 fn load_system(path: Option<&Path>) -> Result<System> {
-    let Some(path) = path else {
-        bail!(
-            "reading this node's slots from the running system is not built yet: pass --system FILE \
-             (JSON with running_version, running_slot, compatible, min_security_version, running_root, \
-             running_root_len, target_root, esp, blessed; see docs/UPDATES.md)"
-        );
-    };
-    let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))
+    match path {
+        Some(path) => {
+            let text =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))
+        }
+        None => {
+            let found = system::detect(&Paths::default())
+                .context("reading this node's slots (pass --system FILE to name them by hand)")?;
+            if let Some(n) = &found.tpm_note {
+                tracing::warn!("{n}");
+            }
+            Ok(found.system)
+        }
+    }
 }
 
 fn repo_of(cfg: &Config, from: Option<&str>) -> Result<RepoConfig> {
@@ -172,15 +162,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Download(a) => install(&cfg, cli.system.as_deref(), &a, false),
         Cmd::Install(a) => install(&cfg, cli.system.as_deref(), &a, true),
         Cmd::Status { json } => status(&cfg, cli.system.as_deref(), json),
+        Cmd::Daemon => run_daemon(&cfg),
+        Cmd::Commit => {
+            let state = StateDir::open(&cfg.state_dir)?;
+            fluxnode_ota::state::write_atomic(&state.path().join(daemon::COMMIT_REQUEST), b"1")?;
+            println!("commit requested: the daemon accepts this version without waiting for its health checks, and init blesses the boot");
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Rollback { no_reboot } => rollback(cli.system.as_deref(), no_reboot),
     }
 }
 
 fn wave_identity(cfg: &Config) -> String {
-    cfg.wave_identity.clone().unwrap_or_else(|| {
-        std::fs::read_to_string("/etc/machine-id")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_default()
-    })
+    cfg.identity()
 }
 
 fn check(cfg: &Config, system: Option<&Path>, from: Option<&str>, json: bool) -> Result<ExitCode> {
@@ -395,6 +389,51 @@ fn status(cfg: &Config, system: Option<&Path>, json: bool) -> Result<ExitCode> {
                 format!(": {}", h.reason)
             }
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_daemon(cfg: &Config) -> Result<ExitCode> {
+    let notifier =
+        fluxnode_lowlevel::notify::Notifier::from_env().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut host = InitHost {
+        notify: move |status: &str, ready: bool| {
+            if ready {
+                notifier.ready(status);
+            } else {
+                notifier.status(status);
+            }
+        },
+    };
+    daemon::run(cfg, &Paths::default(), &mut host)
+}
+
+fn rollback(system: Option<&Path>, no_reboot: bool) -> Result<ExitCode> {
+    let sys = load_system(system)?;
+    let esp = Esp::at(&sys.esp);
+    let other = esp
+        .entry_of(sys.target_slot())?
+        .filter(|e| !e.is_bad())
+        .with_context(|| {
+            format!(
+                "slot {} has no bootable entry: nothing to go back to",
+                sys.target_slot()
+            )
+        })?;
+    let running = esp.entry_of(&sys.running_slot)?.with_context(|| {
+        format!(
+            "slot {} (running) has no entry on the ESP",
+            sys.running_slot
+        )
+    })?;
+    let bad = esp.mark_bad(&running)?;
+    println!(
+        "marked {} bad ({}); the next boot runs {} from slot {}",
+        running.file, bad.file, other.version, other.slot
+    );
+    if !no_reboot {
+        // SAFETY: kill(2) with a constant pid and signal: init's ordered reboot.
+        unsafe { libc::kill(1, libc::SIGINT) };
     }
     Ok(ExitCode::SUCCESS)
 }

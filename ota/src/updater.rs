@@ -31,6 +31,11 @@ use crate::slot::Slot;
 use crate::state::{self, Attempt, Bitmap, Outcome, Phase, Progress, StateDir, StateError};
 use crate::tuf::Offer;
 
+/// The manifest of the update in flight, kept beside the journal (the
+/// daemon reads `raise_security_version` from it once the version is
+/// blessed).
+pub const MANIFEST_FILE: &str = "manifest.json";
+
 /// What the node is and where its parts are.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct System {
@@ -306,6 +311,7 @@ pub fn install(
     // The journal's first write: a full /var fails here, before any slot
     // or ESP write.
     state.save_progress(&progress)?;
+    state::write_atomic(&state.path().join(MANIFEST_FILE), &m.to_json())?;
     let mut attempt = Attempt {
         from: progress.from_version.clone(),
         to: m.version.clone(),

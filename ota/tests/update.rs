@@ -304,12 +304,7 @@ fn without_patches_only_the_changed_chunks_are_fetched() {
     assert_eq!(&b[..w.root2.len()], &w.root2[..]);
 }
 
-fn assert_untouched(
-    w: &World,
-    before: &Disk,
-    e: &UpdateError,
-    code: &str,
-) {
+fn assert_untouched(w: &World, before: &Disk, e: &UpdateError, code: &str) {
     assert_eq!(e.code(), code, "{e}");
     assert!(e.before_any_write(), "{e}");
     let after = w.snapshot();

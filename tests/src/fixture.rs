@@ -46,7 +46,12 @@ fn cargo() -> Command {
 }
 
 /// The packages whose static binaries go into the image.
-pub const STATIC_PACKAGES: &[&str] = &["fluxnode-init", "fluxnode-netd", "fluxnode-tests"];
+pub const STATIC_PACKAGES: &[&str] = &[
+    "fluxnode-init",
+    "fluxnode-netd",
+    "fluxnode-ota",
+    "fluxnode-tests",
+];
 
 /// Where the fixture keeps its own copies of the binaries: the target
 /// directory is shared with other builds, and an image must be built from
@@ -61,6 +66,7 @@ pub const IMAGE_BINARIES: &[&str] = &[
     "fluxnode-stage1",
     "fluxnode-modload",
     "fluxnode-netd",
+    "fluxnode-ota",
     "fluxnode-probe",
     "fluxnode-hal",
     "fluxnode",

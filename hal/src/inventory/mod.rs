@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::gpu::GpuInventory;
+#[cfg(feature = "tpm")]
 use crate::tpm::TpmInfo;
 
 /// Where to read the kernel's view of the hardware from.
@@ -65,7 +66,9 @@ pub struct Inventory {
     pub nics: Vec<nic::Nic>,
     /// Hypervisor and DMI facts.
     pub virtualization: virt::Virtualization,
-    /// The TPM.
+    /// The TPM (without hal's `tpm` feature there is no TPM client and
+    /// the inventory has no such field).
+    #[cfg(feature = "tpm")]
     pub tpm: TpmInfo,
     /// NVIDIA GPUs through NVML.
     pub gpu: GpuInventory,
@@ -91,6 +94,7 @@ pub fn probe(opts: &ProbeOptions) -> Inventory {
     let (disks, var_partition) = disk::read(roots);
     let nics = nic::read(&roots.sys);
     let virtualization = virt::read(roots, cpu.flags.hypervisor);
+    #[cfg(feature = "tpm")]
     let tpm = crate::tpm::info::probe(roots, opts.tcti.as_deref());
     let gpu = if opts.skip_gpu {
         GpuInventory::skipped()
@@ -104,6 +108,7 @@ pub fn probe(opts: &ProbeOptions) -> Inventory {
         var_partition,
         nics,
         virtualization,
+        #[cfg(feature = "tpm")]
         tpm,
         gpu,
     }
