@@ -306,6 +306,7 @@ pub fn run(cfg: &DaemonConfig, paths: &Paths, host: &mut dyn Host) -> ! {
     }
     let sys = found.system.clone();
     start_of_boot(cfg, &state, &sys, paths, host);
+    warm_indexes(&state, &sys);
     let mut next = Instant::now() + Duration::from_secs(cfg.first_check_s);
     loop {
         let now = Instant::now();
@@ -333,6 +334,47 @@ pub fn run(cfg: &DaemonConfig, paths: &Paths, host: &mut dyn Host) -> ! {
             Ok(None) => {}
             Err(e) => tracing::warn!("update check: {e}"),
         }
+    }
+}
+
+/// Indexes the running root (and UKI) once per version, in the
+/// background: an install then reuses the running slot's chunks without
+/// reading it first.
+fn warm_indexes(state: &StateDir, sys: &System) {
+    let (state, sys) = (state.clone(), sys.clone());
+    let spawned = std::thread::Builder::new()
+        .name("index".into())
+        .spawn(move || {
+            // SAFETY: setpriority on this thread (who 0) only.
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+            let t0 = Instant::now();
+            let Ok(root) = crate::slot::Slot::open_read(&sys.running_root) else {
+                return;
+            };
+            let r = crate::install::Reference {
+                version: &sys.running_version,
+                kind: "root",
+                slot: &root,
+                len: sys.running_root_len,
+            };
+            match crate::install::warm_index(&r, state.path()) {
+                Ok(n) => tracing::debug!("running root indexed: {n} chunks in {:?}", t0.elapsed()),
+                Err(e) => tracing::warn!("indexing the running root: {e}"),
+            }
+            if let Ok(Some(e)) = Esp::at(&sys.esp).entry_of(&sys.running_slot) {
+                if let Ok(uki) = crate::slot::Slot::open_read(&Esp::at(&sys.esp).path(&e)) {
+                    let r = crate::install::Reference {
+                        version: &sys.running_version,
+                        kind: "uki",
+                        slot: &uki,
+                        len: uki.size(),
+                    };
+                    let _ = crate::install::warm_index(&r, state.path());
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("indexing thread: {e}");
     }
 }
 

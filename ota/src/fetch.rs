@@ -65,7 +65,7 @@ pub enum FetchError {
 }
 
 /// Where payload bytes come from. `url` is a target file's full URL.
-pub trait Fetch {
+pub trait Fetch: Send {
     /// Fills `buf` with the bytes of `url` from `offset`.
     fn range(&mut self, url: &Url, offset: u64, buf: &mut [u8]) -> Result<(), FetchError>;
     /// The whole file, at most `max` bytes.

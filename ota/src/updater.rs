@@ -162,7 +162,7 @@ fn install_code(e: &InstallError) -> &'static str {
         InstallError::ChunkMismatch { .. } => "chunk_mismatch",
         InstallError::PatchMismatch { .. } => "patch_mismatch",
         InstallError::TooBig { .. } => "too_big",
-        InstallError::ReadBack { .. } => "read_back",
+        InstallError::Incomplete { .. } => "incomplete",
         InstallError::Fetch(FetchError::RangeIgnored { .. }) => "range_ignored",
         InstallError::Fetch(FetchError::Short { .. }) => "truncated",
         InstallError::Fetch(FetchError::Protocol { why, .. }) if why.contains("truncated") => {

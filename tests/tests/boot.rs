@@ -1221,6 +1221,18 @@ fn rollback_broken_newer_slot_falls_back_to_a() {
         "b is out of tries: {:?}",
         r.esp_after
     );
+    // The update client on slot a sees the newer entry out of tries and
+    // reports the fall-back (once, with the count) before it says ready.
+    assert!(
+        r.log1.contains(
+            "0.2.0 (fluxnode-0.2.0-b+0-3.efi) failed 3 boots in a row; fell back to 0.1.0 in slot a"
+        ),
+        "{}",
+        tail(&r.log1)
+    );
+    let reported = r.log1.find("fell back to 0.1.0").unwrap_or(usize::MAX);
+    let ready = r.log1.rfind("fluxnode-init: ota is ready").unwrap_or(0);
+    assert!(reported < ready, "reported before ota says ready");
 }
 
 #[test]
