@@ -7,7 +7,7 @@
 
 use anyhow::Result;
 
-use crate::bench_registry;
+use crate::{bench_ota, bench_registry};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -32,6 +32,10 @@ enum What {
     /// The registry (issue 12): evidence checks per second per core, and
     /// 1,000 simulated nodes against a real registry on redb and PostgreSQL.
     Registry(bench_registry::Args),
+    /// Updates (issue 13): install time into a slot vs dd and RAUC, bytes
+    /// downloaded for a one-binary change vs casync. Needs root.
+    #[command(long_about = bench_ota::LONG_ABOUT)]
+    Ota(bench_ota::Args),
 }
 
 #[derive(clap::Args, Debug)]
@@ -92,6 +96,7 @@ pub fn run(args: Args) -> Result<()> {
         What::Boot(b) => ("boot", &b.extra),
         What::Hal(h) => ("hal", &h.extra),
         What::Registry(r) => ("registry", &r.extra),
+        What::Ota(o) => ("ota", &o.extra),
     };
     if let Some(done) = help_after_dashes(name, extra) {
         return done;
@@ -126,6 +131,7 @@ pub fn run(args: Args) -> Result<()> {
             crate::bench_hal::run(&rest)
         }
         What::Registry(r) => bench_registry::run(r),
+        What::Ota(o) => bench_ota::run(o),
     }
 }
 
@@ -137,7 +143,7 @@ mod tests {
     /// `bench boot -- --help` prints help instead of starting the benchmark.
     #[test]
     fn help_after_dashes_is_help() {
-        for name in ["init", "boot", "hal", "registry"] {
+        for name in ["init", "boot", "hal", "registry", "ota"] {
             let done = help_after_dashes(name, &["--runs".into(), "--help".into()]);
             assert!(matches!(done, Some(Ok(()))), "{name}");
             assert!(help_after_dashes(name, &["--runs".into(), "3".into()]).is_none());

@@ -11,6 +11,7 @@ mod bench;
 mod bench_boot;
 mod bench_hal;
 mod bench_init;
+mod bench_ota;
 mod bench_registry;
 mod demo;
 mod demo_ns;
