@@ -556,7 +556,11 @@ impl Node {
     fn reset(&self, keep_index: bool) -> Result<()> {
         let mut kept = Vec::new();
         if keep_index {
-            for e in std::fs::read_dir(&self.state).into_iter().flatten().flatten() {
+            for e in std::fs::read_dir(&self.state)
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
                 let name = e.file_name().to_string_lossy().into_owned();
                 if name.starts_with("index-") {
                     kept.push((name, std::fs::read(e.path())?));
