@@ -657,12 +657,10 @@ pub fn check_and_install(
         return Ok(None);
     }
     // A version that already failed on this node is not retried by itself.
-    if state
-        .history()
-        .unwrap_or_default()
-        .iter()
-        .any(|a| a.to == m.version && matches!(a.outcome, Outcome::RolledBack | Outcome::FellBack))
-    {
+    if state.history().unwrap_or_default().iter().any(|a| {
+        (a.outcome == Outcome::RolledBack && a.to == m.version)
+            || (a.outcome == Outcome::FellBack && a.from == m.version)
+    }) {
         tracing::info!(
             "{} failed on this node before: not installing it again (install it by hand to retry)",
             m.version
