@@ -183,7 +183,18 @@ fn check(cfg: &Config, system: Option<&Path>, from: Option<&str>, json: bool) ->
     let offered = verified.versions_offered();
     let offer = verified.offer(None)?;
     let m = &offer.manifest;
-    let sys = system.map(|p| load_system(Some(p))).transpose()?;
+    // On a node the system is detected; elsewhere (a publisher's machine)
+    // there is none, and the answer says so.
+    let sys = match system {
+        Some(p) => Some(load_system(Some(p))?),
+        None => match load_system(None) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::debug!("no node here: {e:#}");
+                None
+            }
+        },
+    };
     let decision = match &sys {
         Some(s) => {
             let size = std::fs::metadata(&s.target_root)
@@ -203,7 +214,10 @@ fn check(cfg: &Config, system: Option<&Path>, from: Option<&str>, json: bool) ->
                 Err(r) => (r.code().to_string(), r.to_string()),
             }
         }
-        None => ("unknown".into(), "no --system given".into()),
+        None => (
+            "unknown".into(),
+            "this is not a fluxnode node (pass --system FILE to ask for one)".into(),
+        ),
     };
     let position = update::wave_position(wave_identity(cfg).as_bytes());
     let start_at = Waves(m).start_at(position);
@@ -324,7 +338,18 @@ fn status(cfg: &Config, system: Option<&Path>, json: bool) -> Result<ExitCode> {
     let state = StateDir::open(&cfg.state_dir)?;
     let progress = state.progress()?;
     let history = state.history()?;
-    let sys = system.map(|p| load_system(Some(p))).transpose()?;
+    // On a node the system is detected; elsewhere (a publisher's machine)
+    // there is none, and the answer says so.
+    let sys = match system {
+        Some(p) => Some(load_system(Some(p))?),
+        None => match load_system(None) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::debug!("no node here: {e:#}");
+                None
+            }
+        },
+    };
     let entries = match &sys {
         Some(s) => Esp::at(&s.esp).entries().unwrap_or_default(),
         None => Vec::new(),
