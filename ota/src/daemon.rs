@@ -705,6 +705,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_shipped_settings_parse() {
+        let c: DaemonConfig =
+            toml::from_str(include_str!("../../image/services/ota/config.toml")).unwrap();
+        assert_eq!(c.repository, None, "the shipped image names no repository");
+        assert_eq!(c.reboot, RebootPolicy::Now);
+    }
+
+    #[test]
     fn reboot_windows() {
         let w = RebootPolicy::Window {
             start_min: 120,
