@@ -86,6 +86,11 @@ pub struct DaemonConfig {
     /// How long a new version's health checks may take.
     #[serde(default = "default_health")]
     pub health_timeout_s: u64,
+    /// How long init may take to bless a new version's boot once its
+    /// health checks passed (every required service ready for init's
+    /// grace period); past it the version failed: marked bad, rebooted.
+    #[serde(default = "default_bless")]
+    pub bless_timeout_s: u64,
     /// When to reboot into an installed update.
     #[serde(default = "default_reboot")]
     pub reboot: RebootPolicy,
@@ -118,6 +123,9 @@ fn default_first() -> u64 {
 fn default_health() -> u64 {
     600
 }
+fn default_bless() -> u64 {
+    600
+}
 fn default_reboot() -> RebootPolicy {
     RebootPolicy::Now
 }
@@ -147,6 +155,7 @@ impl Default for DaemonConfig {
             check_interval_s: default_interval(),
             first_check_s: default_first(),
             health_timeout_s: default_health(),
+            bless_timeout_s: default_bless(),
             reboot: default_reboot(),
             agent_status: default_agent(),
             wave_identity: None,
@@ -323,8 +332,24 @@ pub fn run(cfg: &DaemonConfig, paths: &Paths, host: &mut dyn Host) -> ! {
                 continue;
             }
         };
+        // Nothing is installed before init blesses this boot (the other
+        // slot is its fallback): wait for the blessing, not a whole interval.
+        if !sys.blessed && cfg.repository.is_some() {
+            next = Instant::now() + Duration::from_secs(2);
+            continue;
+        }
         match check_and_install(cfg, &state, &sys) {
             Ok(Some(r)) => {
+                tracing::info!(
+                    "installed {} into slot {} as {}: downloaded {} of {} bytes in {} ms{}",
+                    r.version,
+                    r.slot,
+                    r.entry,
+                    r.downloaded,
+                    r.payload_bytes,
+                    r.duration_ms,
+                    if r.resumed { " (resumed)" } else { "" }
+                );
                 host.status(&format!(
                     "{} installed into slot {}; waiting to reboot",
                     r.version, r.slot
@@ -415,6 +440,11 @@ pub fn start_of_boot(
     match decision {
         Decision::Normal | Decision::Resume { .. } => host.ready("up to date"),
         Decision::RolledBack { version, reason } => {
+            tracing::error!(
+                "{version} failed; back on {} in slot {}: {reason}",
+                sys.running_version,
+                sys.running_slot
+            );
             record_end(
                 state,
                 progress.as_ref(),
@@ -423,6 +453,14 @@ pub fn start_of_boot(
                 &reason,
             );
             let _ = state.clear_progress();
+            // The failed version's exhausted entry stays on the ESP until
+            // the next install; it is this rollback, not a later fall-back.
+            if let Some(e) = entries
+                .iter()
+                .find(|e| e.version == version && e.slot != sys.running_slot)
+            {
+                let _ = state::write_atomic(&state.path().join(FALLBACK_MARKER), e.file.as_bytes());
+            }
             host.ready(&format!("rolled back from {version}"));
         }
         Decision::FellBack { entry, version } => {
@@ -530,22 +568,30 @@ fn first_boot(
         }
         std::thread::sleep(Duration::from_secs(2));
     };
+    let verdict = verdict.and_then(|why| {
+        tracing::info!("{version} is healthy: {why}");
+        host.ready(&format!(
+            "{version} healthy; waiting for init to bless the boot"
+        ));
+        // init blesses once every required service has been ready for its
+        // grace period; a required service that never gets ready keeps
+        // the boot unblessed, and the version has failed.
+        let until = Instant::now() + Duration::from_secs(cfg.bless_timeout_s);
+        while !paths.blessed_marker.exists() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        if paths.blessed_marker.exists() {
+            Ok(why)
+        } else {
+            Err(format!(
+                "init did not bless the boot within {} s: {}",
+                cfg.bless_timeout_s,
+                crate::initctl::not_ready(&paths.control_socket)
+            ))
+        }
+    });
     match verdict {
-        Ok(why) => {
-            tracing::info!("{version} is healthy: {why}");
-            host.ready(&format!(
-                "{version} healthy; waiting for init to bless the boot"
-            ));
-            // init blesses once every required service has been ready for
-            // its grace period; then the update is a success.
-            let until = Instant::now() + Duration::from_secs(600);
-            while !paths.blessed_marker.exists() && Instant::now() < until {
-                std::thread::sleep(Duration::from_millis(500));
-            }
-            if !paths.blessed_marker.exists() {
-                tracing::warn!("{version}: init has not blessed this boot in 10 minutes");
-                return;
-            }
+        Ok(_) => {
             on_blessed(cfg, state, sys, version, progress.as_ref());
             host.status(&format!("{version} blessed"));
         }
@@ -561,8 +607,16 @@ fn first_boot(
             let _ = state.clear_progress();
             let esp = Esp::at(&sys.esp);
             if let Ok(Some(e)) = esp.entry_of(&sys.running_slot) {
-                if let Err(err) = esp.mark_bad(&e) {
-                    tracing::error!("marking {} bad: {err}", e.file);
+                match esp.mark_bad(&e) {
+                    // Its exhausted entry is this failure, already
+                    // recorded: not a fall-back to report on the next boot.
+                    Ok(bad) => {
+                        let _ = state::write_atomic(
+                            &state.path().join(FALLBACK_MARKER),
+                            bad.file.as_bytes(),
+                        );
+                    }
+                    Err(err) => tracing::error!("marking {} bad: {err}", e.file),
                 }
             }
             host.reboot(&format!(
@@ -607,6 +661,7 @@ pub fn on_blessed(
             }
         }
     }
+    tracing::info!("update to {version} succeeded: blessed{note}");
     record_end(
         state,
         p,
@@ -679,6 +734,11 @@ pub fn check_and_install(
             return Ok(None);
         }
     }
+    tracing::info!(
+        "installing {} over {} into the other slot (from {source})",
+        m.version,
+        sys.running_version
+    );
     let mut fetch = Fetcher::new(FetchPolicy::default());
     let mut last = Instant::now();
     let mut report = |what: &str, done: u64, total: u64| {

@@ -26,6 +26,7 @@
 pub mod daemon;
 pub mod esp;
 pub mod fetch;
+pub mod initctl;
 pub mod install;
 pub mod reconcile;
 pub mod slot;

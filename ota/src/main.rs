@@ -400,14 +400,24 @@ fn status(cfg: &Config, system: Option<&Path>, json: bool) -> Result<ExitCode> {
         println!("no attempts yet");
     }
     for h in &history {
+        let outcome = serde_json::to_value(h.outcome)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let bytes = if h.payload_bytes > 0 {
+            format!("downloaded {} of {} bytes", h.downloaded, h.payload_bytes)
+        } else {
+            format!("downloaded {} bytes", h.downloaded)
+        };
+        let took = if h.ended_at >= h.started_at && h.started_at > 0 {
+            format!(", {} s", h.ended_at - h.started_at)
+        } else {
+            String::new()
+        };
         println!(
-            "{} -> {}: {:?}, {} of {} bytes downloaded, {} s{}",
+            "{} -> {}: {outcome}, {bytes}{took}{}",
             h.from,
             h.to,
-            h.outcome,
-            h.downloaded,
-            h.payload_bytes,
-            h.ended_at.saturating_sub(h.started_at),
             if h.reason.is_empty() {
                 String::new()
             } else {

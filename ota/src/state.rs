@@ -253,7 +253,16 @@ impl StateDir {
                     && last.started_at == a.started_at
                     && last.outcome == Outcome::InProgress =>
             {
-                *last = a.clone()
+                // The end of an attempt keeps what its start knew.
+                let payload_bytes = if a.payload_bytes == 0 {
+                    last.payload_bytes
+                } else {
+                    a.payload_bytes
+                };
+                *last = Attempt {
+                    payload_bytes,
+                    ..a.clone()
+                }
             }
             _ => h.push(a.clone()),
         }
@@ -408,8 +417,15 @@ mod tests {
             reason: String::new(),
         };
         s.record(&a).unwrap();
+        // The end, recorded by whoever knows only the outcome, keeps the
+        // payload size the start knew.
+        s.record(&Attempt {
+            outcome: Outcome::Success,
+            payload_bytes: 0,
+            ..a.clone()
+        })
+        .unwrap();
         a.outcome = Outcome::Success;
-        s.record(&a).unwrap();
         assert_eq!(s.history().unwrap(), vec![a.clone()]);
         for i in 0..HISTORY_MAX + 5 {
             a.started_at = 100 + i as u64;

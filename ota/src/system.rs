@@ -39,6 +39,9 @@ pub struct Paths {
     pub mountinfo: PathBuf,
     /// TPM character devices, tried in order.
     pub tpm: Vec<PathBuf>,
+    /// init's control socket (asked which required services are not
+    /// ready when a new version's boot is not blessed in time).
+    pub control_socket: PathBuf,
 }
 
 impl Default for Paths {
@@ -53,6 +56,7 @@ impl Default for Paths {
             esp_mount: "/run/fluxnode/ota/esp".into(),
             mountinfo: "/proc/self/mountinfo".into(),
             tpm: tpmnv::DEVICES.iter().map(PathBuf::from).collect(),
+            control_socket: "/run/fluxnode/control.sock".into(),
         }
     }
 }

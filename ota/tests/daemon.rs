@@ -224,6 +224,83 @@ fn a_first_boot_that_fails_its_checks_is_marked_bad_and_reboots() {
     assert_eq!(last.outcome, Outcome::RolledBack);
     assert!(last.reason.contains("not registered"), "{last:?}");
     assert_eq!(last.downloaded, 1234);
+    // The next boot runs the old version: the bad entry is this failure,
+    // recorded once, not a fall-back.
+    let old = Node {
+        sys: fluxnode_ota::updater::System {
+            running_version: "0.1.0".into(),
+            running_slot: "a".into(),
+            ..n.sys.clone()
+        },
+        ..n
+    };
+    let mut host = Recorder::default();
+    daemon::start_of_boot(
+        &cfg(&old, vec![], vec![]),
+        &old.state,
+        &old.sys,
+        &old.paths,
+        &mut host,
+    );
+    assert_eq!(
+        old.state.history().unwrap().len(),
+        1,
+        "{:?}",
+        old.state.history()
+    );
+    assert_eq!(host.ready.len(), 1);
+}
+
+#[test]
+fn a_healthy_first_boot_that_init_never_blesses_is_marked_bad_with_the_reason() {
+    let n = node(
+        "0.2.0",
+        "b",
+        &["fluxnode-0.1.0-a+3.efi", "fluxnode-0.2.0-b+2-1.efi"],
+    );
+    installed(&n, "0.2.0", "b");
+    let mut host = Recorder::default();
+    let c = DaemonConfig {
+        bless_timeout_s: 0,
+        ..cfg(&n, vec![], vec![])
+    };
+    let paths = Paths {
+        control_socket: n.dir.join("control.sock"),
+        ..n.paths.clone()
+    };
+    // init's control socket: one answer, a required service never ready.
+    let l = std::os::unix::net::UnixListener::bind(&paths.control_socket).unwrap();
+    let server = std::thread::spawn(move || {
+        use std::io::{BufRead as _, Write as _};
+        let (mut s, _) = l.accept().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(&s).read_line(&mut line).unwrap();
+        assert_eq!(line, "status json\n");
+        s.write_all(b"ok\n{\"boot_complete\":false,\"shutting_down\":false,\"services\":[{\"name\":\"stuck\",\"state\":\"running\",\"pid\":9,\"ready\":false,\"restarts\":0,\"failures\":0,\"required\":true,\"status\":\"\",\"reason\":null}]}\n").unwrap();
+    });
+    daemon::start_of_boot(&c, &n.state, &n.sys, &paths, &mut host);
+    server.join().unwrap();
+    assert_eq!(
+        host.ready.len(),
+        1,
+        "its own checks passed: {:?}",
+        host.ready
+    );
+    assert_eq!(host.reboots.len(), 1, "back to the old version");
+    assert!(n
+        .sys
+        .esp
+        .join("EFI/Linux/fluxnode-0.2.0-b+0-3.efi")
+        .exists());
+    let h = n.state.history().unwrap();
+    let last = h.last().unwrap();
+    assert_eq!(last.outcome, Outcome::RolledBack);
+    assert!(
+        last.reason.contains(
+            "init did not bless the boot within 0 s: required services not ready: stuck (running)"
+        ),
+        "{last:?}"
+    );
 }
 
 #[test]
@@ -243,16 +320,12 @@ fn back_on_the_old_version_and_a_fall_back_are_recorded_once() {
     assert_eq!(h[0].outcome, Outcome::RolledBack);
     assert!(h[0].reason.contains("3 tries"), "{h:?}");
     assert_eq!(n.state.progress().unwrap(), None);
-    // Next boot, no progress: the exhausted newer entry is a fall-back
-    // only if 0.2.0 had been blessed; here it is reported once as such.
+    // Later boots, no progress: the exhausted newer entry is this
+    // rollback's, not a fall-back from a blessed version.
     daemon::start_of_boot(&c, &n.state, &n.sys, &n.paths, &mut host);
     daemon::start_of_boot(&c, &n.state, &n.sys, &n.paths, &mut host);
     let h = n.state.history().unwrap();
-    assert_eq!(
-        h.iter().filter(|a| a.outcome == Outcome::FellBack).count(),
-        1,
-        "{h:?}"
-    );
+    assert_eq!(h.len(), 1, "nothing more recorded: {h:?}");
     assert_eq!(host.ready.len(), 3);
     assert!(host.reboots.is_empty());
 }
