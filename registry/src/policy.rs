@@ -37,12 +37,36 @@ pub fn images_of_manifest(path: &Path) -> Result<Vec<AllowedImage>> {
             path.display()
         )
     })?;
-    let mut out = Vec::new();
-    for entry in slots {
+    // The disk's own slots, then every slot's UKI an update of this
+    // version installs (`update.ukis`): a node updated to this version
+    // runs it from whichever slot was free, so both are this release.
+    let version = m
+        .get("version")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default();
+    let mut entries: Vec<(String, serde_json::Value)> = Vec::new();
+    let ukis = m
+        .get("update")
+        .and_then(|u| u.get("ukis"))
+        .and_then(|u| u.as_array());
+    for entry in slots.iter().chain(ukis.into_iter().flatten()) {
         let (name, slot) = match entry.as_array().map(Vec::as_slice) {
             Some([n, s]) => (n.as_str().unwrap_or_default().to_string(), s),
             _ => bail!("{}: a slot entry is not [name, {{...}}]", path.display()),
         };
+        if entries.iter().any(|(n, _)| *n == name) {
+            continue;
+        }
+        let mut slot = slot.clone();
+        if slot.get("version").is_none() {
+            if let Some(o) = slot.as_object_mut() {
+                o.insert("version".into(), version.into());
+            }
+        }
+        entries.push((name, slot));
+    }
+    let mut out = Vec::new();
+    for (name, slot) in &entries {
         let mut pcrs = BTreeMap::new();
         for (index, key) in [
             (9u8, "pcr9_sha256"),
@@ -65,7 +89,7 @@ pub fn images_of_manifest(path: &Path) -> Result<Vec<AllowedImage>> {
                 .and_then(|v| v.as_str())
                 .unwrap_or_default()
                 .to_string(),
-            slot: name,
+            slot: name.clone(),
             pcrs,
         });
     }
@@ -168,6 +192,30 @@ mod tests {
             .into_iter()
             .collect(),
         }
+    }
+
+    #[test]
+    fn a_release_allows_both_slots_uki_an_update_installs() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("manifest.json");
+        let h = |b: u8| format!("{:02x}", b).repeat(32);
+        let m = serde_json::json!({
+            "version": "0.2.0",
+            "slots": [["a", {"version": "0.2.0", "pcr11_sha256": h(1)}]],
+            "update": {"ukis": [
+                ["a", {"pcr11_sha256": h(1), "pcr12_sha256": h(3)}],
+                ["b", {"pcr11_sha256": h(2), "pcr12_sha256": h(4), "pcr9_sha256": h(5)}]
+            ]}
+        });
+        std::fs::write(&p, m.to_string()).unwrap();
+        let imgs = images_of_manifest(&p).unwrap();
+        assert_eq!(imgs.len(), 2, "{imgs:?}");
+        assert_eq!(imgs[0].slot, "a");
+        assert_eq!(imgs[0].pcrs.len(), 1, "the disk's own slot a wins");
+        assert_eq!(imgs[1].slot, "b");
+        assert_eq!(imgs[1].version, "0.2.0");
+        assert_eq!(imgs[1].pcrs[&11], Sha256Digest([2; 32]));
+        assert_eq!(imgs[1].pcrs.len(), 3);
     }
 
     #[test]
