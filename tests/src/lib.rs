@@ -5,8 +5,13 @@
 //! under QEMU (TCG, q35, OVMF, swtpm, user networking) with the serial
 //! console captured to a file ([`qemu`]). The boot tests themselves are in
 //! `tests/boot.rs`, one test binary, so that all tests share the images and
-//! independent boots run in parallel.
+//! independent boots run in parallel. The update tests' world (a TUF
+//! repository, versions built to update to, nginx, power cuts) is in
+//! [`update`], shared with `cargo xtask torture ota`.
 #![deny(missing_docs)]
 
+pub mod disk;
+pub mod efivars;
 pub mod fixture;
 pub mod qemu;
+pub mod update;

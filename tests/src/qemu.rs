@@ -55,6 +55,10 @@ pub struct VmConfig {
     /// More disks. With any, the boot disk gets `bootindex=0` so the
     /// firmware still boots from it first.
     pub extra_disks: Vec<ExtraDisk>,
+    /// Guest addresses forwarded to a host TCP port, one connection each
+    /// (`10.0.2.100:80` → `127.0.0.1:8080`): slirp's `guestfwd` with a
+    /// `socat` per connection (a chardev target takes one connection only).
+    pub guestfwd: Vec<(String, u16)>,
 }
 
 impl VmConfig {
@@ -69,6 +73,7 @@ impl VmConfig {
             mem_mib: 1024,
             serial_stdio: false,
             extra_disks: Vec::new(),
+            guestfwd: Vec::new(),
         }
     }
 }
@@ -155,7 +160,14 @@ pub fn qemu_command(
         // record what the guest sends: `net.pcap` beside the serial log,
         // for tests that check traffic the guest cannot report itself
         // (a DNS query to the server netd learned).
-        c.args(["-netdev", "user,id=net0"])
+        let mut netdev = String::from("user,id=net0");
+        for (guest, port) in &cfg.guestfwd {
+            netdev.push_str(&format!(
+                ",guestfwd=tcp:{guest}-cmd:socat - TCP:127.0.0.1:{port}"
+            ));
+        }
+        c.arg("-netdev")
+            .arg(netdev)
             .args(["-device", "virtio-net-pci,netdev=net0"])
             .arg("-object")
             .arg(format!(

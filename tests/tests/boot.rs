@@ -37,6 +37,7 @@ use std::process::Command;
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
+use fluxnode_tests::disk::{esp_listing, esp_put, file_data_offset, flip_byte};
 use fluxnode_tests::fixture;
 use fluxnode_tests::qemu::{self, DiskBus, ExtraDisk, Vm, VmConfig};
 
@@ -168,29 +169,6 @@ fn runs() -> &'static Runs {
         std::thread::spawn(move || c.set(clone_sequence()));
         runs
     })
-}
-
-fn esp_listing(disk: &Path, esp_offset: u64) -> Result<Vec<String>, String> {
-    let out = Command::new("mdir")
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .args(["-b", "-i"])
-        .arg(format!("{}@@{esp_offset}", disk.display()))
-        .arg("::/EFI/Linux")
-        .output()
-        .map_err(|e| format!("mdir: {e} (Debian package mtools)"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "mdir failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.rsplit('/').next().map(|s| s.trim().to_string()))
-        .filter(|s| s.ends_with(".efi"))
-        .collect();
-    v.sort();
-    Ok(v)
 }
 
 fn power_off(vm: &mut Vm) -> Result<String, String> {
@@ -419,27 +397,6 @@ fn clone_sequence() -> Result<CloneRun, String> {
 /// nothing reads it, so the boot reaches the probe).
 const EVIL_WORD: &str = "fluxnode.evil=1";
 
-/// Copies `text` into the FAT file system at `offset` of `disk` as `dst`
-/// (replacing it), with mtools.
-fn esp_put(disk: &Path, offset: u64, dst: &str, text: &str, scratch: &Path) -> Result<(), String> {
-    std::fs::write(scratch, text).map_err(|e| format!("{}: {e}", scratch.display()))?;
-    let out = Command::new("mcopy")
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .args(["-o", "-i"])
-        .arg(format!("{}@@{offset}", disk.display()))
-        .arg(scratch)
-        .arg(format!("::{dst}"))
-        .output()
-        .map_err(|e| format!("mcopy: {e} (Debian package mtools)"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "mcopy {dst} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(())
-}
-
 /// Issue 12: without Secure Boot anyone who can write the ESP can add a
 /// type #1 entry that starts the official UKI with another command line.
 /// A copy of the main image gets `loader/entries/evil.conf` (slot a's UKI,
@@ -554,49 +511,6 @@ fn mark_ext4_errors(disk: &Path, offset: u64) -> Result<(), String> {
     f.seek(SeekFrom::Start(offset + 1024))
         .map_err(|e| e.to_string())?;
     f.write_all(&sb).map_err(|e| e.to_string())
-}
-
-/// The byte offset, inside the erofs image `root_img`, where the data of
-/// `path` starts (the physical start of its first extent: for a compressed
-/// file its first compressed cluster, which any read of the file's first
-/// page, as exec's, decompresses).
-fn file_data_offset(root_img: &Path, path: &str) -> Result<u64, String> {
-    let out = Command::new("dump.erofs")
-        .arg("-e")
-        .arg(format!("--path={path}"))
-        .arg(root_img)
-        .output()
-        .map_err(|e| format!("dump.erofs: {e} (Debian package erofs-utils)"))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    // "   0:        0..   14760 |   14760 :    6033408..   6037504 |    4096"
-    for line in text.lines() {
-        let cols: Vec<&str> = line.split('|').collect();
-        if line.trim_start().starts_with("0:") && cols.len() >= 2 {
-            if let Some(phys) = cols[1].split(':').nth(1).and_then(|s| s.split("..").next()) {
-                return phys
-                    .trim()
-                    .parse()
-                    .map_err(|e| format!("dump.erofs offset {phys:?}: {e}"));
-            }
-        }
-    }
-    Err(format!(
-        "no extent 0 of {path} in dump.erofs output:\n{text}"
-    ))
-}
-
-/// Flips the lowest bit of the byte at `at` in `disk`.
-fn flip_byte(disk: &Path, at: u64) -> Result<(), String> {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(disk)
-        .map_err(|e| e.to_string())?;
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, at).map_err(|e| e.to_string())?;
-    b[0] ^= 0x01;
-    f.write_all_at(&b, at).map_err(|e| e.to_string())
 }
 
 /// What the kernel prints when dm-verity's `restart_on_corruption` fires.

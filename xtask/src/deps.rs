@@ -40,7 +40,8 @@ pub const PACKAGES: &[&str] = &[
     // systemd-measure: image's PCR 11 test checks its prediction against it
     "systemd",
     // the README's by-hand QEMU section presses the power button through
-    // the monitor socket with it
+    // the monitor socket with it; the update tests' guest reaches its
+    // nginx through it (slirp's guestfwd runs one per connection)
     "socat",
     // the hal's TPM tests check the EK certificate chain with it
     "openssl",

@@ -3,7 +3,8 @@
 //! - `cargo xtask demo`  builds and runs the demo appliance;
 //! - `cargo xtask test`  runs every test (what CI runs);
 //! - `cargo xtask bench` measures the figures in docs/BENCHMARKS.md;
-//! - `cargo xtask fuzz`  runs each fuzz target for a while.
+//! - `cargo xtask fuzz`  runs each fuzz target for a while;
+//! - `cargo xtask torture ota --cuts N` cuts the power during updates.
 //!
 //! Each first installs the Debian packages it needs (see `deps.rs`).
 
@@ -20,6 +21,7 @@ mod fuzz;
 mod nsrun;
 mod prepare;
 mod test;
+mod torture;
 mod util;
 
 use clap::{Parser, Subcommand};
@@ -43,6 +45,8 @@ enum Cmd {
     Bench(bench::Args),
     /// Run every fuzz target for a while (needs cargo-fuzz and a nightly toolchain; falls back to the corpus replay).
     Fuzz(fuzz::Args),
+    /// Abuse the appliance on purpose: `torture ota --cuts N` cuts the power during updates.
+    Torture(torture::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -60,6 +64,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Demo(a) => demo::run(a),
         Cmd::Bench(a) => bench::run(a),
         Cmd::Fuzz(a) => fuzz::run(a),
+        Cmd::Torture(a) => torture::run(a),
     };
     match res {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -90,6 +95,8 @@ mod tests {
             &["bench", "init"],
             &["bench", "boot"],
             &["bench", "hal"],
+            &["torture"],
+            &["torture", "ota"],
         ];
         for path in paths {
             let mut argv = vec!["xtask"];

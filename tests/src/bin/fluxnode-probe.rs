@@ -69,7 +69,47 @@ fn efivar_usec(name: &str) -> String {
     }
 }
 
+/// `--var-marker`: the update tests' light probe (count this boot on /var,
+/// say the running version) instead of the full one.
+/// `--never-ready`: a notify service that never says READY (the update
+/// tests' failing version).
+fn modes() {
+    match std::env::args().nth(1).as_deref() {
+        Some("--var-marker") => {
+            say("var_boots", &count_boot());
+            let image = read("/usr/lib/fluxnode/image.json");
+            let version = image
+                .split_once("\"version\"")
+                .and_then(|(_, r)| r.split('"').nth(1))
+                .unwrap_or("unknown");
+            say("version", version);
+            // What an operator sees: `fluxnode-ota status` (the history).
+            match std::process::Command::new("/usr/bin/fluxnode-ota")
+                .arg("status")
+                .output()
+            {
+                Ok(out) => {
+                    for l in String::from_utf8_lossy(&out.stdout).lines() {
+                        say("ota_status", l);
+                    }
+                    for l in String::from_utf8_lossy(&out.stderr).lines() {
+                        say("ota_status_stderr", l);
+                    }
+                    say("ota_status_exit", &out.status.to_string());
+                }
+                Err(e) => say("ota_status_exit", &format!("error {e}")),
+            }
+            std::process::exit(0);
+        }
+        Some("--never-ready") => loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        },
+        _ => {}
+    }
+}
+
 fn main() {
+    modes();
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -195,22 +235,7 @@ fn main() {
         say(key, &pid1_mount(target));
     }
     // Persistence: count boots in a file on /var.
-    let dir = Path::new("/var/lib/fluxnode-probe");
-    let file = dir.join("boots");
-    let n: u64 = std::fs::read_to_string(&file)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
-        + 1;
-    let res = std::fs::create_dir_all(dir).and_then(|_| {
-        let mut f = std::fs::File::create(&file)?;
-        f.write_all(format!("{n}\n").as_bytes())?;
-        f.sync_all()
-    });
-    match res {
-        Ok(()) => say("var_boots", &n.to_string()),
-        Err(e) => say("var_boots", &format!("error {e}")),
-    }
+    say("var_boots", &count_boot());
     say("loader_time_init_usec", &efivar_usec("LoaderTimeInitUSec"));
     say("loader_time_exec_usec", &efivar_usec("LoaderTimeExecUSec"));
     say("loader_entry", &efivar_usec("LoaderEntrySelected"));
@@ -359,5 +384,26 @@ fn privileges() {
             Ok(m) => say(key, &format!("{:o}", m.permissions().mode() & 0o7777)),
             Err(e) => say(key, &format!("<{e}>")),
         }
+    }
+}
+
+/// Counts this boot in /var/lib/fluxnode-probe/boots: the new count, or
+/// `error WHY`.
+fn count_boot() -> String {
+    let dir = Path::new("/var/lib/fluxnode-probe");
+    let file = dir.join("boots");
+    let n: u64 = std::fs::read_to_string(&file)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+        + 1;
+    let res = std::fs::create_dir_all(dir).and_then(|_| {
+        let mut f = std::fs::File::create(&file)?;
+        f.write_all(format!("{n}\n").as_bytes())?;
+        f.sync_all()
+    });
+    match res {
+        Ok(()) => n.to_string(),
+        Err(e) => format!("error {e}"),
     }
 }
