@@ -217,16 +217,87 @@ pub fn demo_dir() -> PathBuf {
     target_dir().join("fluxnode-demo/image")
 }
 
+/// The demo's update repository: publisher keys and root metadata v1
+/// under target/fluxnode-demo/tuf (`keys/`, `repo/`), made on first use
+/// and kept: the demo image bakes this root, and the same root keeps two
+/// builds of the image bit-identical.
+pub fn demo_tuf() -> Result<PathBuf, String> {
+    use fluxnode_image::publish::roles::{self, Expiry, Repo};
+    use fluxnode_image::publish::trust::{self, InitOptions};
+    static DONE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let dir = target_dir().join("fluxnode-demo/tuf");
+        let repo = Repo::new(dir.join("repo"));
+        if repo.latest_root_version() == 0 {
+            let _ = std::fs::remove_dir_all(&dir);
+            trust::init_repo(
+                &repo,
+                Some(&dir.join("keys")),
+                &InitOptions {
+                    threshold: 1,
+                    keys_per_role: 1,
+                    expiry: Expiry::from_now(roles::now()),
+                },
+            )
+            .map_err(|e| format!("making the demo's TUF repository in {}: {e}", dir.display()))?;
+        }
+        Ok(dir)
+    })
+    .clone()
+}
+
+/// The spec the demo builds: image/spec/`spec` plus the demo's update
+/// repository (its root baked, image/services/demo/ota.toml as the update
+/// client's settings), at `version` when given.
+fn demo_spec(spec: &str, version: Option<&str>) -> Result<PathBuf, String> {
+    let tuf = demo_tuf()?;
+    let mut text =
+        format!(
+        "# Written by the demo (tests/src/fixture.rs): {spec} and the demo's update repository.\n\
+         base = {:?}\n\
+         tuf_root = \"host:{}\"\n",
+        workspace().join("image/spec").join(spec).display().to_string(),
+        tuf.join("repo/metadata/1.root.json").display()
+    );
+    if let Some(v) = version {
+        text.push_str(&format!("version = {v:?}\n"));
+    }
+    text.push_str(&format!(
+        "[[file]]\nsrc = \"host:{}\"\ndst = \"/etc/fluxnode/ota.toml\"\nmode = 0o644\n",
+        workspace().join("image/services/demo/ota.toml").display()
+    ));
+    let p = target_dir()
+        .join("fluxnode-demo/spec")
+        .join(format!("{}-{spec}", version.unwrap_or("image")));
+    if let Some(d) = p.parent() {
+        std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+    }
+    std::fs::write(&p, text).map_err(|e| format!("{}: {e}", p.display()))?;
+    Ok(p)
+}
+
 /// The demo appliance image, built exactly as `cargo xtask demo` builds it
-/// (the static binaries, then image/spec/`spec` into [`demo_dir`] with
-/// [`EPOCH`]): the demo and the README's test call this one function, so
-/// they cannot drift apart. Two calls with the same inputs give a
-/// bit-identical image. Each call builds (the build itself reuses its
-/// kernel cache); a test that wants it once keeps the result.
+/// (the static binaries, then image/spec/`spec` with the demo's update
+/// repository, into [`demo_dir`] with [`EPOCH`]): the demo and the
+/// README's test call this one function, so they cannot drift apart. Two
+/// calls with the same inputs give a bit-identical image. Each call builds
+/// (the build itself reuses its kernel cache); a test that wants it once
+/// keeps the result.
 pub fn demo_image(spec: &str) -> Result<Built, String> {
     binaries()?;
     let mut opts = options("demo", spec);
+    opts.spec = demo_spec(spec, None)?;
     opts.out = demo_dir();
+    build(&opts)
+}
+
+/// The demo's next version: [`demo_image`]'s spec at `version`, into
+/// target/fluxnode-demo/image-`version` (what the demo publishes).
+pub fn demo_update_image(spec: &str, version: &str) -> Result<Built, String> {
+    binaries()?;
+    let mut opts = options("demo", spec);
+    opts.spec = demo_spec(spec, Some(version))?;
+    opts.out = target_dir().join(format!("fluxnode-demo/image-{version}"));
     build(&opts)
 }
 

@@ -419,7 +419,7 @@ pub struct ChainReport {
 
 /// How far after a good boot a cut may come: about one uncut update
 /// under TCG on 2 busy cores (check, install, reboot, health, blessing).
-pub const CUT_WINDOW_MS: u64 = 75_000;
+pub const CUT_WINDOW_MS: u64 = 50_000;
 
 /// Per boot: long, CI has 2 cores, no KVM, and other machines running.
 pub const BOOT: Duration = Duration::from_secs(300);

@@ -3,9 +3,12 @@
 //! console on this terminal; wait for "all services ready", then for the
 //! node agent to prove its tier to a registry this command runs on the
 //! host (10.0.2.2:8443 from the guest), show the node as the registry sees
-//! it and check its tier certificate offline; then press the ACPI power
-//! button (`system_powerdown` on the monitor) and wait for the ordered
-//! poweroff. `--interactive` leaves the machine running instead.
+//! it and check its tier certificate offline; then publish the next
+//! version (0.2.0) into the demo's TUF repository, served to the guest by
+//! a private nginx at 10.0.2.100, and watch the node update itself and
+//! bless it; then press the ACPI power button (`system_powerdown` on the
+//! monitor) and wait for the ordered poweroff. `--interactive` leaves the
+//! machine running instead.
 //!
 //! The registry is a child process (`fluxnode-registry serve`), built here
 //! after the packages are installed: xtask itself links nothing that needs
@@ -62,7 +65,7 @@ fn cli(bin: &Path, dir: &Path, args: &[&str]) -> Result<String> {
 /// Makes the demo registry (the demo's TLS identity, which demo.toml's
 /// image pins; the TPM's EK CA; the image's slots as the policy) and
 /// starts it on 127.0.0.1:8443.
-fn start_registry(run: &Path, tpm: &Path, manifest: &Path) -> Result<Registry> {
+fn start_registry(run: &Path, tpm: &Path, manifests: &[&Path]) -> Result<Registry> {
     eprintln!("demo: building fluxnode-registry");
     util::run(util::cargo().args(["build", "--release", "--quiet", "-p", "fluxnode-registry"]))?;
     let bin = util::target_dir().join("release/fluxnode-registry");
@@ -114,10 +117,12 @@ fn start_registry(run: &Path, tpm: &Path, manifest: &Path) -> Result<Registry> {
             &s(&tpm.join("ca/issuercert.pem")),
         ],
     )?;
-    eprint!(
-        "{}",
-        cli(&bin, &dir, &["policy", "allow-image", &s(manifest)])?
-    );
+    for manifest in manifests {
+        eprint!(
+            "{}",
+            cli(&bin, &dir, &["policy", "allow-image", &s(manifest)])?
+        );
+    }
     let log = std::fs::File::create(run.join("registry.log")).context("creating registry.log")?;
     let child = Command::new(&bin)
         .arg("--dir")
@@ -185,10 +190,42 @@ pub fn run(args: Args) -> Result<()> {
     let tpm = dir.join("tpm");
     fluxnode_testkit::swtpm::manufacture(&tpm)
         .map_err(|e| anyhow::anyhow!("manufacturing the TPM: {e}"))?;
-    let registry = start_registry(&dir, &tpm, &built.dir.join("manifest.json"))?;
+    // The next version, built now so the registry's policy allows both
+    // releases from the start (a network's verifier allows a release
+    // before it is published); it is published after the node proved
+    // its tier.
+    let next = (!args.interactive)
+        .then(|| {
+            eprintln!("demo: building the next version, {NEXT_VERSION}, to publish later");
+            fixture::demo_update_image(&args.spec, NEXT_VERSION).map_err(anyhow::Error::msg)
+        })
+        .transpose()
+        .context("building the next version")?;
+    let mut manifests = vec![built.dir.join("manifest.json")];
+    manifests.extend(next.iter().map(|n| n.dir.join("manifest.json")));
+    let registry = start_registry(
+        &dir,
+        &tpm,
+        &manifests.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
+    )?;
+    // The update repository, served to the guest at 10.0.2.100 (the
+    // image's /etc/fluxnode/ota.toml names it): a copy of the demo's
+    // repository with no version published yet.
+    let tuf = fixture::demo_tuf().map_err(anyhow::Error::msg)?;
+    let repo = dir.join("update-repo");
+    util::run(
+        Command::new("cp")
+            .arg("-a")
+            .arg(tuf.join("repo"))
+            .arg(&repo),
+    )?;
+    let nginx = fluxnode_testkit::nginx::Nginx::try_start(&repo)
+        .map_err(|e| anyhow::anyhow!("starting nginx for the update repository: {e}"))?
+        .context("nginx is not installed (Debian package nginx)")?;
     let cfg = VmConfig {
         serial_stdio: true,
         tpm_state: Some(tpm.join("state")),
+        guestfwd: vec![("10.0.2.100:80".into(), nginx.port())],
         ..VmConfig::new(&disk, &dir)
     };
     eprintln!("demo: booting under QEMU (TCG; 30-90 s); serial console follows\n");
@@ -244,6 +281,14 @@ pub fn run(args: Args) -> Result<()> {
         "\ndemo: tier certificate checked offline with the registry's key: {}",
         verified.trim()
     );
+    if let Some(next) = &next {
+        update_step(&mut vm, &tuf, &repo, &built, next)?;
+        eprintln!("\ndemo: the registry's view of the node after the update:\n");
+        eprint!(
+            "{}",
+            registry.cli(&["nodes", "--url", "https://127.0.0.1:8443"])?
+        );
+    }
     eprintln!("demo: all services ready after {ready:.1} s (host wall time); pressing the power button (system_powerdown)");
     let st = vm
         .power_off(Duration::from_secs(120))
@@ -259,5 +304,71 @@ pub fn run(args: Args) -> Result<()> {
         "demo: clean poweroff after {:.1} s; QEMU exited 0",
         vm.elapsed()
     );
+    Ok(())
+}
+
+/// The version the demo publishes after the node proved its tier.
+const NEXT_VERSION: &str = "0.2.0";
+
+/// The demo's last step: publish the next version into the update
+/// repository (`fluxnode-image publish`'s code, with a patch against the
+/// running version), then watch the node take it: its update client finds
+/// it within a minute, streams the changed chunks into the other slot,
+/// reboots, passes its health checks (the agent reaches the registry
+/// again) and init blesses the new version: the commit.
+fn update_step(
+    vm: &mut Vm,
+    tuf: &Path,
+    repo: &Path,
+    v1: &fluxnode_image::Built,
+    next: &fluxnode_image::Built,
+) -> Result<()> {
+    use fluxnode_image::publish::{keys::Keystore, release, roles};
+    eprintln!(
+        "\ndemo: publishing {NEXT_VERSION} into the update repository (TUF, {}), with a patch against {}",
+        repo.display(),
+        v1.manifest.version
+    );
+    let keys = Keystore::load(&[tuf.join("keys")]).context("loading the demo's publisher keys")?;
+    let opts = release::PublishOptions {
+        build: next.dir.clone(),
+        from: vec![v1.dir.clone()],
+        min_version: v1.manifest.version.clone(),
+        security_version: None,
+        raise_security_version: false,
+        waves: Vec::new(),
+        released_at: fixture::EPOCH,
+        expiry: roles::Expiry::from_now(roles::now()),
+        patch_level: fluxnode_image::publish::patch::DEFAULT_LEVEL,
+    };
+    let published = release::publish(&roles::Repo::new(repo), &keys, &opts, &mut |l| {
+        eprintln!("demo: publish: {l}")
+    })
+    .with_context(|| format!("publishing {} into {}", next.dir.display(), repo.display()))?;
+    eprintln!(
+        "demo: published {} (targets v{}); the node checks every minute\n",
+        published.manifest.version, published.targets_version
+    );
+    let t0 = vm.elapsed();
+    let from = vm.log().len();
+    let wait = |vm: &mut Vm, what: &str, from: usize| {
+        vm.wait_for_from(what, from, Duration::from_secs(600))
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("waiting for {what:?}"))
+    };
+    let at = wait(vm, &format!("ota: INFO  installed {NEXT_VERSION}"), from)?;
+    let log = vm.log();
+    let start = log[..at].rfind('\n').map_or(0, |i| i + 1);
+    let end = log[at..].find('\n').map_or(log.len(), |i| at + i);
+    let line = log[start..end].trim().to_string();
+    let at = wait(vm, "fluxnode-init: boot blessed", at)?;
+    wait(vm, &format!("update to {NEXT_VERSION} succeeded"), at)?;
+    eprintln!(
+        "\ndemo: updated {} -> {NEXT_VERSION} in {:.0} s (TCG): {}",
+        v1.manifest.version,
+        vm.elapsed() - t0,
+        line.split("ota: INFO  ").nth(1).unwrap_or(&line)
+    );
+    eprintln!("demo: {NEXT_VERSION} passed its health checks and init blessed it (the commit); {} stays in the other slot as the fallback", v1.manifest.version);
     Ok(())
 }

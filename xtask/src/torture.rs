@@ -31,7 +31,7 @@ enum What {
 const OTA_ABOUT: &str = "Power cuts during real updates.\n\n\
 Builds the update tests' versions (0.1.0 and 0.2.0, published into a TUF repository \
 served by a private nginx), then runs chains of nodes under QEMU (TCG). Each run of a \
-machine is killed with SIGKILL, the power cord, at a seeded moment up to 75 s after its \
+machine is killed with SIGKILL, the power cord, at a seeded moment up to 50 s after its \
 boot was good (at once when the update has ended before it); the next run of the same disk must boot a slot to all services ready \
 before it is cut in turn. A node whose update ended (0.2.0 blessed, or 0.1.0 running \
 with the attempt recorded as rolled back) is powered off and checked: /var clean under \
