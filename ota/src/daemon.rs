@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
+use crate::api::Api;
 use crate::esp::Esp;
 use crate::fetch::{FetchPolicy, Fetcher};
 use crate::reconcile::{self, Decision, Facts};
@@ -42,8 +43,20 @@ pub enum RebootPolicy {
         /// End, minutes since 00:00 UTC.
         end_min: u32,
     },
+    /// When the node agent says the node is idle (`idle` on the local
+    /// API, `api.rs`), or after `max_wait_s` at the latest (default one
+    /// day): a silent agent delays an update, it never stops it.
+    Idle {
+        /// The longest wait for the agent, seconds.
+        #[serde(default = "default_idle_wait")]
+        max_wait_s: u64,
+    },
     /// Never by itself: the operator reboots.
     Manual,
+}
+
+fn default_idle_wait() -> u64 {
+    86_400
 }
 
 impl RebootPolicy {
@@ -51,7 +64,8 @@ impl RebootPolicy {
     pub fn allows(&self, unix: u64) -> bool {
         match self {
             RebootPolicy::Now => true,
-            RebootPolicy::Manual => false,
+            // Decided by the agent (`wait_and_reboot`), not the clock.
+            RebootPolicy::Manual | RebootPolicy::Idle { .. } => false,
             RebootPolicy::Window { start_min, end_min } => {
                 let m = ((unix / 60) % 1440) as u32;
                 if start_min <= end_min {
@@ -314,13 +328,22 @@ pub fn run(cfg: &DaemonConfig, paths: &Paths, host: &mut dyn Host) -> ! {
         tracing::warn!("{n}");
     }
     let sys = found.system.clone();
+    let api = Api::default();
+    publish_status(&api, &state, &sys);
+    if let Err(e) = api.spawn(&paths.api_socket) {
+        tracing::warn!(
+            "the local API {} is unavailable: {e}",
+            paths.api_socket.display()
+        );
+    }
     start_of_boot(cfg, &state, &sys, paths, host);
+    publish_status(&api, &state, &sys);
     warm_indexes(&state, &sys);
     let mut next = Instant::now() + Duration::from_secs(cfg.first_check_s);
     loop {
         let now = Instant::now();
-        if now < next {
-            std::thread::sleep((next - now).min(Duration::from_secs(60)));
+        if now < next && !api.take_check() {
+            api.sleep((next - now).min(Duration::from_secs(60)));
             continue;
         }
         next = Instant::now() + Duration::from_secs(cfg.check_interval_s.max(60));
@@ -338,6 +361,7 @@ pub fn run(cfg: &DaemonConfig, paths: &Paths, host: &mut dyn Host) -> ! {
             next = Instant::now() + Duration::from_secs(2);
             continue;
         }
+        publish_status(&api, &state, &sys);
         match check_and_install(cfg, &state, &sys) {
             Ok(Some(r)) => {
                 tracing::info!(
@@ -354,7 +378,8 @@ pub fn run(cfg: &DaemonConfig, paths: &Paths, host: &mut dyn Host) -> ! {
                     "{} installed into slot {}; waiting to reboot",
                     r.version, r.slot
                 ));
-                wait_and_reboot(cfg, host, &r.version);
+                publish_status(&api, &state, &sys);
+                wait_and_reboot(cfg, host, &api, &r.version, Duration::from_secs(60));
             }
             Ok(None) => {}
             Err(e) => tracing::warn!("update check: {e}"),
@@ -403,18 +428,57 @@ fn warm_indexes(state: &StateDir, sys: &System) {
     }
 }
 
-fn wait_and_reboot(cfg: &DaemonConfig, host: &mut dyn Host, version: &str) {
+/// Reboots into `version` when the policy says so; `poll` is how often
+/// the policy is looked at again (the API wakes it sooner).
+pub fn wait_and_reboot(
+    cfg: &DaemonConfig,
+    host: &mut dyn Host,
+    api: &Api,
+    version: &str,
+    poll: Duration,
+) {
+    api.with(|s| s.waiting = Some(version.to_string()));
+    let t0 = Instant::now();
     loop {
         if cfg.reboot.allows(state::now()) {
             host.reboot(&format!("to run {version}"));
             return;
         }
-        if cfg.reboot == RebootPolicy::Manual {
-            tracing::info!("{version} is installed; reboot to run it (reboot policy: manual)");
-            return;
+        match cfg.reboot {
+            RebootPolicy::Manual => {
+                tracing::info!("{version} is installed; reboot to run it (reboot policy: manual)");
+                return;
+            }
+            RebootPolicy::Idle { max_wait_s } => {
+                if api.idle() {
+                    host.reboot(&format!(
+                        "to run {version}: the node agent says the node is idle"
+                    ));
+                    return;
+                }
+                if t0.elapsed() >= Duration::from_secs(max_wait_s) {
+                    host.reboot(&format!(
+                        "to run {version}: the node agent has not said idle in {max_wait_s} s"
+                    ));
+                    return;
+                }
+            }
+            _ => {}
         }
-        std::thread::sleep(Duration::from_secs(60));
+        api.sleep(poll);
     }
+}
+
+/// Publishes what `status` on the local API shows.
+fn publish_status(api: &Api, state: &StateDir, sys: &System) {
+    let v = serde_json::json!({
+        "running": sys.running_version,
+        "slot": sys.running_slot,
+        "blessed": sys.blessed,
+        "in_flight": state.progress().ok().flatten(),
+        "last_attempt": state.history().ok().and_then(|h| h.last().cloned()),
+    });
+    api.with(|s| s.status = v.to_string());
 }
 
 /// The reconciliation at start (see the module).

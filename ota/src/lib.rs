@@ -23,6 +23,7 @@
 //!   attempts, on /var.
 #![deny(missing_docs)]
 
+pub mod api;
 pub mod daemon;
 pub mod esp;
 pub mod fetch;

@@ -85,6 +85,17 @@ enum Cmd {
         #[arg(long)]
         no_reboot: bool,
     },
+    /// Talk to the running daemon's local API (what the node agent uses):
+    /// `status` (JSON), `check` (check the repository now), `idle` (the
+    /// node is idle: a reboot held by `reboot = { when = "idle" }` goes
+    /// ahead), `busy`.
+    Api {
+        /// status | check | idle | busy
+        request: String,
+        /// The daemon's socket.
+        #[arg(long, default_value = "/run/fluxnode/ota.sock")]
+        socket: PathBuf,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -170,6 +181,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Rollback { no_reboot } => rollback(cli.system.as_deref(), no_reboot),
+        Cmd::Api { request, socket } => {
+            fluxnode_ota::api::Request::parse(&request).map_err(anyhow::Error::msg)?;
+            let body = fluxnode_ota::api::request(&socket, &request)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("asking the update daemon at {}", socket.display()))?;
+            println!("{body}");
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -42,6 +42,8 @@ pub struct Paths {
     /// init's control socket (asked which required services are not
     /// ready when a new version's boot is not blessed in time).
     pub control_socket: PathBuf,
+    /// The update client's own local API for the node agent (`api.rs`).
+    pub api_socket: PathBuf,
 }
 
 impl Default for Paths {
@@ -57,6 +59,7 @@ impl Default for Paths {
             mountinfo: "/proc/self/mountinfo".into(),
             tpm: tpmnv::DEVICES.iter().map(PathBuf::from).collect(),
             control_socket: "/run/fluxnode/control.sock".into(),
+            api_socket: "/run/fluxnode/ota.sock".into(),
         }
     }
 }

@@ -329,3 +329,53 @@ fn back_on_the_old_version_and_a_fall_back_are_recorded_once() {
     assert_eq!(host.ready.len(), 3);
     assert!(host.reboots.is_empty());
 }
+
+#[test]
+fn an_idle_policy_reboots_when_the_agent_says_idle_or_after_its_longest_wait() {
+    use fluxnode_ota::api::{Api, Request};
+    use fluxnode_ota::daemon::RebootPolicy;
+    use std::time::{Duration, Instant};
+    let n = node("0.1.0", "a", &["fluxnode-0.1.0-a+3.efi"]);
+    let c = DaemonConfig {
+        reboot: RebootPolicy::Idle { max_wait_s: 3600 },
+        ..cfg(&n, vec![], vec![])
+    };
+    let api = Api::default();
+    let agent = api.clone();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        agent.answer(Request::Idle)
+    });
+    let mut host = Recorder::default();
+    let t0 = Instant::now();
+    daemon::wait_and_reboot(&c, &mut host, &api, "0.2.0", Duration::from_secs(30));
+    let said = t.join().unwrap();
+    assert!(said.contains("rebooting to run 0.2.0"), "{said}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "the API woke the wait"
+    );
+    assert_eq!(host.reboots.len(), 1);
+    assert!(host.reboots[0].contains("idle"), "{:?}", host.reboots);
+    // A silent agent delays the reboot by max_wait_s, not forever.
+    let c = DaemonConfig {
+        reboot: RebootPolicy::Idle { max_wait_s: 0 },
+        ..cfg(&n, vec![], vec![])
+    };
+    let mut host = Recorder::default();
+    daemon::wait_and_reboot(
+        &c,
+        &mut host,
+        &Api::default(),
+        "0.2.0",
+        Duration::from_millis(10),
+    );
+    assert!(
+        host.reboots[0].contains("has not said idle in 0 s"),
+        "{:?}",
+        host.reboots
+    );
+    // The setting parses.
+    let parsed: DaemonConfig = toml::from_str("reboot = { when = \"idle\" }\n").unwrap();
+    assert_eq!(parsed.reboot, RebootPolicy::Idle { max_wait_s: 86_400 });
+}

@@ -6,7 +6,8 @@ use fluxnode_ota::state::{Attempt, Progress};
 
 // What the update client reads back from /var and the ESP after a power
 // cut or at the hands of someone with the disk: the journal, the history,
-// and boot entry names. Damage must be an error, never a panic.
+// and boot entry names; and the local API's request lines. Damage must be
+// an error, never a panic.
 fuzz_target!(|data: &[u8]| {
     if let Ok(p) = serde_json::from_slice::<Progress>(data) {
         let n = (data.len() % 70_000) + 1;
@@ -16,6 +17,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = serde_json::from_slice::<Vec<Attempt>>(data);
     if let Ok(s) = std::str::from_utf8(data) {
+        let _ = fluxnode_ota::api::Request::parse(s);
         if let Some(e) = Entry::parse(s) {
             assert!(e.file == s && !e.version.is_empty());
         }
