@@ -355,13 +355,13 @@ pub fn run(cfg: &DaemonConfig, paths: &Paths, host: &mut dyn Host) -> ! {
                 continue;
             }
         };
+        publish_status(&api, &state, &sys);
         // Nothing is installed before init blesses this boot (the other
         // slot is its fallback): wait for the blessing, not a whole interval.
         if !sys.blessed && cfg.repository.is_some() {
             next = Instant::now() + Duration::from_secs(2);
             continue;
         }
-        publish_status(&api, &state, &sys);
         match check_and_install(cfg, &state, &sys) {
             Ok(Some(r)) => {
                 tracing::info!(

@@ -371,6 +371,16 @@ fn update_v1_to_v2_over_http_is_blessed_and_var_is_kept() {
         "status: {status:#?}"
     );
     assert_eq!(versions_booted(&r.logs[1]), vec!["0.2.0"]);
+    // The daemon's local API answers what the node agent asks.
+    let api = r.logs[1]
+        .lines()
+        .find_map(|l| l.split_once("PROBE ota_api=").map(|(_, s)| s.trim()))
+        .expect("the marker asked the local API");
+    let api: serde_json::Value =
+        serde_json::from_str(api).unwrap_or_else(|e| panic!("{e}: {api}"));
+    assert_eq!(api["node"]["running"], "0.2.0", "{api}");
+    assert_eq!(api["node"]["slot"], "b", "{api}");
+    assert_eq!(api["waiting_for_reboot"], serde_json::Value::Null, "{api}");
     eprintln!(
         "FIGURE update 0.1.0 -> 0.2.0 under TCG: {:.1} s from the install's start to blessed; downloaded {down} of {total} bytes",
         r.update_s

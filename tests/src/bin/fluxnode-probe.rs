@@ -99,6 +99,21 @@ fn modes() {
                 }
                 Err(e) => say("ota_status_exit", &format!("error {e}")),
             }
+            // The daemon's local API, as the node agent asks it.
+            match std::process::Command::new("/usr/bin/fluxnode-ota")
+                .args(["api", "status"])
+                .output()
+            {
+                Ok(out) => say(
+                    "ota_api",
+                    &format!(
+                        "{}{}",
+                        String::from_utf8_lossy(&out.stdout).trim(),
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ),
+                ),
+                Err(e) => say("ota_api", &format!("error {e}")),
+            }
             std::process::exit(0);
         }
         Some("--never-ready") => loop {
