@@ -229,7 +229,7 @@ pub fn world() -> Result<World, String> {
 }
 
 /// A node: a copy of version 1's disk, its firmware variables and TPM
-/// kept across boots, and the repository `release` served to it.
+/// kept across boots, and a repository served to it.
 #[derive(Debug)]
 pub struct Node {
     /// The run directory.
