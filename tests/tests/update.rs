@@ -376,8 +376,7 @@ fn update_v1_to_v2_over_http_is_blessed_and_var_is_kept() {
         .lines()
         .find_map(|l| l.split_once("PROBE ota_api=").map(|(_, s)| s.trim()))
         .expect("the marker asked the local API");
-    let api: serde_json::Value =
-        serde_json::from_str(api).unwrap_or_else(|e| panic!("{e}: {api}"));
+    let api: serde_json::Value = serde_json::from_str(api).unwrap_or_else(|e| panic!("{e}: {api}"));
     assert_eq!(api["node"]["running"], "0.2.0", "{api}");
     assert_eq!(api["node"]["slot"], "b", "{api}");
     assert_eq!(api["waiting_for_reboot"], serde_json::Value::Null, "{api}");
