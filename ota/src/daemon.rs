@@ -725,7 +725,6 @@ pub fn on_blessed(
             }
         }
     }
-    tracing::info!("update to {version} succeeded: blessed{note}");
     record_end(
         state,
         p,
@@ -734,6 +733,9 @@ pub fn on_blessed(
         &format!("blessed{note}"),
     );
     let _ = state.clear_progress();
+    // Said once it is on /var: a cut before this point leaves the journal
+    // at `booted`, and the next boot runs the checks again and records it.
+    tracing::info!("update to {version} succeeded: blessed{note}");
 }
 
 fn raise(cfg: &DaemonConfig, to: u64) -> Result<(), String> {
