@@ -14,4 +14,5 @@ pub mod disk;
 pub mod efivars;
 pub mod fixture;
 pub mod qemu;
+pub mod shared;
 pub mod update;

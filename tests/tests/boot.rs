@@ -34,40 +34,16 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use fluxnode_tests::disk::{esp_listing, esp_put, file_data_offset, flip_byte};
 use fluxnode_tests::fixture;
 use fluxnode_tests::qemu::{self, DiskBus, ExtraDisk, Vm, VmConfig};
+use fluxnode_tests::shared::Shared;
 
 /// Per boot attempt; generous: CI has 2 cores, no KVM, and other jobs.
 const BOOT: Duration = Duration::from_secs(240);
-
-/// A value computed on another thread, waited for by the tests.
-struct Shared<T>(Arc<(Mutex<Option<T>>, Condvar)>);
-
-impl<T: Clone> Shared<T> {
-    fn new() -> Self {
-        Shared(Arc::new((Mutex::new(None), Condvar::new())))
-    }
-    fn set(&self, v: T) {
-        *self.0 .0.lock().unwrap_or_else(|p| p.into_inner()) = Some(v);
-        self.0 .1.notify_all();
-    }
-    fn get(&self) -> T {
-        let mut g = self.0 .0.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            if let Some(v) = g.as_ref() {
-                return v.clone();
-            }
-            g = self.0 .1.wait(g).unwrap_or_else(|p| p.into_inner());
-        }
-    }
-    fn clone_handle(&self) -> Self {
-        Shared(self.0.clone())
-    }
-}
 
 #[derive(Clone, Debug)]
 struct MainRun {
@@ -153,19 +129,19 @@ fn runs() -> &'static Runs {
             clone: Shared::new(),
             entry: Shared::new(),
         };
-        let m = runs.main.clone_handle();
+        let m = runs.main.handle();
         std::thread::spawn(move || m.set(main_sequence()));
-        let t = runs.tamper.clone_handle();
-        let e = runs.entry.clone_handle();
+        let t = runs.tamper.handle();
+        let e = runs.entry.handle();
         // The loader-entry boot follows the (short) tamper boot in its
         // thread: no more than four machines at once on two cores.
         std::thread::spawn(move || {
             t.set(tamper_sequence());
             e.set(entry_sequence());
         });
-        let l = runs.late_tamper.clone_handle();
+        let l = runs.late_tamper.handle();
         std::thread::spawn(move || l.set(late_tamper_sequence()));
-        let c = runs.clone.clone_handle();
+        let c = runs.clone.handle();
         std::thread::spawn(move || c.set(clone_sequence()));
         runs
     })

@@ -21,38 +21,15 @@
 //!   (`FLUXNODE_OTA_CUTS`, default 6; `FLUXNODE_OTA_SEED` repeats a run).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
+use fluxnode_tests::shared::Shared;
 use fluxnode_tests::update::{self, attempts, versions_booted, Node, World, BOOT};
 use fluxnode_tests::{disk, efivars, qemu};
 
 /// What dm-verity's `restart_on_corruption` prints.
 const VERITY_RESTART: &str = "reboot: Restarting system with command 'dm-verity device corrupted'";
-
-struct Shared<T>(Arc<(Mutex<Option<T>>, Condvar)>);
-
-impl<T: Clone> Shared<T> {
-    fn new() -> Self {
-        Shared(Arc::new((Mutex::new(None), Condvar::new())))
-    }
-    fn set(&self, v: T) {
-        *self.0 .0.lock().unwrap_or_else(|p| p.into_inner()) = Some(v);
-        self.0 .1.notify_all();
-    }
-    fn get(&self) -> T {
-        let mut g = self.0 .0.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            if let Some(v) = g.as_ref() {
-                return v.clone();
-            }
-            g = self.0 .1.wait(g).unwrap_or_else(|p| p.into_inner());
-        }
-    }
-    fn handle(&self) -> Self {
-        Shared(self.0.clone())
-    }
-}
 
 #[derive(Clone, Debug)]
 struct UpdateRun {
