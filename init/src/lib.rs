@@ -57,7 +57,7 @@ as PID 1 of a machine only the logging ones are honoured):
     --config FILE      init's settings         [/etc/fluxnode/init.toml]
     --run-dir DIR      control socket (0700)   [/run/fluxnode; notify socket in DIR-notify]
     --debug            debug logging           [fluxnode.debug]
-                       console lines stamped with seconds since boot
+    --timestamps       console lines stamped with seconds since boot
                                                [fluxnode.timestamps]
 
 SIGNALS:
@@ -99,7 +99,10 @@ pub fn main_entry() {
     // stage 2 only, and never runs from an initramfs.
     let mode = Mode::detect();
     match parse_args(&args) {
-        Ok(Some(paths_debug)) => stage2(mode, paths_debug.0, paths_debug.1),
+        Ok(Some((paths, debug, timestamps))) => {
+            log::set_timestamps(timestamps);
+            stage2(mode, paths, debug)
+        }
         Ok(None) => print!("{HELP}"),
         Err(e) if mode == Mode::Machine => {
             // Never exit as PID 1: report and go on with the defaults.
@@ -113,9 +116,12 @@ pub fn main_entry() {
     }
 }
 
-fn parse_args(args: &[String]) -> Result<Option<(supervisor::Paths, bool)>, String> {
+/// The paths, `--debug` and `--timestamps`; `None` for `--help`.
+type Args = (supervisor::Paths, bool, bool);
+
+fn parse_args(args: &[String]) -> Result<Option<Args>, String> {
     let mut paths = supervisor::Paths::default();
-    let mut debug = false;
+    let (mut debug, mut timestamps) = (false, false);
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut val = |flag: &str| {
@@ -128,13 +134,14 @@ fn parse_args(args: &[String]) -> Result<Option<(supervisor::Paths, bool)>, Stri
             "--config" => paths.init_config = val(a)?,
             "--run-dir" => paths.run_dir = val(a)?,
             "--debug" => debug = true,
+            "--timestamps" => timestamps = true,
             "-h" | "--help" => return Ok(None),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
     // Sockets are handed to services by path: it must be absolute.
     paths.run_dir = std::path::absolute(&paths.run_dir).map_err(|e| format!("--run-dir: {e}"))?;
-    Ok(Some((paths, debug)))
+    Ok(Some((paths, debug, timestamps)))
 }
 
 /// What stage 2 runs from, given the mode: the paths from the arguments
@@ -147,7 +154,7 @@ fn parse_args(args: &[String]) -> Result<Option<(supervisor::Paths, bool)>, Stri
 /// boot entry can pass one as load options), and the kernel hands its
 /// unknown words to init as arguments, so either would let whoever edits
 /// the boot entry choose what the appliance runs. Logging switches
-/// (`fluxnode.debug`, `fluxnode.timestamps`, `--debug`) change only what is
+/// (`fluxnode.debug`, `fluxnode.timestamps`, `--debug`, `--timestamps`) change only what is
 /// printed, and stay.
 pub fn development_overrides(
     mode: Mode,
@@ -189,7 +196,10 @@ pub fn stage2(mode: Mode, mut paths: supervisor::Paths, debug: bool) {
     }
     let cmdline = cmdline::Cmdline::from_file(Path::new("/proc/cmdline"));
     log::init(debug || cmdline.flag("fluxnode.debug"));
-    log::set_timestamps(cmdline.flag("fluxnode.timestamps"));
+    if cmdline.flag("fluxnode.timestamps") {
+        // `--timestamps` may have turned them on already.
+        log::set_timestamps(true);
+    }
     let ignored;
     (paths, ignored) = development_overrides(mode, paths, cmdline.get("fluxnode.services"));
     for what in ignored {

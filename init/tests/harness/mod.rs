@@ -40,11 +40,47 @@ macro_rules! need_namespaces {
     };
 }
 
-/// A line init printed, with when it arrived.
+/// A line init printed, with when it arrived and when init wrote it.
 #[derive(Clone, Debug)]
 pub struct Line {
+    /// When the test's reader thread got it.
     pub at: Instant,
+    /// init's own stamp (`--timestamps`: CLOCK_BOOTTIME when it wrote the
+    /// line), without the arrival jitter of a reader thread on a busy host.
+    pub stamp: Option<Duration>,
     pub text: String,
+}
+
+impl Line {
+    /// How long after `earlier` init wrote this line: init's stamps where
+    /// both lines carry one, arrival times otherwise. Arrival times can
+    /// shrink a gap (the first line read late, the second on time), so
+    /// lower bounds on init's delays are checked on the stamps.
+    pub fn since(&self, earlier: &Line) -> Duration {
+        match (self.stamp, earlier.stamp) {
+            (Some(a), Some(b)) => a.saturating_sub(b),
+            _ => self.at.saturating_duration_since(earlier.at),
+        }
+    }
+}
+
+/// Splits init's `[    12.345678] ` console stamp off a line.
+fn split_stamp(l: &[u8]) -> (Option<Duration>, &[u8]) {
+    let parsed = (|| {
+        let rest = l.strip_prefix(b"[")?;
+        let end = rest.iter().position(|&b| b == b']')?;
+        let secs: f64 = std::str::from_utf8(&rest[..end])
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let text = rest[end + 1..].strip_prefix(b" ")?;
+        Some((Duration::from_secs_f64(secs), text))
+    })();
+    match parsed {
+        Some((d, text)) => (Some(d), text),
+        None => (None, l),
+    }
 }
 
 pub struct Ns {
@@ -191,6 +227,7 @@ impl Ns {
             .arg(dir.join("run"))
             .arg("--config")
             .arg(dir.join("init.toml"))
+            .arg("--timestamps")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -213,14 +250,16 @@ impl Ns {
             std::thread::spawn(move || {
                 // Bytes, not String lines: a flood need not be UTF-8.
                 for l in BufReader::new(pipe).split(b'\n').map_while(Result::ok) {
+                    let (stamp, l) = split_stamp(&l);
                     if mute.as_ref().is_some_and(|m| l.starts_with(m.as_bytes())) {
                         muted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         continue;
                     }
-                    let l = l.strip_suffix(b"\r").unwrap_or(&l);
+                    let l = l.strip_suffix(b"\r").unwrap_or(l);
                     let l = String::from_utf8_lossy(l).into_owned();
                     lines.lock().unwrap().push(Line {
                         at: Instant::now(),
+                        stamp,
                         text: l,
                     });
                 }
