@@ -22,6 +22,7 @@ use fluxnode_protocol::session::ImageInfo;
 
 use crate::attest::{self, AttestError, Prover};
 use crate::client::{ClientError, RegistryClient};
+use crate::ota_link::{Activity, OtaLink};
 use crate::register::{self, Identity, RegisterError};
 use crate::state::{AgentState, StateDir};
 
@@ -52,6 +53,9 @@ pub struct Config {
     pub boot_id: String,
     /// The event log.
     pub event_log: Option<PathBuf>,
+    /// The update client's local API, told when the node is busy or idle
+    /// ([`crate::ota_link`]); `None`: no update client to tell.
+    pub ota_socket: Option<PathBuf>,
 }
 
 /// Unix ms now.
@@ -121,6 +125,7 @@ pub struct Agent {
     retry_at_ms: u64,
     heartbeat_interval: Duration,
     next_heartbeat_ms: u64,
+    ota: OtaLink,
 }
 
 fn unreachable(e: &ClientError) -> bool {
@@ -148,6 +153,7 @@ impl Agent {
             None => client,
         };
         let heartbeat_interval = cfg.heartbeat;
+        let ota = OtaLink::new(cfg.ota_socket.clone());
         Ok(Agent {
             cfg,
             dir,
@@ -159,6 +165,7 @@ impl Agent {
             retry_at_ms: 0,
             heartbeat_interval,
             next_heartbeat_ms: 0,
+            ota,
         })
     }
 
@@ -189,9 +196,14 @@ impl Agent {
             if self.state.node_id.is_none() {
                 self.try_register();
             } else if self.session_due(now) {
+                // A reboot for an update would waste the session.
+                self.ota.say(Activity::Busy);
                 self.try_session();
             }
         }
+        // Between steps nothing of the agent's would be disturbed (apps
+        // will be the other reason to be busy).
+        self.ota.say(Activity::Idle);
         if self.state.node_id.is_some() && now_ms() >= self.next_heartbeat_ms {
             self.try_heartbeat();
         }

@@ -13,11 +13,13 @@
 //! - [`agent`]: the daemon's state machine and loop.
 //! - [`state`]: what the agent keeps on /var, written atomically.
 //! - [`status`]: `fluxnode status`.
+//! - [`ota_link`]: tells the update client when the node is busy or idle.
 #![deny(missing_docs)]
 
 pub mod agent;
 pub mod attest;
 pub mod client;
+pub mod ota_link;
 pub mod register;
 pub mod state;
 pub mod status;

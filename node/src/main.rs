@@ -40,7 +40,7 @@ enum Cmd {
     /// unless given here. With no registry configured the agent says so and
     /// exits 0: an image built without one proves nothing to anyone.
     Agent {
-        /// The agent's configuration (TOML: registry, ca, tcti, interval_h).
+        /// The agent's configuration (TOML: registry, ca, tcti, interval_h, ota_socket).
         #[arg(long, default_value = "/etc/fluxnode/node.toml")]
         config: PathBuf,
         /// The registry, https://host:port (overrides the config).
@@ -110,6 +110,10 @@ struct NodeConfig {
     /// Hours between sessions.
     #[serde(default = "default_interval")]
     interval_h: f64,
+    /// The update client's local API, told when the node is busy or idle;
+    /// `""`: tell nothing.
+    #[serde(default = "default_ota_socket")]
+    ota_socket: PathBuf,
 }
 
 fn default_ca() -> PathBuf {
@@ -117,6 +121,9 @@ fn default_ca() -> PathBuf {
 }
 fn default_tcti() -> String {
     fluxnode_hal::tpm::DEFAULT_TCTI.into()
+}
+fn default_ota_socket() -> PathBuf {
+    fluxnode_node::ota_link::DEFAULT_SOCKET.into()
 }
 fn default_interval() -> f64 {
     6.0
@@ -173,6 +180,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 image: agent::image_info(),
                 boot_id: agent::boot_id(),
                 event_log: Some(fluxnode_hal::tpm::eventlog::DEFAULT_PATH.into()),
+                ota_socket: Some(file.ota_socket).filter(|p| !p.as_os_str().is_empty()),
             };
             let signals =
                 fluxnode_lowlevel::signals::SignalFd::block(&[libc::SIGTERM, libc::SIGINT])

@@ -836,6 +836,10 @@ mod tests {
             toml::from_str(include_str!("../../image/services/ota/config.toml")).unwrap();
         assert_eq!(c.repository, None, "the shipped image names no repository");
         assert_eq!(c.reboot, RebootPolicy::Now);
+        let demo: DaemonConfig =
+            toml::from_str(include_str!("../../image/services/demo/ota.toml")).unwrap();
+        assert_eq!(demo.reboot, RebootPolicy::Idle { max_wait_s: 600 });
+        assert!(demo.repository.is_some());
     }
 
     #[test]

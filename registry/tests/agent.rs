@@ -56,6 +56,11 @@ fn the_agent_waits_out_a_down_registry_registers_attests_and_keeps_its_state() {
         .unwrap()
         .port();
     let state = tmp.path().join("node");
+    // The update client's real local API: the agent tells it when the node
+    // is idle (an update's reboot held for that may go ahead).
+    let ota = fluxnode_ota::api::Api::default();
+    let ota_sock = tmp.path().join("ota.sock");
+    ota.spawn(&ota_sock).unwrap();
     let config = Config {
         registry: format!("https://127.0.0.1:{port}"),
         ca_pem: std::fs::read(dir.path("ca.pem")).unwrap(),
@@ -72,6 +77,7 @@ fn the_agent_waits_out_a_down_registry_registers_attests_and_keeps_its_state() {
         },
         boot_id: "boot-1".into(),
         event_log: None,
+        ota_socket: Some(ota_sock),
     };
 
     // Down: the agent records why and waits, growing its wait.
@@ -87,6 +93,32 @@ fn the_agent_waits_out_a_down_registry_registers_attests_and_keeps_its_state() {
     );
     let key = std::fs::read(state.join("node.key")).unwrap();
     let ak = std::fs::read(state.join("ak.json")).unwrap();
+
+    assert!(ota.idle(), "nothing in flight: idle");
+    // Watch the update client's view while the agent works: busy during
+    // the session (seconds of benchmarks), idle again after.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(vec![true]));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (ota, seen, stop) = (ota.clone(), seen.clone(), stop.clone());
+        std::thread::spawn(move || {
+            loop {
+                // Read once more after `stop`: the last word was taken
+                // before the agent's step returned.
+                let last = stop.load(std::sync::atomic::Ordering::Relaxed);
+                let now = ota.idle();
+                let mut s = seen.lock().unwrap();
+                if s.last() != Some(&now) {
+                    s.push(now);
+                }
+                drop(s);
+                if last {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
 
     // Up: it registers on its next turn, then attests.
     let running = server::start(&dir, Some(&format!("127.0.0.1:{port}"))).unwrap();
@@ -104,6 +136,13 @@ fn the_agent_waits_out_a_down_registry_registers_attests_and_keeps_its_state() {
     assert_eq!(st.attested_boot_id.as_deref(), Some("boot-1"));
     assert!(state.join("tier-certificate.json").exists());
     assert!(st.last_heartbeat_ms.is_some(), "a heartbeat went out");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    watcher.join().unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [true, false, true],
+        "the update client heard busy for the session, then idle"
+    );
 
     // Restarted on the same boot: same identity, nothing to do but wait.
     drop(agent);

@@ -361,6 +361,16 @@ fn update_step(
     let start = log[..at].rfind('\n').map_or(0, |i| i + 1);
     let end = log[at..].find('\n').map_or(log.len(), |i| at + i);
     let line = log[start..end].trim().to_string();
+    // The demo's reboot policy waits for the agent's word (or ten minutes).
+    let at = wait(vm, &format!("rebooting: to run {NEXT_VERSION}"), at)?;
+    let log = vm.log();
+    let reboot = log[at..]
+        .split('\n')
+        .next()
+        .unwrap_or("")
+        .trim_start_matches(':')
+        .trim()
+        .to_string();
     let at = wait(vm, "fluxnode-init: boot blessed", at)?;
     wait(vm, &format!("update to {NEXT_VERSION} succeeded"), at)?;
     eprintln!(
@@ -369,6 +379,7 @@ fn update_step(
         vm.elapsed() - t0,
         line.split("ota: INFO  ").nth(1).unwrap_or(&line)
     );
+    eprintln!("demo: it rebooted: {reboot}");
     eprintln!("demo: {NEXT_VERSION} passed its health checks and init blessed it (the commit); {} stays in the other slot as the fallback", v1.manifest.version);
     Ok(())
 }
