@@ -89,6 +89,47 @@ fn notify_service_gates_its_dependents() {
 }
 
 #[test]
+fn what_a_service_says_before_ready_is_logged_before_its_ready_line() {
+    need_namespaces!();
+    // Each service writes a line and sends READY=1 at once: both are
+    // waiting when init's poll returns, and the output must win.
+    let services: Vec<(String, String)> = (0..8)
+        .map(|k| {
+            (
+                format!("svc{k}"),
+                sh(
+                    &format!(
+                        "echo said-before-ready-{k}; {}; exec sleep 60",
+                        notify_cmd("READY=1")
+                    ),
+                    "type = \"notify\"",
+                ),
+            )
+        })
+        .collect();
+    let refs: Vec<(&str, String)> = services
+        .iter()
+        .map(|(n, s)| (n.as_str(), s.clone()))
+        .collect();
+    let ns = Ns::start("order", &refs, "");
+    ns.wait_for("all services ready", 20);
+    let lines = ns.lines();
+    let pos = |p: &str| {
+        lines
+            .iter()
+            .position(|l| l.text.contains(p))
+            .unwrap_or_else(|| panic!("no {p:?}:\n{}", ns.log()))
+    };
+    for k in 0..8 {
+        assert!(
+            pos(&format!("said-before-ready-{k}")) < pos(&format!("svc{k} is ready")),
+            "svc{k}'s line came after its ready line:\n{}",
+            ns.log()
+        );
+    }
+}
+
+#[test]
 fn crash_restarts_with_growing_backoff() {
     need_namespaces!();
     let ns = Ns::start(

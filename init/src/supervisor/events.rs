@@ -227,6 +227,12 @@ impl Supervisor {
             let Some(i) = self.notify_sender(pid, uid) else {
                 continue;
             };
+            // What the service wrote before this message is logged before
+            // what init says of it ("X is ready"), as its output is before
+            // its exit: the notify socket comes first in the poll set, so
+            // without this a line written just before READY=1 could come
+            // after the ready line.
+            self.read_output(i, None);
             let s = &mut self.services[i];
             let now = sys::monotonic_ms();
             for n in crate::notify::parse(&d.msg) {
