@@ -16,6 +16,7 @@ use std::io::Write;
 
 pub mod faulty_http;
 pub mod nginx;
+pub mod oci_registry;
 pub mod postgres;
 pub mod swtpm;
 

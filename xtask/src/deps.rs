@@ -68,6 +68,13 @@ pub const PACKAGES: &[&str] = &[
     // from `dbus-daemon --session`, whose config is the session package's
     "dbus-daemon",
     "dbus-session-bus-common",
+    // apps (issue 14): a real OCI registry (the CNCF distribution
+    // registry) on loopback, and a one-binary test image built with umoci
+    // from busybox-static and pushed with skopeo
+    "docker-registry",
+    "skopeo",
+    "umoci",
+    "busybox-static",
 ];
 
 fn installed(pkg: &str) -> bool {

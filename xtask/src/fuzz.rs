@@ -28,6 +28,7 @@ const FUZZ_DIRS: &[&str] = &[
     "image/fuzz",
     "protocol/fuzz",
     "ota/fuzz",
+    "apps/fuzz",
 ];
 
 pub fn run(args: Args) -> Result<()> {

@@ -1,0 +1,23 @@
+//! # fluxnode-apps
+//!
+//! Apps on the node: what a publisher asks for, whether it fits, and the
+//! image it runs, fetched and unpacked without trusting a byte of it.
+//! The node daemon (`fluxnode-node`) drives these; nothing here starts a
+//! process, and only [`pull`] talks to the network.
+//!
+//! - [`spec`]: the app spec (TOML or JSON), validated field by field.
+//! - [`capacity`]: the node's capacity for apps, and why a spec does not fit.
+//! - [`reference`]: image references and SHA-256 digests.
+//! - [`store`]: the content-addressed blob store on /var: verified while
+//!   written, resumable, garbage-collected.
+//! - [`pull`]: images from any OCI distribution registry into the store.
+//! - [`unpack`]: one layer into its own directory, refusing escapes and
+//!   devices, OCI whiteouts turned into overlayfs ones.
+#![deny(missing_docs)]
+
+pub mod capacity;
+pub mod pull;
+pub mod reference;
+pub mod spec;
+pub mod store;
+pub mod unpack;

@@ -1,0 +1,100 @@
+//! Pull and unpack against the real CNCF distribution registry (Debian's
+//! `docker-registry`), with an image built from `busybox-static` by umoci
+//! and pushed by skopeo: what an app publisher does.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::fs;
+
+use fluxnode_apps::pull::{PullError, Puller};
+use fluxnode_apps::reference::{Digest, Reference};
+use fluxnode_apps::store::{Store, StoreError};
+use fluxnode_apps::unpack::{unpack_layer, Options, Ownership};
+use fluxnode_testkit::oci_registry::{push_busybox, OciRegistry};
+
+#[test]
+fn an_image_pushed_by_skopeo_is_pulled_verified_and_unpacked() {
+    let Some(reg) = OciRegistry::start() else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let pushed = push_busybox(
+        &reg,
+        "hello:1.0",
+        &["/bin/busybox", "httpd", "-f"],
+        work.path(),
+    )
+    .unwrap();
+    let st = tempfile::tempdir().unwrap();
+    let store = Store::open(st.path()).unwrap();
+    let r = Reference::parse(&format!("{}/hello:1.0", reg.addr())).unwrap();
+    let img = Puller::new(&store, vec![reg.addr()], None)
+        .pull(&r, &mut |_| {})
+        .unwrap();
+    assert_eq!(
+        img.manifest,
+        Digest::parse(&pushed).unwrap(),
+        "the manifest skopeo pushed"
+    );
+    assert_eq!(
+        img.config_json
+            .config()
+            .as_ref()
+            .unwrap()
+            .entrypoint()
+            .as_deref(),
+        Some(&["/bin/busybox".to_string(), "httpd".into(), "-f".into()][..])
+    );
+    // Every layer unpacks to what its config's diff_id says.
+    let mut found = false;
+    for (layer, diff_id) in img.layers.iter().zip(&img.diff_ids) {
+        let dest = store.layer_tmp_path(layer);
+        fs::create_dir_all(&dest).unwrap();
+        let blob = fs::File::open(store.blob_path(layer)).unwrap();
+        let opts = Options {
+            ownership: Ownership::Ignore,
+            ..Options::default()
+        };
+        let rep = unpack_layer(blob, &dest, &opts).unwrap();
+        assert_eq!(rep.diff_id, *diff_id);
+        if let Ok(b) = fs::read(dest.join("bin/busybox")) {
+            assert_eq!(b, fs::read("/bin/busybox").unwrap());
+            found = true;
+        }
+    }
+    assert!(found, "bin/busybox is in a layer");
+    // By digest, from the store, after a "reboot" (no network needed).
+    let again = fluxnode_apps::pull::Image::load(&store, &img.manifest).unwrap();
+    assert_eq!(again.layers, img.layers);
+}
+
+#[test]
+fn a_blob_damaged_in_the_registry_is_refused() {
+    let Some(reg) = OciRegistry::start() else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    push_busybox(&reg, "hello:1.0", &["/bin/busybox"], work.path()).unwrap();
+    let st = tempfile::tempdir().unwrap();
+    let store = Store::open(st.path()).unwrap();
+    let r = Reference::parse(&format!("{}/hello:1.0", reg.addr())).unwrap();
+    // Find the layer through a first pull into another store.
+    let other = tempfile::tempdir().unwrap();
+    let probe = Store::open(other.path()).unwrap();
+    let img = Puller::new(&probe, vec![reg.addr()], None)
+        .pull(&r, &mut |_| {})
+        .unwrap();
+    let layer = img.layers[0];
+    let data = reg.blob_data(&layer.hex());
+    let mut bytes = fs::read(&data).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    fs::write(&data, bytes).unwrap();
+    let err = Puller::new(&store, vec![reg.addr()], None)
+        .pull(&r, &mut |_| {})
+        .unwrap_err();
+    assert!(
+        matches!(err, PullError::Store(StoreError::DigestMismatch { expected, .. }) if expected == layer),
+        "{err}"
+    );
+    assert!(!store.has(&layer));
+}
