@@ -11,6 +11,8 @@
 //! - [`store`]: the content-addressed blob store on /var: verified while
 //!   written, resumable, garbage-collected.
 //! - [`pull`]: images from any OCI distribution registry into the store.
+//! - [`runtime`]: the OCI runtime spec an app runs under (crun's config.json).
+//! - [`seccomp`]: Debian's default seccomp profile, cut for an app's capabilities.
 //! - [`unpack`]: one layer into its own directory, refusing escapes and
 //!   devices, OCI whiteouts turned into overlayfs ones.
 #![deny(missing_docs)]
@@ -18,6 +20,8 @@
 pub mod capacity;
 pub mod pull;
 pub mod reference;
+pub mod runtime;
+pub mod seccomp;
 pub mod spec;
 pub mod store;
 pub mod unpack;
