@@ -6,11 +6,13 @@
 //! process, and only [`pull`] talks to the network.
 //!
 //! - [`spec`]: the app spec (TOML or JSON), validated field by field.
+//! - [`cgroup`]: the apps' parent group capped at the capacity; the kernel's counters per app.
 //! - [`capacity`]: the node's capacity for apps, and why a spec does not fit.
 //! - [`reference`]: image references and SHA-256 digests.
 //! - [`store`]: the content-addressed blob store on /var: verified while
 //!   written, resumable, garbage-collected.
 //! - [`pull`]: images from any OCI distribution registry into the store.
+//! - [`rootfs`]: layers unpacked once, checked against their diff_ids; the overlay options.
 //! - [`runtime`]: the OCI runtime spec an app runs under (crun's config.json).
 //! - [`seccomp`]: Debian's default seccomp profile, cut for an app's capabilities.
 //! - [`unpack`]: one layer into its own directory, refusing escapes and
@@ -18,8 +20,10 @@
 #![deny(missing_docs)]
 
 pub mod capacity;
+pub mod cgroup;
 pub mod pull;
 pub mod reference;
+pub mod rootfs;
 pub mod runtime;
 pub mod seccomp;
 pub mod spec;

@@ -98,3 +98,36 @@ fn a_blob_damaged_in_the_registry_is_refused() {
     );
     assert!(!store.has(&layer));
 }
+
+#[test]
+fn layers_are_unpacked_once_and_checked_against_their_diff_ids() {
+    let Some(reg) = OciRegistry::start() else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    push_busybox(&reg, "hello:1.0", &["/bin/busybox"], work.path()).unwrap();
+    let st = tempfile::tempdir().unwrap();
+    let store = Store::open(st.path()).unwrap();
+    let r = Reference::parse(&format!("{}/hello:1.0", reg.addr())).unwrap();
+    let img = Puller::new(&store, vec![reg.addr()], None)
+        .pull(&r, &mut |_| {})
+        .unwrap();
+    let opts = Options {
+        ownership: Ownership::Ignore,
+        ..Options::default()
+    };
+    let dirs = fluxnode_apps::rootfs::prepare_layers(&store, &img, &opts).unwrap();
+    assert_eq!(dirs.len(), img.layers.len());
+    assert!(dirs.iter().any(|d| d.join("bin/busybox").is_file()));
+    // A second app of the same image reuses them (a marker survives).
+    fs::write(dirs[0].join(".marker"), "").unwrap();
+    fluxnode_apps::rootfs::prepare_layers(&store, &img, &opts).unwrap();
+    assert!(dirs[0].join(".marker").exists());
+    // A config whose diff_id does not match is refused, and nothing is left.
+    let mut bad = img.clone();
+    bad.diff_ids[0] = Digest::of(b"not this layer");
+    fs::remove_dir_all(&dirs[0]).unwrap();
+    let err = fluxnode_apps::rootfs::prepare_layers(&store, &bad, &opts).unwrap_err();
+    assert!(err.to_string().contains("the image was refused"), "{err}");
+    assert!(!dirs[0].exists() && !store.layer_tmp_path(&bad.layers[0]).exists());
+}
