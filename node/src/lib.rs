@@ -13,10 +13,12 @@
 //! - [`agent`]: the daemon's state machine and loop.
 //! - [`state`]: what the agent keeps on /var, written atomically.
 //! - [`status`]: `fluxnode status`.
+//! - [`apps`]: apps on /var, this machine's capacity, `fluxnode app check` and `pull`.
 //! - [`ota_link`]: tells the update client when the node is busy or idle.
 #![deny(missing_docs)]
 
 pub mod agent;
+pub mod apps;
 pub mod attest;
 pub mod client;
 pub mod ota_link;

@@ -79,6 +79,38 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         wait_s: u64,
     },
+    /// Apps on this node (in progress: checking specs and pulling images
+    /// works; running them comes next, see docs/APPS.md).
+    #[command(subcommand)]
+    App(AppCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum AppCmd {
+    /// Checks an app spec (TOML or JSON; `-` reads stdin) and whether it
+    /// fits on this node beside the apps already placed. Says which field
+    /// is wrong, or which resource is short and by how much. Exit 0: it
+    /// would be accepted; 2: refused.
+    Check {
+        /// The spec file.
+        spec: PathBuf,
+        /// JSON for machines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pulls an image into the node's store (/var/lib/fluxnode/oci),
+    /// verifying every byte, resuming what an earlier pull left.
+    Pull {
+        /// The image: [REGISTRY/]REPOSITORY[:TAG][@sha256:DIGEST].
+        image: String,
+        /// Reach this registry (host:port) over plain HTTP (a local test
+        /// registry); repeatable.
+        #[arg(long = "insecure-registry")]
+        insecure: Vec<String>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -257,6 +289,103 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&s)?);
             } else {
                 print!("{}", status::render(&s));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::App(a) => app(&cli.state_dir, a),
+    }
+}
+
+fn app(state_dir: &std::path::Path, cmd: AppCmd) -> Result<ExitCode> {
+    use fluxnode_node::apps::{self, AppsDir};
+    let dir = AppsDir::new(state_dir);
+    match cmd {
+        AppCmd::Check { spec, json } => {
+            let text = if spec.as_os_str() == "-" {
+                let mut s = String::new();
+                std::io::Read::read_to_string(
+                    &mut std::io::Read::take(std::io::stdin(), 1 << 20),
+                    &mut s,
+                )
+                .context("reading the spec from stdin")?;
+                s
+            } else {
+                std::fs::read_to_string(&spec)
+                    .with_context(|| format!("reading {}", spec.display()))?
+            };
+            let cap = apps::machine_capacity(state_dir)
+                .with_context(|| format!("measuring the capacity under {}", state_dir.display()))?;
+            let r = apps::check(&text, &dir.placed(), &cap);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&apps::check_json(&r, &cap))?
+                );
+            } else {
+                match &r {
+                    Ok(s) => println!(
+                        "{}: accepted (fits in {} cores, {} MiB, {} MiB of disk for apps)",
+                        s.name,
+                        cap.cpu_milli as f64 / 1000.0,
+                        cap.memory_mib,
+                        cap.disk_mib
+                    ),
+                    Err(e) => println!("{}: refused: {e}", spec.display()),
+                }
+            }
+            Ok(if r.is_ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
+        }
+        AppCmd::Pull {
+            image,
+            insecure,
+            json,
+        } => {
+            let r = fluxnode_apps::reference::Reference::parse(&image)?;
+            let store_dir = dir.store();
+            let store = fluxnode_apps::store::Store::open(&store_dir)
+                .with_context(|| format!("opening the image store {}", store_dir.display()))?;
+            let mut puller = fluxnode_apps::pull::Puller::new(&store, insecure, None);
+            let t0 = std::time::Instant::now();
+            let img = puller
+                .pull(&r, &mut |p| {
+                    use fluxnode_apps::pull::Progress;
+                    match p {
+                        Progress::Blob { digest, from, size } if from > 0 => {
+                            eprintln!("{digest}: resuming at {from} of {size} bytes")
+                        }
+                        Progress::Blob { digest, size, .. } => eprintln!("{digest}: {size} bytes"),
+                        Progress::Bytes { digest, done, size } => {
+                            eprintln!("{digest}: {done}/{size} ({}%)", done * 100 / size.max(1))
+                        }
+                        Progress::Present { digest } => eprintln!("{digest}: already here"),
+                        Progress::Resume { digest, at, why } => {
+                            eprintln!("{digest}: connection lost at {at} ({why}); resuming")
+                        }
+                    }
+                })
+                .with_context(|| format!("pulling {r}"))?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "reference": r.to_string(),
+                        "manifest": img.manifest,
+                        "config": img.config,
+                        "layers": img.layers,
+                        "seconds": t0.elapsed().as_secs_f64(),
+                    }))?
+                );
+            } else {
+                println!(
+                    "{r}: {} ({} layers) in {:.1} s",
+                    img.manifest,
+                    img.layers.len(),
+                    t0.elapsed().as_secs_f64()
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
