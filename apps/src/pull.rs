@@ -30,6 +30,10 @@ use crate::store::{Store, StoreError};
 pub const MAX_MANIFEST: u64 = 4 << 20;
 /// The largest image config read.
 pub const MAX_CONFIG: u64 = 8 << 20;
+/// The most layers an image may have: the overlay mount's options (one
+/// page) hold about 40 of the store's layer paths.
+pub const MAX_LAYERS: usize = 40;
+
 /// How many times one blob download is resumed after a dropped connection.
 pub const RESUMES: u32 = 5;
 
@@ -229,8 +233,11 @@ pub struct Puller<'a> {
     /// Registries spoken to over plain HTTP (a local test registry).
     insecure: Vec<String>,
     creds: Option<Credentials>,
-    /// The `Authorization` value the registry accepted.
+    /// The `Authorization` value the registry accepted, for this pull's
+    /// registry only (cleared at each pull, never sent to another origin).
     token: Option<String>,
+    /// The most bytes one image's blobs may take, all together.
+    max_total: u64,
 }
 
 impl<'a> Puller<'a> {
@@ -252,7 +259,20 @@ impl<'a> Puller<'a> {
             insecure,
             creds,
             token: None,
+            max_total: 64 << 30,
         }
+    }
+
+    /// Caps the bytes one image's blobs may take (the node passes what its
+    /// disk can spare); an image that declares more is refused before any
+    /// layer is fetched.
+    pub fn with_max_total(mut self, bytes: u64) -> Self {
+        self.max_total = bytes;
+        self
+    }
+
+    fn insecure(&self, r: &Reference) -> bool {
+        self.insecure.iter().any(|i| i == &r.registry)
     }
 
     fn base(&self, r: &Reference) -> String {
@@ -272,6 +292,7 @@ impl<'a> Puller<'a> {
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Image, PullError> {
         let base = self.base(r);
+        self.token = None;
         let (digest, bytes) = self.manifest(r, &base, &r.manifest_ref(), r.digest)?;
         let value: serde_json::Value = parse_json(&bytes, &base)?;
         let is_index = value.get("manifests").is_some();
@@ -294,6 +315,29 @@ impl<'a> Puller<'a> {
             return Err(manifest_err(
                 &base,
                 format!("the config is {} bytes; at most {MAX_CONFIG}", cfg.size()),
+            ));
+        }
+        if m.layers().len() > MAX_LAYERS {
+            return Err(manifest_err(
+                &base,
+                format!(
+                    "the image has {} layers; at most {MAX_LAYERS} are run on a node",
+                    m.layers().len()
+                ),
+            ));
+        }
+        let total = m
+            .layers()
+            .iter()
+            .try_fold(cfg.size(), |t, l| t.checked_add(l.size()))
+            .unwrap_or(u64::MAX);
+        if total > self.max_total {
+            return Err(manifest_err(
+                &base,
+                format!(
+                    "the image's blobs take {total} bytes; this node accepts at most {}",
+                    self.max_total
+                ),
             ));
         }
         self.blob(r, &base, cfg, progress)?;
@@ -373,6 +417,16 @@ impl<'a> Puller<'a> {
             size,
         });
         let mut resumes = 0;
+        if w.offset() == size {
+            // A power cut between the last write and the rename: the bytes
+            // may all be here. Check them; a mismatch removed the partial.
+            match w.commit() {
+                Ok(()) => return Ok(()),
+                Err(StoreError::DigestMismatch { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+            w = self.store.begin(&digest, size)?;
+        }
         loop {
             let from = w.offset();
             let range = format!("bytes={from}-");
@@ -383,9 +437,22 @@ impl<'a> Puller<'a> {
             };
             let failed = match self.get(r, &url, &headers) {
                 Ok(resp) => {
-                    if from > 0 && resp.status() != 206 {
-                        // The whole blob again: start over.
+                    if from > 0 && !content_range_starts_at(&resp, from) {
+                        // The whole blob again (200), or another range than
+                        // asked: start over from byte 0 of this body only
+                        // if it is the whole blob; else ask again without
+                        // a range.
                         w.restart()?;
+                        if resp.status() == 206 {
+                            resumes += 1;
+                            if resumes > RESUMES {
+                                return Err(manifest_err(
+                                    &url,
+                                    "the registry keeps answering another range than asked",
+                                ));
+                            }
+                            continue;
+                        }
                     }
                     match copy_into(resp, &mut w, &digest, progress) {
                         Ok(()) => None,
@@ -394,6 +461,11 @@ impl<'a> Puller<'a> {
                     }
                 }
                 Err(PullError::Transport { why, .. }) => Some(why),
+                Err(PullError::Status { status: 416, .. }) if from > 0 => {
+                    // What we hold is not a prefix the server knows: refetch.
+                    w.restart()?;
+                    Some("the registry refused the range (416)".to_string())
+                }
                 Err(e) => return Err(e),
             };
             match failed {
@@ -482,12 +554,14 @@ impl<'a> Puller<'a> {
                 let next = url::Url::parse(&target)
                     .and_then(|u| u.join(&loc))
                     .map_err(|e| manifest_err(&target, format!("bad redirect {loc:?}: {e}")))?;
-                let host = |s: &str| {
+                // Scheme, host and port: a redirect to plain HTTP, or to
+                // blob storage elsewhere, gets no Authorization header.
+                let origin = |s: &str| {
                     url::Url::parse(s)
                         .ok()
-                        .and_then(|u| u.host_str().map(str::to_string))
+                        .map(|u| u.origin().ascii_serialization())
                 };
-                same_host = same_host && host(next.as_str()) == host(url);
+                same_host = same_host && origin(next.as_str()) == origin(url);
                 target = next.to_string();
                 continue;
             }
@@ -530,6 +604,11 @@ impl<'a> Puller<'a> {
             .ok_or_else(|| auth_err("the challenge has no realm".into()))?;
         let mut token_url =
             url::Url::parse(&realm).map_err(|e| auth_err(format!("realm {realm:?}: {e}")))?;
+        if token_url.scheme() != "https" && !self.insecure(r) {
+            return Err(auth_err(format!(
+                "the token realm {realm:?} is not HTTPS; credentials and tokens are only sent over HTTPS"
+            )));
+        }
         {
             let mut q = token_url.query_pairs_mut();
             if let Some((_, s)) = params.iter().find(|(k, _)| k == "service") {
@@ -626,6 +705,18 @@ fn copy_into(
             since_report = 0;
         }
     }
+}
+
+/// Whether a response carries the bytes from `from` on: a 206 whose
+/// `Content-Range` starts there.
+fn content_range_starts_at(resp: &ureq::Response, from: u64) -> bool {
+    resp.status() == 206
+        && resp
+            .header("Content-Range")
+            .and_then(|v| v.trim().strip_prefix("bytes "))
+            .and_then(|v| v.split_once('-'))
+            .and_then(|(start, _)| start.trim().parse::<u64>().ok())
+            == Some(from)
 }
 
 /// The linux/amd64 manifest of an index (the first, when several).

@@ -184,8 +184,21 @@ fn user(b: &Bundle<'_>) -> Result<(u32, u32), RuntimeError> {
                 .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
         })
     };
+    // As Docker: a numeric uid takes its primary group from the image's
+    // passwd when it is there, else group 0.
+    let by_uid = |uid: u32| -> u32 {
+        b.passwd
+            .and_then(|p| {
+                p.lines().find_map(|l| {
+                    let f: Vec<&str> = l.split(':').collect();
+                    (f.len() >= 4 && f[2].parse::<u32>().ok() == Some(uid))
+                        .then(|| f[3].parse().ok())?
+                })
+            })
+            .unwrap_or(0)
+    };
     let (uid, primary_gid) = match u.parse::<u32>() {
-        Ok(n) => (n, n),
+        Ok(n) => (n, by_uid(n)),
         Err(_) => lookup(u).ok_or_else(bad)?,
     };
     let gid = match g {
@@ -212,6 +225,7 @@ pub fn runtime_spec(b: &Bundle<'_>) -> Result<Spec, RuntimeError> {
         env.retain(|e| e.split_once('=').map(|(ek, _)| ek) != Some(k.as_str()));
         env.push(format!("{k}={v}"));
     }
+    env.retain(|e| !e.starts_with("HOSTNAME="));
     env.push(format!("HOSTNAME={}", s.name));
     let cwd = cfg
         .and_then(|c| c.working_dir().clone())

@@ -13,11 +13,13 @@
 //! - an entry under a symlink (the classic `lib -> /etc` then
 //!   `lib/passwd`): every parent directory is opened with `O_NOFOLLOW`, one
 //!   component at a time, so nothing is ever written through a link;
-//! - a relative symlink whose target climbs out of the layer. Absolute
+//! - a relative symlink whose target climbs out of the layer, or has a
+//!   `..` after a name (which could climb through another symlink). Absolute
 //!   targets (`/bin/sh -> /bin/busybox`) are kept: inside the app they
 //!   resolve within its root, and they are never followed here;
-//! - a hard link to an absolute path, through `..`, or to anything this
-//!   layer has not itself written;
+//! - a hard link to an absolute path, through `..`, to a symlink, or to
+//!   anything this layer has not itself written;
+//! - a whiteout of `.` or `..` (`.wh..`, `.wh...`);
 //! - character and block devices (whiteouts aside), and entry types with
 //!   no meaning in a root filesystem;
 //! - more bytes or entries than the limits allow (a decompression bomb).
@@ -25,6 +27,10 @@
 //! The compression is read from the first bytes (gzip, zstd or none), not
 //! trusted from the media type, and the uncompressed stream is hashed: the
 //! caller compares it with the config's `diff_id`.
+//!
+//! Host code that reads an unpacked tree (an image's /etc/passwd, say) must
+//! never follow its symlinks: absolute ones point at the host's root when
+//! seen from the host. Read such files with `openat2(RESOLVE_IN_ROOT)`.
 
 use std::collections::HashSet;
 use std::ffi::{CString, OsStr};
@@ -196,6 +202,133 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
+/// The largest tar extension header (GNU long name or link, PAX) read.
+pub const MAX_EXT_HEADER: u64 = 64 * 1024;
+
+/// Sits between the stream and the tar crate, which reads a GNU long-name,
+/// long-link or PAX header whole into memory before we see its entry: a
+/// header claiming gigabytes (a few MB gzipped) would be read whole. This
+/// reader follows the 512-byte header structure itself (honouring a PAX
+/// `size` override, as the tar crate does) and refuses such a header
+/// first.
+struct HeaderGuard<R> {
+    inner: R,
+    header: [u8; 512],
+    have: usize,
+    /// Bytes left in the current entry's body (padded to 512).
+    body_left: u64,
+    /// The body of a PAX header being passed through, for its `size`.
+    pax: Option<Vec<u8>>,
+    /// A `size` a PAX header set for the next entry.
+    next_size: Option<u64>,
+}
+
+impl<R> HeaderGuard<R> {
+    fn new(inner: R) -> Self {
+        HeaderGuard {
+            inner,
+            header: [0; 512],
+            have: 0,
+            body_left: 0,
+            pax: None,
+            next_size: None,
+        }
+    }
+
+    fn bad(why: String) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, why)
+    }
+
+    /// A complete header: where its body ends.
+    fn on_header(&mut self) -> io::Result<()> {
+        let h = &self.header;
+        let kind = h[156];
+        let field = &h[124..136];
+        let size = if field[0] & 0x80 != 0 {
+            field[1..]
+                .iter()
+                .try_fold(0u64, |v, b| v.checked_mul(256)?.checked_add(u64::from(*b)))
+        } else {
+            let t: Vec<u8> = field
+                .iter()
+                .copied()
+                .filter(|b| *b != 0 && *b != b' ')
+                .collect();
+            if t.is_empty() {
+                Some(0)
+            } else {
+                std::str::from_utf8(&t)
+                    .ok()
+                    .and_then(|t| u64::from_str_radix(t, 8).ok())
+            }
+        };
+        // An unreadable size: let the tar crate say what is wrong.
+        let Some(size) = size else { return Ok(()) };
+        let extension = matches!(kind, b'L' | b'K' | b'x' | b'g');
+        if extension && size > MAX_EXT_HEADER {
+            return Err(Self::bad(format!(
+                "a tar extension header ('{}') of {size} bytes; at most {MAX_EXT_HEADER} are read",
+                kind as char
+            )));
+        }
+        let size = if extension {
+            size
+        } else {
+            self.next_size.take().unwrap_or(size)
+        };
+        self.pax = (kind == b'x').then(Vec::new);
+        self.body_left = size
+            .checked_add(511)
+            .map(|v| v / 512 * 512)
+            .ok_or_else(|| Self::bad("a tar entry size past 2^64".into()))?;
+        self.finish_body();
+        Ok(())
+    }
+
+    /// A body ended: a PAX header's `size` applies to the next entry.
+    fn finish_body(&mut self) {
+        if self.body_left != 0 {
+            return;
+        }
+        if let Some(pax) = self.pax.take() {
+            for rec in pax.split(|b| *b == b'\n') {
+                let Some(sp) = rec.iter().position(|b| *b == b' ') else {
+                    continue;
+                };
+                if let Some(v) = rec[sp + 1..].strip_prefix(b"size=") {
+                    self.next_size = std::str::from_utf8(v).ok().and_then(|v| v.parse().ok());
+                }
+            }
+        }
+    }
+}
+
+impl<R: Read> Read for HeaderGuard<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.body_left > 0 {
+            let want = buf
+                .len()
+                .min(usize::try_from(self.body_left).unwrap_or(usize::MAX));
+            let n = self.inner.read(&mut buf[..want])?;
+            if let Some(pax) = &mut self.pax {
+                pax.extend_from_slice(&buf[..n]);
+            }
+            self.body_left -= n as u64;
+            self.finish_body();
+            return Ok(n);
+        }
+        let want = buf.len().min(512 - self.have);
+        let n = self.inner.read(&mut buf[..want])?;
+        self.header[self.have..self.have + n].copy_from_slice(&buf[..n]);
+        self.have += n;
+        if self.have == 512 {
+            self.have = 0;
+            self.on_header()?;
+        }
+        Ok(n)
+    }
+}
+
 /// Unpacks a layer blob into `dest`, an empty directory that must exist.
 pub fn unpack_layer(blob: impl Read, dest: &Path, opts: &Options) -> Result<Report, UnpackError> {
     let mut buffered = BufReader::with_capacity(256 * 1024, blob);
@@ -218,7 +351,7 @@ pub fn unpack_layer(blob: impl Read, dest: &Path, opts: &Options) -> Result<Repo
         inner: stream,
         hasher: Sha256::new(),
     };
-    let mut archive = tar::Archive::new(hashing);
+    let mut archive = tar::Archive::new(HeaderGuard::new(hashing));
     let root = open_root(dest)?;
     let mut u = Unpacker {
         dest,
@@ -241,7 +374,7 @@ pub fn unpack_layer(blob: impl Read, dest: &Path, opts: &Options) -> Result<Repo
     }
     // The diff_id covers the whole stream, the end-of-archive blocks and
     // any padding after them too: read it to the end (bounded).
-    let mut rest = archive.into_inner();
+    let mut rest = archive.into_inner().inner;
     let drained =
         io::copy(&mut (&mut rest).take(16 << 20), &mut io::sink()).map_err(UnpackError::Archive)?;
     if drained >= 16 << 20 {
@@ -264,7 +397,9 @@ struct Unpacker<'a> {
     opts: &'a Options,
     bytes: u64,
     entries: u64,
-    /// Files (not directories) this layer wrote, for hard links.
+    /// Regular files (and fifos) this layer wrote: what a hard link may
+    /// point at. Symlinks are not in it: a hard link to a symlink would
+    /// copy it to another depth, past the escape check.
     files: HashSet<Vec<Vec<u8>>>,
 }
 
@@ -399,6 +534,14 @@ impl Unpacker<'_> {
         let Some(name) = comps.last() else {
             return Ok(());
         };
+        if name.is_empty() || name.as_slice() == b"." || name.as_slice() == b".." {
+            // components() and the whiteout check keep these out; never
+            // let a bug here turn into removing a parent directory.
+            return Err(UnpackError::Path {
+                entry: show(comps),
+                why: "'.' or '..' as a name",
+            });
+        }
         match self.kind_at(dir, name) {
             None => Ok(()),
             Some(libc::S_IFDIR) => {
@@ -441,7 +584,13 @@ impl Unpacker<'_> {
                         max: size,
                     });
                 }
-                Ok(Some(base + id as u32))
+                base.checked_add(id as u32)
+                    .map(Some)
+                    .ok_or(UnpackError::Owner {
+                        entry: entry.to_string(),
+                        id,
+                        max: size,
+                    })
             }
         }
     }
@@ -516,10 +665,10 @@ impl Unpacker<'_> {
             return Ok(());
         }
         if let Some(hidden) = name.strip_prefix(b".wh.") {
-            if hidden.is_empty() {
+            if hidden.is_empty() || hidden == b"." || hidden == b".." {
                 return Err(UnpackError::Path {
                     entry: shown,
-                    why: "a whiteout without a name",
+                    why: "a whiteout of '', '.' or '..'",
                 });
             }
             let mut target = parents.to_vec();
@@ -570,7 +719,7 @@ impl Unpacker<'_> {
                 // SAFETY: fd was just opened.
                 let mut f = unsafe { File::from_raw_fd(fd) };
                 let room = self.opts.max_bytes - self.bytes;
-                let n = io::copy(&mut (&mut e).take(room + 1), &mut f)
+                let n = io::copy(&mut (&mut e).take(room.saturating_add(1)), &mut f)
                     .map_err(|err| self.io(&comps, err))?;
                 if n > room {
                     return Err(UnpackError::Limit {
@@ -629,7 +778,6 @@ impl Unpacker<'_> {
                     return Err(self.io(&comps, last_os_error()));
                 }
                 self.chown_at(&dir, &comps, uid, gid)?;
-                self.files.insert(comps.clone());
             }
             tar::EntryType::Link => {
                 let target_raw = e
@@ -649,7 +797,7 @@ impl Unpacker<'_> {
                     .map_err(|_| hl("a target outside the layer"))?;
                 if !self.files.contains(&target) {
                     return Err(hl(
-                        "the target is not a file this layer wrote before the link",
+                        "the target is not a regular file this layer wrote before the link",
                     ));
                 }
                 if target == comps {
@@ -709,18 +857,29 @@ impl Unpacker<'_> {
 
 /// Whether a relative symlink target, read from a directory `depth` levels
 /// below the layer's root, climbs above that root.
+///
+/// A `..` after a name is refused as escaping too: the name may be another
+/// symlink of the layer (`up -> ..`, then `x -> up/../secret`), and then
+/// counting levels by words says nothing. Targets are `..`s, then names.
 fn escapes(depth: usize, target: &[u8]) -> bool {
     let mut level = depth as i64;
+    let mut named = false;
     for c in target.split(|b| *b == b'/') {
         match c {
             b"" | b"." => {}
             b".." => {
+                if named {
+                    return true;
+                }
                 level -= 1;
                 if level < 0 {
                     return true;
                 }
             }
-            _ => level += 1,
+            _ => {
+                named = true;
+                level += 1;
+            }
         }
     }
     false
@@ -739,6 +898,9 @@ mod tests {
         assert!(escapes(2, b"../../../etc"));
         assert!(escapes(1, b"x/../../.."));
         assert!(!escapes(1, b"./.././x"));
+        // Through another symlink: `up -> ..` then `x -> up/../secret`.
+        assert!(escapes(3, b"up/../secret"));
+        assert!(!escapes(3, b"../../lib/x86_64-linux-gnu/libc.so.6"));
     }
 
     #[test]

@@ -341,3 +341,61 @@ fn a_registry_that_errors_says_what_to_do() {
         "{err}"
     );
 }
+
+#[test]
+fn a_partial_that_is_already_whole_is_committed_or_refetched() {
+    // A power cut between the last write and the rename leaves every byte
+    // in partial/: no request is needed (a registry would answer the range
+    // `bytes=SIZE-` with 416).
+    let repo = tempfile::tempdir().unwrap();
+    let b = build(repo.path());
+    let srv = FaultyHttp::start(repo.path()).unwrap();
+    let path = format!("/v2/app/blobs/{}", b.layer);
+    let st = tempfile::tempdir().unwrap();
+    put(
+        st.path(),
+        &format!("partial/sha256/{}", b.layer.hex()),
+        &b.layer_bytes,
+    );
+    let store = Store::open(st.path()).unwrap();
+    let (r, insecure) = reference(&srv, "1.0");
+    Puller::new(&store, insecure.clone(), None)
+        .pull(&r, &mut |_| {})
+        .unwrap();
+    assert_eq!(srv.stats(&path).requests, 0);
+    assert!(store.has(&b.layer));
+    // The same length but damaged: fetched again from byte 0.
+    let st = tempfile::tempdir().unwrap();
+    let mut bad = b.layer_bytes.clone();
+    bad[10] ^= 1;
+    put(
+        st.path(),
+        &format!("partial/sha256/{}", b.layer.hex()),
+        &bad,
+    );
+    let store = Store::open(st.path()).unwrap();
+    Puller::new(&store, insecure, None)
+        .pull(&r, &mut |_| {})
+        .unwrap();
+    assert_eq!(srv.stats(&path).requests, 1);
+    assert_eq!(fs::read(store.blob_path(&b.layer)).unwrap(), b.layer_bytes);
+}
+
+#[test]
+fn an_image_larger_than_the_node_accepts_is_refused_before_any_layer() {
+    let repo = tempfile::tempdir().unwrap();
+    let b = build(repo.path());
+    let srv = FaultyHttp::start(repo.path()).unwrap();
+    let st = tempfile::tempdir().unwrap();
+    let store = Store::open(st.path()).unwrap();
+    let (r, insecure) = reference(&srv, "1.0");
+    let err = Puller::new(&store, insecure, None)
+        .with_max_total(100_000)
+        .pull(&r, &mut |_| {})
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("this node accepts at most 100000"),
+        "{err}"
+    );
+    assert_eq!(srv.stats(&format!("/v2/app/blobs/{}", b.layer)).requests, 0);
+}

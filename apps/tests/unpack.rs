@@ -228,7 +228,7 @@ fn hard_links_outside_the_layer_are_refused() {
     fs::write(c.dest.join("planted"), "p").unwrap();
     let err = c.unpack(&tar(&[hardlink("h", "planted")])).unwrap_err();
     assert!(
-        matches!(&err, UnpackError::HardLink { why, .. } if why.contains("not a file this layer wrote")),
+        matches!(&err, UnpackError::HardLink { why, .. } if why.contains("not a regular file this layer wrote")),
         "{err}"
     );
     // One to an earlier file of the layer is the same inode.
@@ -436,4 +436,114 @@ fn owners_are_shifted_into_the_apps_range_and_bounded() {
     let c = case();
     let err = unpack_layer(&tar(&[e])[..], &c.dest, &opts).unwrap_err();
     assert!(matches!(err, UnpackError::Owner { id: 1000, .. }), "{err}");
+}
+
+#[test]
+fn a_whiteout_of_dot_dot_deletes_nothing() {
+    // `.wh...` hides "..": before the fix it removed the directory that
+    // holds the layer, every other unpacked layer with it.
+    let c = case();
+    fs::write(c.outside.join("keep"), "k").unwrap();
+    for name in [".wh...", ".wh..", "a/.wh..."] {
+        let err = unpack_layer(&tar(&[file(name, "")])[..], &c.dest, &unprivileged()).unwrap_err();
+        assert!(
+            matches!(&err, UnpackError::Path { why, .. } if why.contains("whiteout")),
+            "{name}: {err}"
+        );
+        assert!(c.outside.join("keep").exists(), "{name} removed a sibling");
+        assert!(c.dest.exists());
+    }
+}
+
+#[test]
+fn a_huge_extension_header_is_refused_before_it_is_read() {
+    // A GNU long-name header claiming 1 GiB: the tar crate would read it
+    // whole into memory. The stream is never materialised here either.
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::GNULongName);
+    h.set_size(1 << 30);
+    h.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+    h.set_cksum();
+    let stream = std::io::Read::chain(
+        &h.as_bytes()[..],
+        std::io::Read::take(std::io::repeat(b'a'), 1 << 30),
+    );
+    let c = case();
+    let t0 = std::time::Instant::now();
+    let err = unpack_layer(stream, &c.dest, &unprivileged()).unwrap_err();
+    assert!(err.to_string().contains("extension header"), "{err}");
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(5),
+        "it read the header: {:?}",
+        t0.elapsed()
+    );
+    // A long name of reasonable size still works (the guard follows the
+    // structure: the entry after it is found).
+    let long = format!("{}/file", "d".repeat(200));
+    let mut b = tar::Builder::new(Vec::new());
+    for name in [long.as_str(), "after"] {
+        let mut hh = tar::Header::new_gnu();
+        hh.set_size(2);
+        hh.set_mode(0o644);
+        hh.set_uid(0);
+        hh.set_gid(0);
+        hh.set_mtime(0);
+        b.append_data(&mut hh, name, &b"ok"[..]).unwrap();
+    }
+    let c = case();
+    c.unpack(&b.into_inner().unwrap()).unwrap();
+    assert_eq!(fs::read_to_string(c.dest.join(&long)).unwrap(), "ok");
+    assert_eq!(fs::read_to_string(c.dest.join("after")).unwrap(), "ok");
+}
+
+#[test]
+fn a_pax_size_override_is_followed() {
+    // A PAX header setting the next entry's size (as for files over 8 GiB)
+    // must not throw the guard off the archive's structure.
+    let mut pax = tar::Header::new_ustar();
+    let rec = b"11 size=10\n";
+    pax.set_entry_type(tar::EntryType::XHeader);
+    pax.set_size(rec.len() as u64);
+    pax.set_cksum();
+    let mut out = pax.as_bytes().to_vec();
+    out.extend_from_slice(rec);
+    out.resize(1024, 0);
+    // The ustar header says 0 bytes; PAX says 10.
+    let mut e = entry(b'0', b"sized", b"", b"", 0o644);
+    e.truncate(512);
+    e.extend_from_slice(b"0123456789");
+    e.resize(1024, 0);
+    out.extend_from_slice(&e);
+    out.extend_from_slice(&file("next", "n"));
+    let c = case();
+    c.unpack(&tar(&[out])).unwrap();
+    assert_eq!(
+        fs::read_to_string(c.dest.join("sized")).unwrap(),
+        "0123456789"
+    );
+    assert_eq!(fs::read_to_string(c.dest.join("next")).unwrap(), "n");
+}
+
+#[test]
+fn symlinks_cannot_be_moved_or_chained_out_of_the_layer() {
+    // A symlink deep enough to be inside, hard-linked to the top.
+    let c = case();
+    let err = c
+        .unpack(&tar(&[
+            dir("a/b/c"),
+            symlink("a/b/c/l", "../../../etc"),
+            hardlink("top", "a/b/c/l"),
+        ]))
+        .unwrap_err();
+    assert!(matches!(err, UnpackError::HardLink { .. }), "{err}");
+    // A chain: `up -> ..` and then a link through it and up again.
+    let c = case();
+    let err = c
+        .unpack(&tar(&[
+            dir("s"),
+            symlink("s/up", ".."),
+            symlink("s/x", "up/../outside"),
+        ]))
+        .unwrap_err();
+    assert!(matches!(err, UnpackError::SymlinkEscape { .. }), "{err}");
 }
