@@ -11,6 +11,7 @@
 //! - [`reference`]: image references and SHA-256 digests.
 //! - [`store`]: the content-addressed blob store on /var: verified while
 //!   written, resumable, garbage-collected.
+//! - [`network`]: the bridge, veth names, addresses and the nftables ruleset.
 //! - [`pull`]: images from any OCI distribution registry into the store.
 //! - [`rootfs`]: layers unpacked once, checked against their diff_ids; the overlay options.
 //! - [`runtime`]: the OCI runtime spec an app runs under (crun's config.json).
@@ -21,6 +22,7 @@
 
 pub mod capacity;
 pub mod cgroup;
+pub mod network;
 pub mod pull;
 pub mod reference;
 pub mod rootfs;
