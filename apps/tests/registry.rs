@@ -11,22 +11,44 @@ use fluxnode_apps::store::{Store, StoreError};
 use fluxnode_apps::unpack::{unpack_layer, Options, Ownership};
 use fluxnode_testkit::oci_registry::{push_busybox, OciRegistry};
 
-#[test]
-fn an_image_pushed_by_skopeo_is_pulled_verified_and_unpacked() {
-    let Some(reg) = OciRegistry::start() else {
-        return;
-    };
+/// A registry with a busybox image pushed as `hello:1.0`, and an empty store.
+/// Bind `_dirs` by name: `..` would drop the temporary directories at once.
+struct Pushed {
+    reg: OciRegistry,
+    digest: String,
+    store: Store,
+    reference: Reference,
+    _dirs: [tempfile::TempDir; 2],
+}
+
+fn pushed(entrypoint: &[&str]) -> Option<Pushed> {
+    let reg = OciRegistry::start()?;
     let work = tempfile::tempdir().unwrap();
-    let pushed = push_busybox(
-        &reg,
-        "hello:1.0",
-        &["/bin/busybox", "httpd", "-f"],
-        work.path(),
-    )
-    .unwrap();
+    let digest = push_busybox(&reg, "hello:1.0", entrypoint, work.path()).unwrap();
     let st = tempfile::tempdir().unwrap();
     let store = Store::open(st.path()).unwrap();
-    let r = Reference::parse(&format!("{}/hello:1.0", reg.addr())).unwrap();
+    let reference = Reference::parse(&format!("{}/hello:1.0", reg.addr())).unwrap();
+    Some(Pushed {
+        reg,
+        digest,
+        store,
+        reference,
+        _dirs: [work, st],
+    })
+}
+
+#[test]
+fn an_image_pushed_by_skopeo_is_pulled_verified_and_unpacked() {
+    let Some(Pushed {
+        reg,
+        digest: pushed,
+        store,
+        reference: r,
+        _dirs,
+    }) = pushed(&["/bin/busybox", "httpd", "-f"])
+    else {
+        return;
+    };
     let img = Puller::new(&store, vec![reg.addr()], None)
         .pull(&r, &mut |_| {})
         .unwrap();
@@ -69,14 +91,16 @@ fn an_image_pushed_by_skopeo_is_pulled_verified_and_unpacked() {
 
 #[test]
 fn a_blob_damaged_in_the_registry_is_refused() {
-    let Some(reg) = OciRegistry::start() else {
+    let Some(Pushed {
+        reg,
+        digest: _,
+        store,
+        reference: r,
+        _dirs,
+    }) = pushed(&["/bin/busybox"])
+    else {
         return;
     };
-    let work = tempfile::tempdir().unwrap();
-    push_busybox(&reg, "hello:1.0", &["/bin/busybox"], work.path()).unwrap();
-    let st = tempfile::tempdir().unwrap();
-    let store = Store::open(st.path()).unwrap();
-    let r = Reference::parse(&format!("{}/hello:1.0", reg.addr())).unwrap();
     // Find the layer through a first pull into another store.
     let other = tempfile::tempdir().unwrap();
     let probe = Store::open(other.path()).unwrap();
@@ -101,14 +125,16 @@ fn a_blob_damaged_in_the_registry_is_refused() {
 
 #[test]
 fn layers_are_unpacked_once_and_checked_against_their_diff_ids() {
-    let Some(reg) = OciRegistry::start() else {
+    let Some(Pushed {
+        reg,
+        digest: _,
+        store,
+        reference: r,
+        _dirs,
+    }) = pushed(&["/bin/busybox"])
+    else {
         return;
     };
-    let work = tempfile::tempdir().unwrap();
-    push_busybox(&reg, "hello:1.0", &["/bin/busybox"], work.path()).unwrap();
-    let st = tempfile::tempdir().unwrap();
-    let store = Store::open(st.path()).unwrap();
-    let r = Reference::parse(&format!("{}/hello:1.0", reg.addr())).unwrap();
     let img = Puller::new(&store, vec![reg.addr()], None)
         .pull(&r, &mut |_| {})
         .unwrap();
