@@ -6,6 +6,7 @@
 //! process, and only [`pull`] talks to the network.
 //!
 //! - [`spec`]: the app spec (TOML or JSON), validated field by field.
+//! - [`api`]: the app daemon's local API requests, parsed and bounded.
 //! - [`cgroup`]: the apps' parent group capped at the capacity; the kernel's counters per app.
 //! - [`capacity`]: the node's capacity for apps, and why a spec does not fit.
 //! - [`reference`]: image references and SHA-256 digests.
@@ -20,6 +21,7 @@
 //!   devices, OCI whiteouts turned into overlayfs ones.
 #![deny(missing_docs)]
 
+pub mod api;
 pub mod capacity;
 pub mod cgroup;
 pub mod network;

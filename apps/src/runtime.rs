@@ -291,9 +291,10 @@ pub fn runtime_spec(b: &Bundle<'_>) -> Result<Spec, RuntimeError> {
         },
         "maskedPaths": MASKED_PATHS,
         "readonlyPaths": READONLY_PATHS,
-        // As Docker: an unprivileged user in the app may bind low ports in
-        // its own network namespace.
-        "sysctl": {"net.ipv4.ip_unprivileged_port_start": "0"},
+        // No `sysctl` here: the app's network namespace belongs to the
+        // node's user namespace (the node wires it before the app starts),
+        // so the app's root may not write its net.* settings; the node sets
+        // net.ipv4.ip_unprivileged_port_start=0 (as Docker does) itself.
     });
     if let Some(f) = &b.seccomp {
         linux["seccomp"] = serde_json::to_value(f).map_err(|e| RuntimeError::Invalid {

@@ -271,7 +271,7 @@ impl Store {
 }
 
 /// Removes a file or a directory tree (not following symlinks).
-pub(crate) fn remove_tree(p: &Path) -> io::Result<()> {
+pub fn remove_tree(p: &Path) -> io::Result<()> {
     match fs::symlink_metadata(p) {
         Ok(m) if m.is_dir() => fs::remove_dir_all(p),
         Ok(_) => fs::remove_file(p),

@@ -14,10 +14,13 @@
 //! - [`state`]: what the agent keeps on /var, written atomically.
 //! - [`status`]: `fluxnode status`.
 //! - [`apps`]: apps on /var, this machine's capacity, `fluxnode app check` and `pull`.
+//! - [`appd`]: the app daemon: runs the placed apps under crun, isolated and
+//!   limited, supervised; its local API.
 //! - [`ota_link`]: tells the update client when the node is busy or idle.
 #![deny(missing_docs)]
 
 pub mod agent;
+pub mod appd;
 pub mod apps;
 pub mod attest;
 pub mod client;

@@ -79,10 +79,18 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         wait_s: u64,
     },
-    /// Apps on this node (in progress: checking specs and pulling images
-    /// works; running them comes next, see docs/APPS.md).
+    /// Apps on this node: deploy, list, inspect, logs, stop, start, rm
+    /// (through the app daemon), and check a spec or pull an image.
     #[command(subcommand)]
     App(AppCmd),
+    /// Runs the app daemon (the `appd` service): keeps the placed apps
+    /// running, isolated and within their limits, and serves the local API
+    /// on /run/appd/api.sock.
+    Appd {
+        /// Settings (TOML: insecure_registries).
+        #[arg(long, default_value = "/etc/fluxnode/appd.toml")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -110,6 +118,61 @@ enum AppCmd {
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Places an app (TOML or JSON spec; `-` reads stdin) and starts it,
+    /// replacing an app of the same name (its volumes are kept). Waits
+    /// until it runs (and passes its first health check, if it has one),
+    /// showing the pull's progress. Exit 2: refused or it did not come up.
+    Deploy {
+        /// The spec file.
+        spec: PathBuf,
+        /// Seconds to wait for the app to run; 0 returns at once.
+        #[arg(long, default_value_t = 300)]
+        wait_s: u64,
+        /// JSON for machines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lists the apps: state, restarts, address, ports.
+    Ls {
+        /// JSON for machines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One app in detail: status, health, the kernel's counters (OOM
+    /// kills, refused forks, CPU), disk use against its quota.
+    Inspect {
+        /// The app.
+        name: String,
+        /// JSON for machines (the default is JSON too, indented).
+        #[arg(long)]
+        json: bool,
+    },
+    /// An app's output (the last lines; -f follows).
+    Logs {
+        /// The app.
+        name: String,
+        /// Keep printing new lines.
+        #[arg(short, long)]
+        follow: bool,
+        /// How many of the last lines.
+        #[arg(short = 'n', long, default_value_t = 100)]
+        lines: usize,
+    },
+    /// Stops an app; it stays stopped across reboots until started.
+    Stop {
+        /// The app.
+        name: String,
+    },
+    /// Starts a stopped app.
+    Start {
+        /// The app.
+        name: String,
+    },
+    /// Removes an app with its writable layer and its volumes.
+    Rm {
+        /// The app.
+        name: String,
     },
 }
 
@@ -293,6 +356,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::App(a) => app(&cli.state_dir, a),
+        Cmd::Appd { config } => {
+            let settings = match std::fs::read_to_string(&config) {
+                Ok(t) => {
+                    toml::from_str(&t).with_context(|| format!("reading {}", config.display()))?
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
+                Err(e) => return Err(e).with_context(|| format!("reading {}", config.display())),
+            };
+            let mut cfg = fluxnode_node::appd::Config::appliance(settings);
+            cfg.state_dir = cli.state_dir.clone();
+            let notifier = fluxnode_lowlevel::notify::Notifier::from_env()
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            fluxnode_node::appd::daemon(cfg, &|status| notifier.ready(status))?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -389,5 +467,159 @@ fn app(state_dir: &std::path::Path, cmd: AppCmd) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        AppCmd::Deploy { spec, wait_s, json } => {
+            let text = read_spec(&spec)?;
+            let parsed = fluxnode_apps::spec::AppSpec::parse(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", spec.display()))?;
+            let client = api_client();
+            let v = match client.call(&serde_json::json!({"op": "deploy", "spec": parsed})) {
+                Ok(v) => v,
+                Err(fluxnode_node::appd::api::ClientError::Refused(why)) => {
+                    eprintln!("{}: refused: {why}", parsed.name);
+                    return Ok(ExitCode::from(2));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let name = parsed.name.clone();
+            let deadline = std::time::Instant::now() + Duration::from_secs(wait_s);
+            let mut last = String::new();
+            let mut app = v["app"].clone();
+            let healthy_needed = parsed.health.is_some();
+            let up = loop {
+                let st = &app["status"]["phase"];
+                let shown = match st["state"].as_str().unwrap_or("") {
+                    "pulling" => format!("pulling: {} of {} bytes", st["done"], st["total"]),
+                    s => s.to_string(),
+                };
+                if shown != last && !json {
+                    eprintln!("{name}: {shown}");
+                    last = shown;
+                }
+                let running = st["state"] == "running";
+                let healthy = app["status"]["health"]["ok"] == serde_json::json!(true);
+                if running && (!healthy_needed || healthy) {
+                    break true;
+                }
+                if st["state"] == "exited" || wait_s == 0 || std::time::Instant::now() >= deadline {
+                    break running && wait_s == 0;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+                app = client.call(&serde_json::json!({"op": "inspect", "name": name}))?["app"]
+                    .clone();
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&app)?);
+            } else if up {
+                println!(
+                    "{name}: running at {}{}",
+                    app["address"].as_str().unwrap_or("?"),
+                    if healthy_needed { ", healthy" } else { "" }
+                );
+            } else {
+                println!(
+                    "{name}: not running after {wait_s} s ({}); `fluxnode app logs {name}` shows why",
+                    app["status"]["last_exit"].as_str().or(app["status"]["phase"]["reason"].as_str()).unwrap_or("no exit yet")
+                );
+            }
+            Ok(if up || wait_s == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
+        }
+        AppCmd::Ls { json } => {
+            let v = api_client().call(&serde_json::json!({"op": "ls"}))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "{:<20} {:<12} {:>8} {:<15} PORTS",
+                "NAME", "STATE", "RESTARTS", "ADDRESS"
+            );
+            for a in v["apps"].as_array().into_iter().flatten() {
+                let ports: Vec<String> = a["ports"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|p| {
+                        format!(
+                            "{}->{}/{}",
+                            p["node"],
+                            p["container"],
+                            p["protocol"].as_str().unwrap_or("tcp")
+                        )
+                    })
+                    .collect();
+                println!(
+                    "{:<20} {:<12} {:>8} {:<15} {}",
+                    a["name"].as_str().unwrap_or("?"),
+                    a["status"]["state"].as_str().unwrap_or("?"),
+                    a["restarts"],
+                    a["address"].as_str().unwrap_or("-"),
+                    ports.join(",")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AppCmd::Inspect { name, .. } => {
+            let v = api_client().call(&serde_json::json!({"op": "inspect", "name": name}))?;
+            println!("{}", serde_json::to_string_pretty(&v["app"])?);
+            Ok(ExitCode::SUCCESS)
+        }
+        AppCmd::Logs {
+            name,
+            follow,
+            lines,
+        } => {
+            let c = api_client();
+            if follow {
+                c.follow(&name, lines, &mut |l| {
+                    use std::io::Write as _;
+                    writeln!(std::io::stdout(), "{l}").is_ok()
+                })?;
+            } else {
+                let v = c.call(&serde_json::json!({"op": "logs", "name": name, "lines": lines}))?;
+                for l in v["lines"].as_array().into_iter().flatten() {
+                    println!("{}", l.as_str().unwrap_or_default());
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AppCmd::Stop { name } => simple_op("stop", &name, "stopped"),
+        AppCmd::Start { name } => simple_op("start", &name, "started"),
+        AppCmd::Rm { name } => simple_op("rm", &name, "removed, with its volumes"),
+    }
+}
+
+fn simple_op(op: &str, name: &str, done: &str) -> Result<ExitCode> {
+    match api_client().call(&serde_json::json!({"op": op, "name": name})) {
+        Ok(_) => {
+            println!("{name}: {done}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(fluxnode_node::appd::api::ClientError::Refused(why)) => {
+            eprintln!("{name}: {why}");
+            Ok(ExitCode::from(2))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn api_client() -> fluxnode_node::appd::api::Client {
+    let path = std::env::var_os("FLUXNODE_APPD_SOCKET")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(fluxnode_node::appd::SOCKET));
+    fluxnode_node::appd::api::Client::new(&path)
+}
+
+fn read_spec(spec: &std::path::Path) -> Result<String> {
+    if spec.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::Read::take(std::io::stdin(), 1 << 20), &mut s)
+            .context("reading the spec from stdin")?;
+        Ok(s)
+    } else {
+        std::fs::read_to_string(spec).with_context(|| format!("reading {}", spec.display()))
     }
 }

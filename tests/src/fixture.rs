@@ -68,6 +68,7 @@ pub const IMAGE_BINARIES: &[&str] = &[
     "fluxnode-netd",
     "fluxnode-ota",
     "fluxnode-probe",
+    "fluxnode-apps-probe",
     "fluxnode-hal",
     "fluxnode",
 ];
@@ -196,6 +197,17 @@ pub fn two_slot_image() -> Result<Built, String> {
             corrupt_root_hash: false,
         });
         build(&o)
+    })
+    .clone()
+}
+
+/// The apps test image (image/spec/apps-test.toml): the test image, the
+/// test apps' specs and their in-guest driver; slot a only, blessed.
+pub fn apps_image() -> Result<Built, String> {
+    static IMG: OnceLock<Result<Built, String>> = OnceLock::new();
+    IMG.get_or_init(|| {
+        binaries()?;
+        build(&options("apps", "apps-test.toml"))
     })
     .clone()
 }

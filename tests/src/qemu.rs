@@ -59,6 +59,9 @@ pub struct VmConfig {
     /// (`10.0.2.100:80` → `127.0.0.1:8080`): slirp's `guestfwd` with a
     /// `socat` per connection (a chardev target takes one connection only).
     pub guestfwd: Vec<(String, u16)>,
+    /// Host ports on 127.0.0.1 forwarded to guest TCP ports (slirp's
+    /// `hostfwd`): `(host, guest)`.
+    pub hostfwd: Vec<(u16, u16)>,
 }
 
 impl VmConfig {
@@ -74,6 +77,7 @@ impl VmConfig {
             serial_stdio: false,
             extra_disks: Vec::new(),
             guestfwd: Vec::new(),
+            hostfwd: Vec::new(),
         }
     }
 }
@@ -165,6 +169,9 @@ pub fn qemu_command(
             netdev.push_str(&format!(
                 ",guestfwd=tcp:{guest}-cmd:socat - TCP:127.0.0.1:{port}"
             ));
+        }
+        for (host, guest) in &cfg.hostfwd {
+            netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
         }
         c.arg("-netdev")
             .arg(netdev)

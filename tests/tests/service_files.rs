@@ -34,10 +34,11 @@ fn every_shipped_service_file_parses_with_the_image_users() {
     let (passwd, group) = fluxnode_image::rootfs::passwd_and_group();
     std::fs::write(root.path().join("etc/passwd"), passwd).unwrap();
     std::fs::write(root.path().join("etc/group"), group).unwrap();
-    // The files the test image installs, as placeholders with their modes:
+    // The files the test images install (apps-test.toml is test.toml and
+    // more), as placeholders with their modes:
     // init checks that each service's program exists and is executable.
     let spec = fluxnode_image::spec::Spec::load(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../image/spec/test.toml"),
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../image/spec/apps-test.toml"),
     )
     .unwrap();
     for f in &spec.files {

@@ -75,6 +75,11 @@ pub const PACKAGES: &[&str] = &[
     "skopeo",
     "umoci",
     "busybox-static",
+    // baked into the image for apps: the OCI runtime, nftables for the
+    // apps' ports and isolation, and Debian's container seccomp profile
+    "crun",
+    "nftables",
+    "golang-github-containers-common",
 ];
 
 fn installed(pkg: &str) -> bool {

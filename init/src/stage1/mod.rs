@@ -44,8 +44,11 @@ const ROOT_MODULES: [&str; 3] = ["dm_verity", "erofs", "efivarfs"];
 
 /// The modules of `modules.initrd` that /var needs (with what they need):
 /// the longest chain of stage 1 under TCG (~0.35 s), loaded by the /var
-/// child ([`var`]) off stage 1's path.
-const VAR_MODULES: [&str; 1] = ["ext4"];
+/// child ([`var`]) off stage 1's path. quota_v2: /var carries ext4's
+/// quota feature (project quotas for apps), and ext4 refuses to mount such
+/// a filesystem (ESRCH) when the quota format is not loaded: the kernel
+/// would ask modprobe for it, and the node has none.
+const VAR_MODULES: [&str; 2] = ["ext4", "quota_v2"];
 
 fn say(msg: &str) {
     console_write(&format!("fluxnode-init: {msg}\n"));

@@ -138,8 +138,8 @@ pub fn glob(pattern: &str, text: &str) -> bool {
     unsafe { libc::fnmatch(p.as_ptr(), t.as_ptr(), 0) == 0 }
 }
 
-/// The modules of `list` to load: those with no alias at all (file systems,
-/// helpers) and those whose aliases match a present device.
+/// The modules of `list` to load: those with no device alias at all (file
+/// systems, netfilter, helpers) and those whose aliases match a present device.
 pub fn needed(
     list: &[String],
     aliases: &[(String, String)],
@@ -148,7 +148,13 @@ pub fn needed(
     list.iter()
         .filter(|m| {
             let m = m.replace('-', "_");
-            let mut pats = aliases.iter().filter(|(_, am)| *am == m).peekable();
+            // Only device patterns (`pci:...`, `acpi*:...`) gate a module;
+            // names like `fs-overlay` or `rtnl-link-veth` are what the
+            // kernel asks modprobe for, not hardware.
+            let mut pats = aliases
+                .iter()
+                .filter(|(p, am)| *am == m && p.contains(':'))
+                .peekable();
             pats.peek().is_none()
                 || pats.any(|(p, _)| {
                     let lit = literal_prefix(p);
@@ -215,16 +221,18 @@ mod tests {
     #[test]
     fn needed_keeps_aliasless_and_matching_modules() {
         let aliases = parse_alias(
-            "alias pci:v00008086d000025ABsv*sd*bc*sc*i* i6300esb\nalias acpi*:PNP0C0C:* button\n",
+            "alias pci:v00008086d000025ABsv*sd*bc*sc*i* i6300esb\nalias acpi*:PNP0C0C:* button\n\
+             alias fs-overlay overlay\nalias rtnl-link-veth veth\n",
         );
         let devs: BTreeSet<String> = ["acpi:PNP0C0C:".to_string()].into();
-        let list: Vec<String> = ["vfat", "i6300esb", "button"]
+        // overlay and veth have aliases, but not for hardware: they load.
+        let list: Vec<String> = ["vfat", "i6300esb", "button", "overlay", "veth"]
             .iter()
             .map(|s| s.to_string())
             .collect();
         assert_eq!(
             needed(&list, &aliases, &devs),
-            vec!["vfat".to_string(), "button".to_string()]
+            ["vfat", "button", "overlay", "veth"].map(String::from)
         );
     }
 

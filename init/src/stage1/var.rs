@@ -413,6 +413,13 @@ fn prepare_data(root: &Path, plan: &Plan) -> Result<(String, &'static str), Stri
                     "0",
                     "-E",
                     "lazy_itable_init=1,lazy_journal_init=1",
+                    // Project quotas hold each app to its disk limit
+                    // (node/src/appd/quota.rs); they need 256-byte inodes,
+                    // which mke2fs would not pick for a small partition.
+                    "-O",
+                    "quota,project",
+                    "-I",
+                    "256",
                     &in_root,
                 ],
             )

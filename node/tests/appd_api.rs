@@ -1,0 +1,140 @@
+//! The app daemon's local API against the client that never speaks, the
+//! one that floods, the crowd, and requests it must refuse with a reason.
+//! A real server on a Unix socket in a temporary directory; no app runs
+//! (the QEMU test `tests/tests/apps.rs` runs them).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fluxnode_apps::capacity::Capacity;
+use fluxnode_node::appd::api::{self, Client, ClientError, Limits};
+use fluxnode_node::appd::manager::Manager;
+use fluxnode_node::appd::{Config, Settings};
+use serde_json::json;
+
+fn server(dir: &Path, limits: Limits) -> (Arc<Manager>, std::path::PathBuf) {
+    let mut cfg = Config::appliance(Settings::default());
+    cfg.state_dir = dir.join("state");
+    cfg.run_dir = dir.join("run");
+    cfg.cgroup_root = dir.join("cgroup");
+    std::fs::create_dir_all(&cfg.run_dir).unwrap();
+    let cap = Capacity {
+        cpu_milli: 1000,
+        memory_mib: 256,
+        disk_mib: 1024,
+        pids: 1000,
+    };
+    let mgr = Manager::load(cfg.clone(), cap, Some("not in this test".into()));
+    let sock = cfg.socket();
+    api::serve(Arc::clone(&mgr), &sock, limits).unwrap();
+    (mgr, sock)
+}
+
+fn reply(s: &mut UnixStream) -> serde_json::Value {
+    let mut line = Vec::new();
+    BufReader::new(s).read_until(b'\n', &mut line).unwrap();
+    serde_json::from_slice(&line).unwrap()
+}
+
+#[test]
+fn ls_and_refusals_name_what_to_do() {
+    let t = tempfile::tempdir().unwrap();
+    let (_m, sock) = server(t.path(), Limits::default());
+    let c = Client::new(&sock);
+    let v = c.call(&json!({"op": "ls"})).unwrap();
+    assert_eq!(v["apps"], json!([]));
+    assert_eq!(v["capacity"]["memory_mib"], 256);
+    match c.call(&json!({"op": "inspect", "name": "web"})) {
+        Err(ClientError::Refused(why)) => {
+            assert!(
+                why.contains("\"web\"") && why.contains("fluxnode app ls"),
+                "{why}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    // A spec that does not fit: refused before anything is written.
+    let spec = json!({"name": "big", "image": "example.org/big:1",
+        "resources": {"cpu": 0.5, "memory_mib": 512, "disk_mib": 10}});
+    match c.call(&json!({"op": "deploy", "spec": spec})) {
+        Err(ClientError::Refused(why)) => assert!(why.contains("memory"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(!t.path().join("state/apps/big").exists());
+    // An invalid one: the field is named.
+    let spec = json!({"name": "Big", "image": "example.org/big:1",
+        "resources": {"cpu": 0.5, "memory_mib": 64, "disk_mib": 10}});
+    match c.call(&json!({"op": "deploy", "spec": spec})) {
+        Err(ClientError::Refused(why)) => assert!(why.contains("name"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    match c.call(&json!({"op": "format-the-disk"})) {
+        Err(ClientError::Refused(why)) => assert!(why.starts_with("bad request"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_silent_client_is_answered_and_dropped() {
+    let t = tempfile::tempdir().unwrap();
+    let limits = Limits {
+        request_timeout: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let (_m, sock) = server(t.path(), limits);
+    let mut s = UnixStream::connect(&sock).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let t0 = Instant::now();
+    let v = reply(&mut s);
+    assert!(
+        v["error"].as_str().unwrap().contains("no request within"),
+        "{v}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    // And the server still answers others.
+    assert!(Client::new(&sock).call(&json!({"op": "ls"})).is_ok());
+}
+
+#[test]
+fn a_flood_is_cut_at_the_limit() {
+    let t = tempfile::tempdir().unwrap();
+    let (_m, sock) = server(t.path(), Limits::default());
+    let mut s = UnixStream::connect(&sock).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // 1 MiB without a newline: the server reads at most its limit and
+    // answers; the rest of our writes may fail once it has closed.
+    let chunk = vec![b'x'; 64 * 1024];
+    for _ in 0..16 {
+        if s.write_all(&chunk).is_err() {
+            break;
+        }
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert!(out.contains("one JSON line of at most"), "{out:?}");
+}
+
+#[test]
+fn a_crowd_is_turned_away_not_queued_forever() {
+    let t = tempfile::tempdir().unwrap();
+    let limits = Limits {
+        request_timeout: Duration::from_secs(5),
+        max_clients: 2,
+    };
+    let (_m, sock) = server(t.path(), limits);
+    let _a = UnixStream::connect(&sock).unwrap();
+    let _b = UnixStream::connect(&sock).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut c = UnixStream::connect(&sock).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let v = reply(&mut c);
+    assert!(
+        v["error"].as_str().unwrap().contains("too many clients"),
+        "{v}"
+    );
+}
