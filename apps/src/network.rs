@@ -39,6 +39,8 @@ pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 1);
 pub const SUBNET: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 0);
 /// The apps' subnet prefix length.
 pub const PREFIX: u8 = 16;
+/// Connections one app may have open through the node at once.
+pub const MAX_CONNS_PER_APP: u32 = 4096;
 /// The most apps with an address (10.88.0.2 .. 10.88.255.254).
 pub const MAX_APPS: u32 = 65_533;
 
@@ -96,6 +98,11 @@ pub fn ruleset(published: &[Published]) -> String {
         format!("table inet {TABLE}"),
         format!("delete table inet {TABLE}"),
         format!("table inet {TABLE} {{"),
+        // Connections each app may hold open through the node: one app
+        // must not fill the kernel's connection-tracking table for all.
+        "    set conns {".into(),
+        "        type ipv4_addr; size 65535; flags dynamic;".into(),
+        "    }".into(),
         "    chain prerouting {".into(),
         "        type nat hook prerouting priority dstnat; policy accept;".into(),
         format!("{dnat}    }}"),
@@ -111,9 +118,19 @@ pub fn ruleset(published: &[Published]) -> String {
         "    chain forward {".into(),
         "        type filter hook forward priority filter; policy accept;".into(),
         format!("        iifname \"{BRIDGE}\" oifname \"{BRIDGE}\" drop"),
+        format!("        iifname \"{BRIDGE}\" ct state new add @conns {{ ip saddr ct count over {MAX_CONNS_PER_APP} }} drop"),
+        // The node routes for its apps only, not between its other links.
+        format!("        iifname != \"{BRIDGE}\" oifname != \"{BRIDGE}\" drop"),
         format!("        oifname \"{BRIDGE}\" ct state established,related accept"),
         format!("        oifname \"{BRIDGE}\" ct status dnat accept"),
         format!("        oifname \"{BRIDGE}\" drop"),
+        "    }".into(),
+        // Of the node's own processes, only root's (the app daemon's
+        // health checks) reach apps directly; the node's other users
+        // (netd, ...) do not.
+        "    chain output {".into(),
+        "        type filter hook output priority filter; policy accept;".into(),
+        format!("        oifname \"{BRIDGE}\" meta skuid != 0 drop"),
         "    }".into(),
         "}".into(),
     ];
@@ -169,6 +186,15 @@ mod tests {
         );
         // No published port: still a complete table.
         assert!(ruleset(&[]).contains("chain prerouting"));
+        assert!(r.contains("ct count over 4096"), "{r}");
+        assert!(
+            r.contains("iifname != \"fnapps0\" oifname != \"fnapps0\" drop"),
+            "not a router between the node's other links"
+        );
+        assert!(
+            r.contains("oifname \"fnapps0\" meta skuid != 0 drop"),
+            "{r}"
+        );
         assert!(
             r.contains("ip saddr 10.88.0.0/16 oifname != \"fnapps0\" masquerade"),
             "{r}"

@@ -554,6 +554,12 @@ impl<'a> Puller<'a> {
                 let next = url::Url::parse(&target)
                     .and_then(|u| u.join(&loc))
                     .map_err(|e| manifest_err(&target, format!("bad redirect {loc:?}: {e}")))?;
+                if let Err(why) = redirect_allowed(&target, &next) {
+                    return Err(manifest_err(
+                        &target,
+                        format!("redirect to {next} refused: {why}"),
+                    ));
+                }
                 // Scheme, host and port: a redirect to plain HTTP, or to
                 // blob storage elsewhere, gets no Authorization header.
                 let origin = |s: &str| {
@@ -742,6 +748,50 @@ fn platforms(index: &ImageIndex) -> String {
     }
 }
 
+/// May a registry's redirect from `from` lead to `to`? A registry is
+/// outside input: it must not turn the node's pull into a request to the
+/// node itself, to link-local services, or to the apps' network, nor
+/// downgrade HTTPS to plain HTTP.
+pub fn redirect_allowed(from: &str, to: &url::Url) -> Result<(), String> {
+    let from = url::Url::parse(from).map_err(|e| e.to_string())?;
+    match to.scheme() {
+        "https" => {}
+        "http" if from.scheme() == "http" => {}
+        "http" => return Err("HTTPS to plain HTTP".into()),
+        other => return Err(format!("scheme {other}")),
+    }
+    let ip = match to.host() {
+        Some(url::Host::Ipv4(a)) => Some(std::net::IpAddr::V4(a)),
+        Some(url::Host::Ipv6(a)) => Some(std::net::IpAddr::V6(a)),
+        Some(url::Host::Domain(d)) if d.eq_ignore_ascii_case("localhost") => {
+            return Err("localhost".into())
+        }
+        Some(url::Host::Domain(_)) => None,
+        None => return Err("no host".into()),
+    };
+    let same_host = from.host() == to.host();
+    if let (Some(ip), false) = (ip, same_host) {
+        let bad = match ip {
+            std::net::IpAddr::V4(a) => {
+                a.is_loopback()
+                    || a.is_link_local()
+                    || a.is_unspecified()
+                    || a.is_broadcast()
+                    || (a.octets()[0] == 10 && a.octets()[1] == 88)
+            }
+            std::net::IpAddr::V6(a) => {
+                a.is_loopback() || a.is_unspecified() || (a.segments()[0] & 0xffc0) == 0xfe80
+            }
+        };
+        if bad {
+            return Err(format!(
+                "{ip} is the node's own, link-local or the apps' network"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// `Bearer realm="x",service="y"` → ("Bearer", [(realm, x), (service, y)]).
 pub fn parse_challenge(h: &str) -> Option<(String, Vec<(String, String)>)> {
     let h = h.trim();
@@ -772,6 +822,28 @@ pub fn parse_challenge(h: &str) -> Option<(String, Vec<(String, String)>)> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
+
+    #[test]
+    fn redirects_stay_off_the_node_and_off_plain_http() {
+        let u = |s: &str| url::Url::parse(s).unwrap();
+        let from = "https://registry.example/v2/x/blobs/sha256:1";
+        assert!(redirect_allowed(from, &u("https://cdn.example/blob?sig=1")).is_ok());
+        assert!(redirect_allowed(from, &u("https://192.168.1.5/blob")).is_ok());
+        for bad in [
+            "http://cdn.example/blob",
+            "https://127.0.0.1/x",
+            "https://localhost/x",
+            "https://169.254.169.254/latest/meta-data",
+            "https://10.88.0.7:8080/",
+            "https://[::1]/x",
+            "file:///etc/passwd",
+        ] {
+            assert!(redirect_allowed(from, &u(bad)).is_err(), "{bad}");
+        }
+        // A local registry on plain HTTP may redirect within itself.
+        let local = "http://127.0.0.1:5000/v2/x/blobs/sha256:1";
+        assert!(redirect_allowed(local, &u("http://127.0.0.1:5000/y")).is_ok());
+    }
 
     #[test]
     fn challenges_are_read_as_registries_write_them() {

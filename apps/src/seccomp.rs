@@ -87,6 +87,10 @@ pub const DOCKER_GATES: [(&str, &str); 20] = [
     ("request_key", "CAP_SYS_ADMIN"),
 ];
 
+/// The namespace flags of `clone(2)` (CLONE_NEWNS | NEWCGROUP | NEWUTS |
+/// NEWIPC | NEWUSER | NEWPID | NEWNET), as Docker masks them.
+pub const CLONE_NS_FLAGS: u64 = 0x7E02_0000;
+
 /// The architecture names the profile uses for an x86-64 node.
 const OUR_ARCHES: [&str; 3] = ["amd64", "x32", "x86"];
 
@@ -118,6 +122,7 @@ pub fn for_app(profile_json: &str, caps: &BTreeSet<String>) -> Result<LinuxSecco
         if exc.caps.iter().any(|c| caps.contains(c)) {
             continue;
         }
+        let admin = caps.contains("CAP_SYS_ADMIN");
         let names: Vec<String> = if e.action == "SCMP_ACT_ALLOW" {
             e.names
                 .into_iter()
@@ -126,6 +131,8 @@ pub fn for_app(profile_json: &str, caps: &BTreeSet<String>) -> Result<LinuxSecco
                         .iter()
                         .any(|(g, cap)| g == n && !caps.contains(*cap))
                 })
+                // Replaced below by Docker's argument-checked rules.
+                .filter(|n| admin || (n != "clone" && n != "clone3"))
                 .collect()
         } else {
             e.names
@@ -141,6 +148,24 @@ pub fn for_app(profile_json: &str, caps: &BTreeSet<String>) -> Result<LinuxSecco
             s["errnoRet"] = n.into();
         }
         syscalls.push(s);
+    }
+    if !caps.contains("CAP_SYS_ADMIN") {
+        // Debian's profile allows clone and clone3 whatever their flags: a
+        // new user namespace, and in it the capabilities to drive
+        // nf_tables and other namespaced kernel code (the route of several
+        // kernel escapes). As Docker: clone without namespace flags only,
+        // and clone3 (whose flags a filter cannot read) fails with ENOSYS,
+        // so libc falls back to clone.
+        syscalls.push(serde_json::json!({
+            "names": ["clone"],
+            "action": "SCMP_ACT_ALLOW",
+            "args": [{"index": 0, "value": CLONE_NS_FLAGS, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ"}],
+        }));
+        syscalls.push(serde_json::json!({
+            "names": ["clone3"],
+            "action": "SCMP_ACT_ERRNO",
+            "errnoRet": libc::ENOSYS,
+        }));
     }
     let mut out = serde_json::json!({
         "defaultAction": p.default_action,
@@ -216,11 +241,25 @@ mod tests {
             .collect();
         let f = for_app(&text, &caps).unwrap();
         let a = allowed(&f);
-        for ok in [
-            "read", "write", "openat", "execve", "chown", "clone", "ptrace",
-        ] {
-            assert!(a.contains(ok) || ok == "clone", "{ok} should be allowed");
+        for ok in ["read", "write", "openat", "execve", "chown", "ptrace"] {
+            assert!(a.contains(ok), "{ok} should be allowed");
         }
+        // clone only without namespace flags; clone3 refused with ENOSYS.
+        assert!(!a.contains("clone") && !a.contains("clone3"));
+        let json = serde_json::to_value(&f).unwrap();
+        let rules = json["syscalls"].as_array().unwrap();
+        let clone = rules
+            .iter()
+            .find(|r| r["names"] == serde_json::json!(["clone"]))
+            .expect("a clone rule");
+        assert_eq!(clone["args"][0]["op"], "SCMP_CMP_MASKED_EQ");
+        assert_eq!(clone["args"][0]["value"], CLONE_NS_FLAGS);
+        let clone3 = rules
+            .iter()
+            .find(|r| r["names"] == serde_json::json!(["clone3"]))
+            .expect("a clone3 rule");
+        assert_eq!(clone3["action"], "SCMP_ACT_ERRNO");
+        assert_eq!(clone3["errnoRet"], libc::ENOSYS);
         for refused in [
             "mount",
             "umount2",

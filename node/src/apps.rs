@@ -1,7 +1,6 @@
-//! The node's side of apps (issue 14, in progress): where apps and images
-//! live on /var, this machine's capacity, and the checks and pulls that
-//! `fluxnode app` runs. Running apps (crun, cgroups, networking) is not
-//! built yet; see docs/APPS.md.
+//! The node's side of apps: where apps and images live on /var, this
+//! machine's capacity, and the checks and pulls that `fluxnode app check`
+//! and `pull` run without the app daemon. Running apps is `crate::appd`.
 
 use std::path::{Path, PathBuf};
 
@@ -46,6 +45,10 @@ impl AppsDir {
         };
         let mut out = Vec::new();
         for e in dir.flatten() {
+            // `.seeded`, `.rm-NAME` tombstones: not apps.
+            if e.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
             let p = e.path().join("spec.json");
             match std::fs::read_to_string(&p)
                 .map_err(|e| e.to_string())

@@ -576,12 +576,12 @@ fn app(state_dir: &std::path::Path, cmd: AppCmd) -> Result<ExitCode> {
             if follow {
                 c.follow(&name, lines, &mut |l| {
                     use std::io::Write as _;
-                    writeln!(std::io::stdout(), "{l}").is_ok()
+                    writeln!(std::io::stdout(), "{}", printable(l)).is_ok()
                 })?;
             } else {
                 let v = c.call(&serde_json::json!({"op": "logs", "name": name, "lines": lines}))?;
                 for l in v["lines"].as_array().into_iter().flatten() {
-                    println!("{}", l.as_str().unwrap_or_default());
+                    println!("{}", printable(l.as_str().unwrap_or_default()));
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -590,6 +590,21 @@ fn app(state_dir: &std::path::Path, cmd: AppCmd) -> Result<ExitCode> {
         AppCmd::Start { name } => simple_op("start", &name, "started"),
         AppCmd::Rm { name } => simple_op("rm", &name, "removed, with its volumes"),
     }
+}
+
+/// An app's line as it may reach the operator's terminal: control
+/// characters (escape sequences that would move the cursor, retitle the
+/// window or worse) shown as `\u{..}` instead.
+fn printable(line: &str) -> String {
+    line.chars()
+        .map(|c| {
+            if c.is_control() && c != '\t' {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 fn simple_op(op: &str, name: &str, done: &str) -> Result<ExitCode> {

@@ -28,7 +28,7 @@ fn server(dir: &Path, limits: Limits) -> (Arc<Manager>, std::path::PathBuf) {
         disk_mib: 1024,
         pids: 1000,
     };
-    let mgr = Manager::load(cfg.clone(), cap, Some("not in this test".into()));
+    let mgr = Manager::load(cfg.clone(), cap, Some("not in this test".into())).unwrap();
     let sock = cfg.socket();
     api::serve(Arc::clone(&mgr), &sock, limits).unwrap();
     (mgr, sock)

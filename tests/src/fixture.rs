@@ -260,7 +260,7 @@ pub fn demo_tuf() -> Result<PathBuf, String> {
 
 /// The spec the demo builds: image/spec/`spec` plus the demo's update
 /// repository (its root baked, image/services/demo/ota.toml as the update
-/// client's settings), at `version` when given.
+/// client's settings) and its sample app, at `version` when given.
 fn demo_spec(spec: &str, version: Option<&str>) -> Result<PathBuf, String> {
     let tuf = demo_tuf()?;
     let mut text =
@@ -278,6 +278,21 @@ fn demo_spec(spec: &str, version: Option<&str>) -> Result<PathBuf, String> {
         "[[file]]\nsrc = \"host:{}\"\ndst = \"/etc/fluxnode/ota.toml\"\nmode = 0o644\n",
         workspace().join("image/services/demo/ota.toml").display()
     ));
+    // The sample app, deployed by the app daemon on the first boot, and
+    // its registry's settings (plain HTTP at 10.0.2.100:5000, which the
+    // demo forwards to a docker-registry on the host).
+    for (src, dst) in [
+        (
+            "image/services/demo/apps/hello.toml",
+            "/etc/fluxnode/apps.d/hello.toml",
+        ),
+        ("image/services/demo/appd.toml", "/etc/fluxnode/appd.toml"),
+    ] {
+        text.push_str(&format!(
+            "[[file]]\nsrc = \"host:{}\"\ndst = \"{dst}\"\nmode = 0o644\n",
+            workspace().join(src).display()
+        ));
+    }
     let p = target_dir()
         .join("fluxnode-demo/spec")
         .join(format!("{}-{spec}", version.unwrap_or("image")));

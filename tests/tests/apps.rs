@@ -288,6 +288,7 @@ fn apps_cannot_reach_the_node_or_each_other() {
         "socket-/run/fluxnode/control.sock",
         "socket-/run/appd/api.sock",
         "socket-/run/fluxnode-ota/ota.sock",
+        "userns",
     ] {
         assert_eq!(seen.get(k), Some(&"closed"), "{k}: {seen:?}");
     }

@@ -7,7 +7,7 @@
 
 use anyhow::Result;
 
-use crate::{bench_ota, bench_registry};
+use crate::{bench_apps, bench_ota, bench_registry};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -36,6 +36,11 @@ enum What {
     /// downloaded for a one-binary change vs casync. Needs root.
     #[command(long_about = bench_ota::LONG_ABOUT)]
     Ota(bench_ota::Args),
+    /// Apps (issue 14): from deploy to the app's first HTTP 200, cold and
+    /// warm, ours vs `podman run` in a Debian 12 guest (both under QEMU,
+    /// one registry on the host); the app daemon's memory with 0 and 10
+    /// apps. Needs root.
+    Apps(bench_apps::Args),
 }
 
 #[derive(clap::Args, Debug)]
@@ -97,6 +102,7 @@ pub fn run(args: Args) -> Result<()> {
         What::Hal(h) => ("hal", &h.extra),
         What::Registry(r) => ("registry", &r.extra),
         What::Ota(o) => ("ota", &o.extra),
+        What::Apps(a) => ("apps", &a.extra),
     };
     if let Some(done) = help_after_dashes(name, extra) {
         return done;
@@ -132,6 +138,7 @@ pub fn run(args: Args) -> Result<()> {
         }
         What::Registry(r) => bench_registry::run(r),
         What::Ota(o) => bench_ota::run(o),
+        What::Apps(a) => bench_apps::run(a),
     }
 }
 
@@ -143,7 +150,7 @@ mod tests {
     /// `bench boot -- --help` prints help instead of starting the benchmark.
     #[test]
     fn help_after_dashes_is_help() {
-        for name in ["init", "boot", "hal", "registry", "ota"] {
+        for name in ["init", "boot", "hal", "registry", "ota", "apps"] {
             let done = help_after_dashes(name, &["--runs".into(), "--help".into()]);
             assert!(matches!(done, Some(Ok(()))), "{name}");
             assert!(help_after_dashes(name, &["--runs".into(), "3".into()]).is_none());

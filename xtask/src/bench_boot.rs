@@ -138,6 +138,32 @@ fn fluxnode_boot(disk: &Path, dir: &Path) -> Result<(Timeline, String)> {
 
 /// A minimal Debian 12 with systemd, as a disk booting the same way (UKI).
 fn debian_disk(work: &Path, stub: &Path, boot: &Path) -> Result<PathBuf> {
+    let unit = "[Unit]\\nDescription=print boot time\\n[Service]\\nType=simple\\nExecStart=/bin/sh -c \"until systemd-analyze time > /dev/ttyS0 2>/dev/null; do sleep 0.2; done\"\\n[Install]\\nWantedBy=multi-user.target\\n";
+    debian_disk_with(
+        work,
+        stub,
+        boot,
+        "",
+        &[
+            format!(
+                "--customize-hook=printf '{unit}' > \"$1/etc/systemd/system/bench-report.service\""
+            ),
+            "--customize-hook=chroot \"$1\" systemctl enable bench-report.service".to_string(),
+        ],
+    )
+}
+
+/// A minimal Debian 12 disk (mmdebstrap, systemd, the Debian kernel in a
+/// UKI on an ESP) with `extra` packages (comma-separated) and mmdebstrap
+/// `hooks`; DHCP on the wired link by systemd-networkd. Built once into
+/// `work`.
+pub(crate) fn debian_disk_with(
+    work: &Path,
+    stub: &Path,
+    boot: &Path,
+    extra: &str,
+    hooks: &[String],
+) -> Result<PathBuf> {
     let disk = work.join("debian.img");
     if disk.exists() {
         return Ok(disk);
@@ -146,17 +172,22 @@ fn debian_disk(work: &Path, stub: &Path, boot: &Path) -> Result<PathBuf> {
     if !root.join("sbin/init").exists() {
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root)?;
-        eprintln!(
-            "bench boot: building a minimal Debian 12 with mmdebstrap (downloads ~200 MB once)"
-        );
+        eprintln!("bench: building a minimal Debian 12 with mmdebstrap (downloads ~200 MB once)");
+        let mut include = "systemd-sysv,udev,kmod,linux-image-amd64,initramfs-tools".to_string();
+        if !extra.is_empty() {
+            include.push(',');
+            include.push_str(extra);
+        }
         let net = "[Match]\\nName=en* eth*\\n[Network]\\nDHCP=ipv4\\n";
-        let unit = "[Unit]\\nDescription=print boot time\\n[Service]\\nType=simple\\nExecStart=/bin/sh -c \"until systemd-analyze time > /dev/ttyS0 2>/dev/null; do sleep 0.2; done\"\\n[Install]\\nWantedBy=multi-user.target\\n";
         crate::util::run(
             Command::new("mmdebstrap")
-                .args(["--mode=root", "--variant=minbase", "--include=systemd-sysv,udev,kmod,linux-image-amd64,initramfs-tools"])
-                .arg(format!("--customize-hook=printf '{net}' > \"$1/etc/systemd/network/20-wired.network\""))
-                .arg(format!("--customize-hook=printf '{unit}' > \"$1/etc/systemd/system/bench-report.service\""))
-                .arg("--customize-hook=chroot \"$1\" systemctl enable systemd-networkd bench-report.service")
+                .args(["--mode=root", "--variant=minbase"])
+                .arg(format!("--include={include}"))
+                .arg(format!(
+                    "--customize-hook=printf '{net}' > \"$1/etc/systemd/network/20-wired.network\""
+                ))
+                .arg("--customize-hook=chroot \"$1\" systemctl enable systemd-networkd")
+                .args(hooks)
                 .args(["bookworm"])
                 .arg(&root),
         )?;

@@ -3,10 +3,14 @@
 //! console on this terminal; wait for "all services ready", then for the
 //! node agent to prove its tier to a registry this command runs on the
 //! host (10.0.2.2:8443 from the guest), show the node as the registry sees
-//! it and check its tier certificate offline; then publish the next
+//! it and check its tier certificate offline; show the sample app's page
+//! (the node deploys it on first boot from an OCI registry this command
+//! runs on the host, 10.0.2.100:5000 from the guest, and publishes it on
+//! port 30080, forwarded here); then publish the next
 //! version (0.2.0) into the demo's TUF repository, served to the guest by
 //! a private nginx at 10.0.2.100, and watch the node update itself and
-//! bless it; then press the ACPI power button (`system_powerdown` on the
+//! bless it, and show the app's page again (back after the update, its
+//! volume intact); then press the ACPI power button (`system_powerdown` on the
 //! monitor) and wait for the ordered poweroff. `--interactive` leaves the
 //! machine running instead.
 //!
@@ -186,6 +190,25 @@ pub fn run(args: Args) -> Result<()> {
     );
     let dir = fixture::run_dir("demo");
     let disk = fixture::copy_disk(&built.image, &dir).map_err(anyhow::Error::msg)?;
+    // Room for apps: the node keeps 1 GiB of /var for itself, and stage 1
+    // grows /var to the end of the disk on the first boot.
+    grow(&disk, 2 << 30)?;
+    // The sample app's image, in an OCI registry on the host (Debian's
+    // docker-registry), forwarded to the guest at 10.0.2.100:5000.
+    let oci = fluxnode_testkit::oci_registry::OciRegistry::start()
+        .context("docker-registry is not installed (Debian package docker-registry)")?;
+    let oci_work = dir.join("oci");
+    std::fs::create_dir_all(&oci_work)?;
+    fluxnode_testkit::oci_registry::push_busybox(
+        &oci,
+        "fluxnode-demo/hello:1.0",
+        &["/bin/busybox", "sh"],
+        &oci_work,
+    )
+    .map_err(|e| anyhow::anyhow!("pushing the sample app's image: {e}"))?;
+    let web = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     // A TPM as a vendor ships one: an EK certificate from a (local) CA.
     let tpm = dir.join("tpm");
     fluxnode_testkit::swtpm::manufacture(&tpm)
@@ -225,7 +248,11 @@ pub fn run(args: Args) -> Result<()> {
     let cfg = VmConfig {
         serial_stdio: true,
         tpm_state: Some(tpm.join("state")),
-        guestfwd: vec![("10.0.2.100:80".into(), nginx.port())],
+        guestfwd: vec![
+            ("10.0.2.100:80".into(), nginx.port()),
+            ("10.0.2.100:5000".into(), oci.port()),
+        ],
+        hostfwd: vec![(web, 30080)],
         ..VmConfig::new(&disk, &dir)
     };
     eprintln!("demo: booting under QEMU (TCG; 30-90 s); serial console follows\n");
@@ -239,6 +266,7 @@ pub fn run(args: Args) -> Result<()> {
     if args.interactive {
         eprintln!(
             "\ndemo: all services ready after {ready:.1} s. The machine keeps running.\n\
+             demo: the sample app, once the node has pulled and started it: http://127.0.0.1:{web}/\n\
              demo: power it off with: echo system_powerdown | socat - UNIX-CONNECT:{}\n\
              demo: (or press Ctrl-C to kill QEMU)",
             dir.join("monitor.sock").display()
@@ -281,8 +309,10 @@ pub fn run(args: Args) -> Result<()> {
         "\ndemo: tier certificate checked offline with the registry's key: {}",
         verified.trim()
     );
+    app_step(&mut vm, web, "the sample app")?;
     if let Some(next) = &next {
         update_step(&mut vm, &tuf, &repo, &built, next)?;
+        app_step(&mut vm, web, "the sample app after the update")?;
         eprintln!("\ndemo: the registry's view of the node after the update:\n");
         eprint!(
             "{}",
@@ -303,6 +333,52 @@ pub fn run(args: Args) -> Result<()> {
     eprintln!(
         "demo: clean poweroff after {:.1} s; QEMU exited 0",
         vm.elapsed()
+    );
+    Ok(())
+}
+
+fn grow(disk: &Path, extra: u64) -> Result<()> {
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(disk)
+        .with_context(|| format!("opening {}", disk.display()))?;
+    let len = f.metadata()?.len();
+    f.set_len(len + extra)
+        .with_context(|| format!("growing {}", disk.display()))
+}
+
+/// Waits for the sample app (deployed by the node from the image's
+/// /etc/fluxnode/apps.d on its first boot) and shows its page, fetched
+/// from the node's published port 30080 through QEMU's forward.
+fn app_step(vm: &mut Vm, port: u16, what: &str) -> Result<()> {
+    use std::io::{Read as _, Write as _};
+    let _ = vm.wait_for("app=hello", Duration::from_secs(60));
+    let t0 = std::time::Instant::now();
+    let page = loop {
+        let got = (|| -> std::io::Result<String> {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.write_all(b"GET / HTTP/1.0\r\nHost: node\r\n\r\n")?;
+            let mut b = Vec::new();
+            s.take(64 * 1024).read_to_end(&mut b)?;
+            Ok(String::from_utf8_lossy(&b).into_owned())
+        })();
+        match got {
+            Ok(r) if r.starts_with("HTTP/1.") && r.contains(" 200 ") => {
+                break r
+                    .split_once("\r\n\r\n")
+                    .map(|(_, b)| b.to_string())
+                    .unwrap_or(r)
+            }
+            _ if t0.elapsed() > Duration::from_secs(600) => {
+                bail!("{what} did not answer on the node's port 30080 (127.0.0.1:{port} here) within 600 s")
+            }
+            _ => std::thread::sleep(Duration::from_secs(2)),
+        }
+    };
+    eprintln!(
+        "\ndemo: {what}, through the node's published port 30080 (http://127.0.0.1:{port}/ here):\n{}",
+        page.trim()
     );
     Ok(())
 }

@@ -9,6 +9,7 @@
 //! Each first installs the Debian packages it needs (see `deps.rs`).
 
 mod bench;
+mod bench_apps;
 mod bench_boot;
 mod bench_hal;
 mod bench_init;

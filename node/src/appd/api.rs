@@ -148,7 +148,13 @@ fn serve_one(mgr: &Arc<Manager>, mut s: UnixStream, limits: Limits) -> std::io::
 /// Serves the API on `path` until the process ends.
 pub fn serve(mgr: Arc<Manager>, path: &Path, limits: Limits) -> std::io::Result<()> {
     let _ = std::fs::remove_file(path);
-    let l = UnixListener::bind(path)?;
+    // Created 0600, not chmod-ed after: no moment where others may connect.
+    // SAFETY: umask only swaps the process's mask; restored right after.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let l = bound?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     let busy = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new()

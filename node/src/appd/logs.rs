@@ -15,6 +15,10 @@ pub const RING_LINES: usize = 1000;
 pub const RING_BYTES: usize = 256 * 1024;
 /// The file is rotated (to `.1`) past this size.
 pub const FILE_BYTES: u64 = 1 << 20;
+/// Lines kept per second; more are counted and dropped, so an app that
+/// floods its output spends the daemon's time (the node's reserve) no
+/// faster than this.
+pub const LINES_PER_SECOND: u32 = 1000;
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -22,6 +26,12 @@ struct Inner {
     bytes: usize,
     next: u64,
     file_len: u64,
+    /// The log file, kept open (appends; reopened after rotation).
+    file: Option<std::fs::File>,
+    /// The current second (since the log began) and lines kept in it.
+    second: u64,
+    in_second: u32,
+    dropped: u64,
 }
 
 /// One app's log.
@@ -30,6 +40,8 @@ pub struct Log {
     inner: Mutex<Inner>,
     wake: Condvar,
     file: Option<PathBuf>,
+    born: std::time::Instant,
+    rate: u32,
 }
 
 impl Log {
@@ -46,7 +58,15 @@ impl Log {
             }),
             wake: Condvar::new(),
             file,
+            born: std::time::Instant::now(),
+            rate: LINES_PER_SECOND,
         }
+    }
+
+    /// The same log keeping at most `rate` lines a second.
+    pub fn with_rate(mut self, rate: u32) -> Log {
+        self.rate = rate;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -72,20 +92,53 @@ impl Log {
 
     fn push_one(&self, line: &str) {
         let mut g = self.lock();
+        let now = self.born.elapsed().as_secs();
+        if now != g.second {
+            g.second = now;
+            g.in_second = 0;
+            if g.dropped > 0 {
+                let note = format!(
+                    "[fluxnode] {} lines dropped (more than {LINES_PER_SECOND} a second)",
+                    g.dropped
+                );
+                g.dropped = 0;
+                g.in_second += 1;
+                self.keep(&mut g, &note);
+            }
+        }
+        if g.in_second >= self.rate {
+            g.dropped += 1;
+            return;
+        }
+        g.in_second += 1;
+        self.keep(&mut g, line);
+        drop(g);
+        self.wake.notify_all();
+    }
+
+    fn keep(&self, g: &mut Inner, line: &str) {
         if let Some(f) = &self.file {
             if g.file_len + line.len() as u64 + 1 > FILE_BYTES {
                 let mut old = f.clone().into_os_string();
                 old.push(".1");
                 let _ = std::fs::rename(f, old);
+                g.file = None;
                 g.file_len = 0;
             }
-            if let Ok(mut w) = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(f)
-            {
-                if writeln!(w, "{line}").is_ok() {
-                    g.file_len += line.len() as u64 + 1;
+            if g.file.is_none() {
+                g.file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(f)
+                    .ok();
+            }
+            if let Some(w) = g.file.as_mut() {
+                // One write per line: no partial line in the file.
+                let mut buf = Vec::with_capacity(line.len() + 1);
+                buf.extend_from_slice(line.as_bytes());
+                buf.push(b'\n');
+                if w.write_all(&buf).is_ok() {
+                    g.file_len += buf.len() as u64;
                 }
             }
         }
@@ -98,8 +151,6 @@ impl Log {
                 g.bytes -= l.len();
             }
         }
-        drop(g);
-        self.wake.notify_all();
     }
 
     /// The last `n` lines, and the sequence number after them.
@@ -143,7 +194,7 @@ mod tests {
     fn the_ring_and_the_file_stay_bounded() {
         let t = tempfile::tempdir().unwrap();
         let f = t.path().join("log");
-        let log = Log::new(Some(f.clone()));
+        let log = Log::new(Some(f.clone())).with_rate(u32::MAX);
         let line = "x".repeat(1000);
         for _ in 0..3000 {
             log.push(&line);
@@ -160,6 +211,23 @@ mod tests {
             tail.iter().map(String::len).collect::<Vec<_>>(),
             [MAX_LINE, MAX_LINE, 1]
         );
+    }
+
+    #[test]
+    fn a_flood_is_cut_to_the_rate_and_said_so() {
+        let log = Log::new(None);
+        for _ in 0..(LINES_PER_SECOND * 5) {
+            log.push("");
+        }
+        let (lines, next) = log.tail(usize::MAX);
+        // Within one or two seconds of pushing: at most two seconds' worth.
+        assert!(next <= u64::from(LINES_PER_SECOND) * 2 + 1, "{next}");
+        assert!(lines.len() as u64 == next);
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        log.push("after");
+        let (tail, _) = log.tail(2);
+        assert!(tail[0].contains("lines dropped"), "{tail:?}");
+        assert_eq!(tail[1], "after");
     }
 
     #[test]

@@ -21,6 +21,7 @@ use serde_json::json;
 use super::logs::Log;
 use super::Config;
 use crate::apps::AppsDir;
+use fluxnode_apps::store::Store;
 
 /// The first host id of the range every app's ids map onto.
 pub const ID_BASE: u32 = 100_000;
@@ -204,7 +205,9 @@ impl App {
 /// Writes `path` so that a power cut leaves the old file or the new one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
-    let tmp = path.with_extension("tmp");
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp.{}.{n}", std::process::id()));
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
@@ -250,13 +253,42 @@ pub struct Manager {
     pub quota_off: Option<String>,
     /// Serialises network changes (the ruleset is replaced whole).
     pub net_lock: Mutex<()>,
+    /// Why the apps' network is not set up, if it is not: no app starts
+    /// until it is (a missing table would leave the node open to apps).
+    pub net_error: Mutex<Option<String>>,
+    /// One operation (deploy, start, stop, rm) at a time.
+    ops: Mutex<()>,
+    /// The image store, opened once (opening clears unfinished unpacks).
+    pub store: Store,
+    /// Pulls and unpacks hold it shared; garbage collection exclusively.
+    pub store_lock: std::sync::RwLock<()>,
+    /// Unpacks one at a time (two apps may share a layer).
+    pub unpack_lock: Mutex<()>,
 }
 
 impl Manager {
     /// The manager for `cfg`, with `cap`; loads every placed app's record
     /// (starting none: see [`Manager::start_all`]).
-    pub fn load(cfg: Config, cap: Capacity, quota_off: Option<String>) -> Arc<Manager> {
+    pub fn load(
+        cfg: Config,
+        cap: Capacity,
+        quota_off: Option<String>,
+    ) -> Result<Arc<Manager>, OpError> {
         let dir = AppsDir::new(&cfg.state_dir);
+        // Finish what an `rm` cut by a power failure started.
+        for d in [dir.apps(), cfg.state_dir.join("volumes")] {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                if e.file_name().to_string_lossy().starts_with(".rm-") {
+                    let _ = fluxnode_apps::store::remove_tree(&e.path());
+                }
+            }
+        }
+        let store_dir = dir.store();
+        let store = Store::open(&store_dir).map_err(|e| OpError::Io {
+            what: "opening the image store",
+            path: store_dir.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
         let mut apps = BTreeMap::new();
         let mut used = Vec::new();
         for spec in dir.placed() {
@@ -290,14 +322,31 @@ impl Manager {
             let _ = app.save();
             out.insert(name, app);
         }
-        Arc::new(Manager {
+        Ok(Arc::new(Manager {
             cfg,
             dir,
             cap,
             apps: Mutex::new(out),
             quota_off,
             net_lock: Mutex::new(()),
-        })
+            net_error: Mutex::new(Some("not set up yet".into())),
+            ops: Mutex::new(()),
+            store,
+            store_lock: std::sync::RwLock::new(()),
+            unpack_lock: Mutex::new(()),
+        }))
+    }
+
+    fn op(&self) -> MutexGuard<'_, ()> {
+        self.ops.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Is `app` still the one placed under its name (not replaced or
+    /// removed while its supervisor was busy)?
+    pub fn is_current(&self, app: &Arc<App>) -> bool {
+        self.lock()
+            .get(&app.spec.name)
+            .is_some_and(|a| Arc::ptr_eq(a, app))
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Arc<App>>> {
@@ -369,6 +418,7 @@ impl Manager {
     pub fn deploy(self: &Arc<Self>, spec: AppSpec) -> Result<Arc<App>, OpError> {
         spec.validate()
             .map_err(|e| OpError::Refused(e.to_string()))?;
+        let _op = self.op();
         let old = self.lock().get(&spec.name).cloned();
         let others: Vec<AppSpec> = self
             .all()
@@ -406,8 +456,6 @@ impl Manager {
             path: adir.join("spec.json"),
             source: std::io::Error::other(e),
         })?;
-        write_atomic(&adir.join("spec.json"), &spec_json)
-            .map_err(io("writing", &adir.join("spec.json")))?;
         let app = Arc::new(App::new(
             spec.clone(),
             Record {
@@ -417,8 +465,16 @@ impl Manager {
             },
             adir.clone(),
         ));
+        // The record first: a power cut between the two leaves the old
+        // spec with no pinned image (pulled again), never the new spec
+        // with the old image.
         app.save()
             .map_err(io("writing", &adir.join("state.json")))?;
+        write_atomic(&adir.join("spec.json"), &spec_json)
+            .map_err(io("writing", &adir.join("spec.json")))?;
+        if let Ok(d) = std::fs::File::open(self.dir.apps()) {
+            let _ = d.sync_all();
+        }
         self.lock().insert(spec.name.clone(), Arc::clone(&app));
         self.reload_rules();
         self.spawn(&app);
@@ -430,13 +486,30 @@ impl Manager {
         app.state().record.desired = Desired::Stopped;
         app.wake.notify_all();
         let h = app.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(h) = h {
-            let _ = h.join();
+        let Some(h) = h else { return };
+        let t0 = std::time::Instant::now();
+        let mut killed = false;
+        while !h.is_finished() {
+            if !killed && t0.elapsed() > Duration::from_secs(30) {
+                tracing::warn!(app = %app.spec.name, "its supervisor is slow to stop; killing the app");
+                super::supervise::kill(self, &app.spec.name, "KILL");
+                killed = true;
+            }
+            if t0.elapsed() > Duration::from_secs(60) {
+                // Stuck in a pull or a health check: it ends when that
+                // does, and then does nothing more (the app is stopped,
+                // or no longer the one placed under its name).
+                tracing::error!(app = %app.spec.name, "its supervisor did not stop within 60 s; left to end on its own");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
+        let _ = h.join();
     }
 
     /// Stops an app (it stays stopped across reboots until started).
     pub fn stop(&self, name: &str) -> Result<Arc<App>, OpError> {
+        let _op = self.op();
         let app = self.get(name)?;
         self.halt(&app);
         app.save().map_err(|source| OpError::Io {
@@ -450,6 +523,7 @@ impl Manager {
 
     /// Starts a stopped app.
     pub fn start(self: &Arc<Self>, name: &str) -> Result<Arc<App>, OpError> {
+        let _op = self.op();
         let app = self.get(name)?;
         app.state().record.desired = Desired::Running;
         app.save().map_err(|source| OpError::Io {
@@ -463,8 +537,12 @@ impl Manager {
 
     /// Stops and removes an app with its writable layer and volumes.
     pub fn rm(&self, name: &str) -> Result<(), OpError> {
+        let _op = self.op();
         let app = self.get(name)?;
         self.halt(&app);
+        // Out of the map first: a supervisor still stuck somewhere sees it
+        // is no longer current and touches nothing.
+        self.lock().remove(name);
         let index = app.state().record.index;
         super::sys::unmount(&app.dir.join("rootfs"));
         self.cfg.tools.teardown_app(name, index);
@@ -474,16 +552,65 @@ impl Manager {
         if self.quota_off.is_none() {
             let _ = super::quota::set_limit(&self.cfg.state_dir, PROJECT_BASE + index, 0);
         }
+        // Renamed away (and the rename made durable) before the slow
+        // removal: a power cut leaves a tombstone that the next start
+        // finishes, never half an app that comes back to life.
         for d in [app.dir.clone(), self.dir.volumes(name)] {
-            fluxnode_apps::store::remove_tree(&d).map_err(|source| OpError::Io {
+            let Some(parent) = d.parent() else { continue };
+            let tomb = parent.join(format!(".rm-{name}"));
+            let _ = fluxnode_apps::store::remove_tree(&tomb);
+            match std::fs::rename(&d, &tomb) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(source) => {
+                    return Err(OpError::Io {
+                        what: "removing",
+                        path: d.clone(),
+                        source,
+                    })
+                }
+            }
+            let _ = std::fs::File::open(parent).and_then(|f| f.sync_all());
+            fluxnode_apps::store::remove_tree(&tomb).map_err(|source| OpError::Io {
                 what: "removing",
-                path: d.clone(),
+                path: tomb.clone(),
                 source,
             })?;
         }
-        self.lock().remove(name);
         self.reload_rules();
+        self.gc();
         Ok(())
+    }
+
+    /// Removes from the store every image no placed app is pinned to.
+    pub fn gc(&self) {
+        let _g = self.store_lock.write().unwrap_or_else(|p| p.into_inner());
+        let mut keep = std::collections::BTreeSet::new();
+        for a in self.all() {
+            let pinned = a.state().record.manifest.clone();
+            match pinned
+                .as_deref()
+                .map(fluxnode_apps::reference::Digest::parse)
+            {
+                Some(Ok(d)) => match fluxnode_apps::pull::Image::load(&self.store, &d) {
+                    Ok(img) => keep.extend(img.blobs()),
+                    // Unreadable: keep everything rather than guess.
+                    Err(_) => return,
+                },
+                Some(Err(_)) => return,
+                None => {}
+            }
+        }
+        match self.store.gc(&keep) {
+            Ok(r) => tracing::info!(
+                "image store: removed {} blobs, {} layers, {} partial downloads ({} bytes)",
+                r.blobs,
+                r.layers,
+                r.partials,
+                r.bytes
+            ),
+            Err(e) => tracing::warn!("image store: {e}"),
+        }
     }
 
     /// Stops every app (the daemon is stopping); records are kept, so
@@ -504,11 +631,94 @@ impl Manager {
         });
     }
 
+    /// Deploys the apps an image was built with (`DIR/*.toml`, `*.json`:
+    /// the demo's sample app, an operator's own), each once: a name seeded
+    /// before is left alone, so an app the operator removed stays removed.
+    /// The names seeded so far are kept in `apps/.seeded`.
+    pub fn seed(self: &Arc<Self>, dir: &Path) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let record = self.dir.apps().join(".seeded");
+        let mut seeded: Vec<String> = std::fs::read(&record)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let mut files: Vec<PathBuf> = rd
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "toml" || x == "json"))
+            .collect();
+        files.sort();
+        for p in files.iter().take(64) {
+            let text = match std::fs::read(p) {
+                Ok(b) if b.len() <= fluxnode_apps::spec::MAX_SPEC_BYTES => {
+                    String::from_utf8_lossy(&b).into_owned()
+                }
+                Ok(_) => {
+                    tracing::error!("{}: larger than a spec may be", p.display());
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!("{}: {e}", p.display());
+                    continue;
+                }
+            };
+            let spec = match AppSpec::parse(&text) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!("{}: {e}", p.display());
+                    continue;
+                }
+            };
+            if seeded.contains(&spec.name) || self.get(&spec.name).is_ok() {
+                continue;
+            }
+            let name = spec.name.clone();
+            match self.deploy(spec) {
+                Ok(_) => tracing::info!(app = %name, "deployed from {}", p.display()),
+                Err(e) => {
+                    tracing::error!(app = %name, "{}: {e}", p.display());
+                    continue;
+                }
+            }
+            seeded.push(name);
+            if let Err(e) = serde_json::to_vec(&seeded)
+                .map_err(std::io::Error::other)
+                .and_then(|b| write_atomic(&record, &b))
+            {
+                tracing::error!("{}: {e}", record.display());
+            }
+        }
+    }
+
     /// Replaces the nftables table with every published port.
     pub fn reload_rules(&self) {
         let _g = self.net_lock.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = self.cfg.tools.load_rules(&self.published()) {
+        let r = self.cfg.tools.load_rules(&self.published());
+        if let Err(e) = &r {
             tracing::error!("published ports: {e}");
+        }
+        *self.net_error.lock().unwrap_or_else(|p| p.into_inner()) = r.err().map(|e| e.to_string());
+    }
+
+    /// Sets up the node's side of the apps' network (again, after a
+    /// failure); Err says why no app may start.
+    pub fn ensure_network(&self) -> Result<(), String> {
+        let _g = self.net_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut err = self.net_error.lock().unwrap_or_else(|p| p.into_inner());
+        if err.is_none() {
+            return Ok(());
+        }
+        match self.cfg.tools.setup_node(&self.published()) {
+            Ok(()) => {
+                *err = None;
+                Ok(())
+            }
+            Err(e) => {
+                *err = Some(e.to_string());
+                Err(format!("the apps' network is not set up: {e}"))
+            }
         }
     }
 

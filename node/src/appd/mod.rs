@@ -46,6 +46,8 @@ pub struct Config {
     pub resolv_conf: PathBuf,
     /// `ip` and `nft`.
     pub tools: net::Tools,
+    /// Apps the image was built with, deployed once each.
+    pub seed_dir: PathBuf,
     /// What the settings file says.
     pub settings: Settings,
 }
@@ -58,6 +60,10 @@ pub struct Settings {
     /// registry. Empty in the shipped image.
     #[serde(default)]
     pub insecure_registries: Vec<String>,
+    /// Run apps even when /var cannot enforce their disk limits (a /var
+    /// formatted without project quotas). Off: such apps wait, saying why.
+    #[serde(default)]
+    pub allow_unlimited_disk: bool,
 }
 
 impl Config {
@@ -71,6 +77,7 @@ impl Config {
             seccomp_profile: fluxnode_apps::seccomp::DEBIAN_PROFILE.into(),
             resolv_conf: "/etc/resolv.conf".into(),
             tools: net::Tools::default(),
+            seed_dir: "/etc/fluxnode/apps.d".into(),
             settings,
         }
     }
@@ -135,9 +142,11 @@ pub fn daemon(cfg: Config, ready: &dyn Fn(&str)) -> anyhow::Result<()> {
         tracing::warn!("{why}");
         why
     });
-    let mgr = manager::Manager::load(cfg.clone(), cap, quota_off);
-    if let Err(e) = cfg.tools.setup_node(&mgr.published()) {
-        tracing::error!("apps' network: {e}");
+    let mgr =
+        manager::Manager::load(cfg.clone(), cap, quota_off).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Retried before each app's start; no app starts without it.
+    if let Err(e) = mgr.ensure_network() {
+        tracing::error!("{e}");
     }
     let sock = cfg.socket();
     api::serve(std::sync::Arc::clone(&mgr), &sock, api::Limits::default())
@@ -151,6 +160,7 @@ pub fn daemon(cfg: Config, ready: &dyn Fn(&str)) -> anyhow::Result<()> {
     );
     ready(&format!("{} apps", mgr.all().len()));
     mgr.start_all();
+    mgr.seed(&cfg.seed_dir);
     while !STOP.load(std::sync::atomic::Ordering::SeqCst) {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }

@@ -42,6 +42,12 @@ fn write(p: &Path, text: &str) -> Result<(), String> {
 /// Prepares `app` to run `image`.
 pub fn prepare(mgr: &Manager, app: &App, image: &Image) -> Result<Prepared, String> {
     let name = &app.spec.name;
+    mgr.ensure_network()?;
+    if let (Some(why), false) = (&mgr.quota_off, mgr.cfg.settings.allow_unlimited_disk) {
+        return Err(format!(
+            "{why}; to run apps without disk limits, set allow_unlimited_disk = true in /etc/fluxnode/appd.toml"
+        ));
+    }
     let index = app.state().record.index;
     let address = network::address(index).ok_or("no address for this app's number")?;
     let dir = app.dir();
@@ -75,16 +81,20 @@ pub fn prepare(mgr: &Manager, app: &App, image: &Image) -> Result<Prepared, Stri
     }
 
     // The layers (shared by apps, unpacked once) and the root.
-    let store = fluxnode_apps::store::Store::open(&mgr.dir.store()).map_err(|e| e.to_string())?;
     let opts = Options {
         ownership: Ownership::Shift {
             base: ID_BASE,
             size: ID_SIZE,
         },
+        // No more than /var can spare beyond the node's reserve.
+        max_bytes: spare_bytes(&mgr.cfg.state_dir).min(Options::default().max_bytes),
         ..Options::default()
     };
-    let layers =
-        fluxnode_apps::rootfs::prepare_layers(&store, image, &opts).map_err(|e| e.to_string())?;
+    let layers = {
+        let _one = mgr.unpack_lock.lock().unwrap_or_else(|p| p.into_inner());
+        fluxnode_apps::rootfs::prepare_layers(&mgr.store, image, &opts)
+            .map_err(|e| e.to_string())?
+    };
     // A fresh work directory each time: overlayfs refuses one left busy.
     let _ = fluxnode_apps::store::remove_tree(&work);
     mkdir(&work)?;
@@ -174,25 +184,52 @@ pub fn prepare(mgr: &Manager, app: &App, image: &Image) -> Result<Prepared, Stri
 }
 
 /// The image's /etc/passwd (bounded), read through the mounted root
-/// without following a link out of it.
+/// without following a link out of it, and only if it is a regular file:
+/// a FIFO there would block the open (and the app's supervisor) forever.
 fn read_passwd(rootfs: &Path) -> Option<String> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let etc = rootfs.join("etc");
-    if std::fs::symlink_metadata(&etc)
-        .ok()?
-        .file_type()
-        .is_symlink()
-    {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    let open_at = |dir: libc::c_int, name: &std::ffi::CStr, flags: libc::c_int| {
+        // SAFETY: a valid directory fd (or AT_FDCWD) and C string.
+        let fd = unsafe {
+            libc::openat(
+                dir,
+                name.as_ptr(),
+                flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        };
+        // SAFETY: a fresh descriptor nothing else owns.
+        (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+    };
+    let root = std::ffi::CString::new(rootfs.as_os_str().as_encoded_bytes()).ok()?;
+    let root = open_at(libc::AT_FDCWD, &root, libc::O_RDONLY | libc::O_DIRECTORY)?;
+    let etc = open_at(root.as_raw_fd(), c"etc", libc::O_RDONLY | libc::O_DIRECTORY)?;
+    let f = open_at(
+        etc.as_raw_fd(),
+        c"passwd",
+        libc::O_RDONLY | libc::O_NONBLOCK,
+    )?;
+    let f = std::fs::File::from(f);
+    if !f.metadata().ok()?.is_file() {
         return None;
     }
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(etc.join("passwd"))
-        .ok()?;
     let mut s = String::new();
     std::io::Read::read_to_string(&mut std::io::Read::take(f, 1 << 20), &mut s).ok()?;
     Some(s)
+}
+
+/// Bytes /var can give images beyond the node's reserve.
+pub fn spare_bytes(var: &Path) -> u64 {
+    let Ok(c) = std::ffi::CString::new(var.as_os_str().as_encoded_bytes()) else {
+        return 0;
+    };
+    // SAFETY: statvfs fills the struct; a valid C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return 0;
+    }
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    free.saturating_sub(fluxnode_apps::capacity::RESERVED.disk_mib << 20)
 }
 
 /// Undoes a run: the container's runtime state, its root mount, network
@@ -204,4 +241,41 @@ pub fn cleanup(mgr: &Manager, app: &App) {
     let index = app.state().record.index;
     let _g = mgr.net_lock.lock().unwrap_or_else(|p| p.into_inner());
     mgr.cfg.tools.teardown_app(name, index);
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn passwd_is_read_only_as_a_regular_file_inside_the_root() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        assert_eq!(read_passwd(&root), None);
+        std::fs::write(root.join("etc/passwd"), "root:x:0:0::/:/bin/sh\n").unwrap();
+        assert_eq!(
+            read_passwd(&root).as_deref(),
+            Some("root:x:0:0::/:/bin/sh\n")
+        );
+        // A FIFO: refused at once, not an open that blocks forever.
+        std::fs::remove_file(root.join("etc/passwd")).unwrap();
+        let fifo =
+            std::ffi::CString::new(root.join("etc/passwd").as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        let t0 = std::time::Instant::now();
+        assert_eq!(read_passwd(&root), None);
+        assert!(t0.elapsed() < std::time::Duration::from_secs(2));
+        // Links out of the root are not followed.
+        std::fs::remove_file(root.join("etc/passwd")).unwrap();
+        std::fs::write(t.path().join("secret"), "host\n").unwrap();
+        std::os::unix::fs::symlink(t.path().join("secret"), root.join("etc/passwd")).unwrap();
+        assert_eq!(read_passwd(&root), None);
+        std::fs::remove_dir_all(root.join("etc")).unwrap();
+        std::os::unix::fs::symlink(t.path(), root.join("etc")).unwrap();
+        std::fs::write(t.path().join("passwd"), "host\n").unwrap();
+        assert_eq!(read_passwd(&root), None);
+    }
 }

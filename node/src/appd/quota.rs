@@ -28,6 +28,7 @@ const Q_SETQUOTA: u32 = 0x80_0008;
 const Q_GETQUOTA: u32 = 0x80_0007;
 const QFMT_VFS_V1: u32 = 4;
 const QIF_BLIMITS: u32 = 1;
+const QIF_ILIMITS: u32 = 4;
 const FS_IOC_FSGETXATTR: libc::c_ulong = 0x801c_581f;
 const FS_IOC_FSSETXATTR: libc::c_ulong = 0x401c_5820;
 const FS_XFLAG_PROJINHERIT: u32 = 0x200;
@@ -106,13 +107,28 @@ pub fn enable(mount: &Path) -> Result<(), QuotaError> {
     }
 }
 
-/// Sets project `id`'s block limit to `mib` MiB.
+/// Inodes per MiB of quota (and at least [`MIN_INODES`]): empty files,
+/// links and FIFOs use no data blocks, so a block limit alone would let
+/// an app exhaust /var's inodes.
+pub const INODES_PER_MIB: u64 = 256;
+/// The fewest inodes an app may have.
+pub const MIN_INODES: u64 = 16_384;
+
+/// Sets project `id`'s limits: `mib` MiB, and inodes in proportion (0
+/// lifts both).
 pub fn set_limit(mount: &Path, id: u32, mib: u64) -> Result<(), QuotaError> {
+    let inodes = if mib == 0 {
+        0
+    } else {
+        (mib * INODES_PER_MIB).max(MIN_INODES)
+    };
     let mut q = IfDqblk {
         // In 1 KiB blocks.
         bhardlimit: mib * 1024,
         bsoftlimit: mib * 1024,
-        valid: QIF_BLIMITS,
+        ihardlimit: inodes,
+        isoftlimit: inodes,
+        valid: QIF_BLIMITS | QIF_ILIMITS,
         ..Default::default()
     };
     quotactl(mount, Q_SETQUOTA, id, (&mut q as *mut IfDqblk).cast())

@@ -80,27 +80,40 @@ pub fn run(mgr: &Arc<Manager>, app: &Arc<App>) {
     let mut backoff = Backoff::default();
     let mut first = true;
     loop {
-        if app.desired() == Desired::Stopped {
+        // Stopped, or replaced or removed while this thread was busy: do
+        // nothing more (another supervisor, or none, owns the name now).
+        if app.desired() == Desired::Stopped || !mgr.is_current(app) {
             break;
         }
         if !first {
             app.state().status.restarts += 1;
         }
         first = false;
+        // Shared: garbage collection waits until the image is pinned and
+        // its layers unpacked.
+        let store_guard = mgr.store_lock.read().unwrap_or_else(|p| p.into_inner());
         let image = match image(mgr, app) {
             Ok(i) => i,
             Err(e) => {
+                drop(store_guard);
                 if wait_then(app, &mut backoff, Duration::ZERO, e) {
                     continue;
                 }
                 break;
             }
         };
+        if !mgr.is_current(app) || app.desired() == Desired::Stopped {
+            break;
+        }
         app.set_phase(Phase::Starting);
-        let prepared = match super::prepare::prepare(mgr, app, &image) {
+        let prepared = super::prepare::prepare(mgr, app, &image);
+        drop(store_guard);
+        let prepared = match prepared {
             Ok(p) => p,
             Err(e) => {
-                super::prepare::cleanup(mgr, app);
+                if mgr.is_current(app) {
+                    super::prepare::cleanup(mgr, app);
+                }
                 if wait_then(
                     app,
                     &mut backoff,
@@ -115,6 +128,11 @@ pub fn run(mgr: &Arc<Manager>, app: &Arc<App>) {
         let t0 = Instant::now();
         let outcome = run_once(mgr, app, &prepared);
         let ran = t0.elapsed();
+        if !mgr.is_current(app) {
+            // Replaced or removed meanwhile: the name's runtime state and
+            // network belong to whoever holds it now.
+            break;
+        }
         super::prepare::cleanup(mgr, app);
         let (code, why) = match outcome {
             Ok(c) => c,
@@ -143,12 +161,10 @@ pub fn run(mgr: &Arc<Manager>, app: &Arc<App>) {
 
 /// The app's image: from the store when it was pulled before, else pulled.
 fn image(mgr: &Manager, app: &App) -> Result<Image, String> {
-    let store_dir = mgr.dir.store();
-    let store = fluxnode_apps::store::Store::open(&store_dir)
-        .map_err(|e| format!("the image store {}: {e}", store_dir.display()))?;
+    let store = &mgr.store;
     let pinned = app.state().record.manifest.clone();
     if let Some(d) = pinned.as_deref().and_then(|d| Digest::parse(d).ok()) {
-        if let Ok(img) = Image::load(&store, &d) {
+        if let Ok(img) = Image::load(store, &d) {
             if img
                 .layers
                 .iter()
@@ -164,7 +180,11 @@ fn image(mgr: &Manager, app: &App) -> Result<Image, String> {
         .map_err(|e| format!("image {}: {e}", app.spec.image))?;
     app.set_phase(Phase::Pulling { done: 0, total: 0 });
     app.log.push(&format!("[fluxnode] pulling {r}"));
-    let mut puller = Puller::new(&store, mgr.cfg.settings.insecure_registries.clone(), None);
+    // At most what /var can spare beyond the node's reserve: an image is
+    // outside input, and the store belongs to no app's quota.
+    let budget = super::prepare::spare_bytes(&mgr.cfg.state_dir);
+    let mut puller = Puller::new(store, mgr.cfg.settings.insecure_registries.clone(), None)
+        .with_max_total(budget);
     let mut total = 0u64;
     let mut base = 0u64;
     let img = puller
@@ -300,7 +320,7 @@ fn run_once(
             }
             return Ok((code, why));
         }
-        if app.desired() == Desired::Stopped {
+        if app.desired() == Desired::Stopped && mgr.is_current(app) {
             match stopping {
                 None => {
                     app.set_phase(Phase::Stopping);
@@ -355,18 +375,31 @@ pub fn check(addr: std::net::Ipv4Addr, probe: &Probe, timeout: Duration) -> (boo
     let Probe::Http { path, .. } = probe else {
         return (true, format!("{sa} accepts connections"));
     };
-    let _ = s.set_read_timeout(Some(timeout));
+    // One deadline for the whole check: an app that drips a byte just
+    // inside each read timeout must not hold its supervisor for longer.
+    let deadline = Instant::now() + timeout;
     let _ = s.set_write_timeout(Some(timeout));
-    if let Err(e) = write!(
-        s,
-        "GET {path} HTTP/1.0\r\nHost: {sa}\r\nUser-Agent: fluxnode-health\r\n\r\n"
-    ) {
+    // One write: a request in pieces may meet a server that answers
+    // the first piece and closes, resetting the connection.
+    let req = format!("GET {path} HTTP/1.0\r\nHost: {sa}\r\nUser-Agent: fluxnode-health\r\n\r\n");
+    if let Err(e) = s.write_all(req.as_bytes()) {
         return (false, format!("GET {path}: {e}"));
     }
     // The status line only, bounded.
     let mut line = Vec::new();
-    let _ = BufReader::new(s.take(256)).read_until(b'\n', &mut line);
-    let line = String::from_utf8_lossy(&line).trim().to_string();
+    let mut buf = [0u8; 64];
+    while line.len() < 256 && !line.contains(&b'\n') {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || s.set_read_timeout(Some(left)).is_err() {
+            break;
+        }
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => line.extend_from_slice(&buf[..n]),
+        }
+    }
+    let end = line.iter().position(|b| *b == b'\n').unwrap_or(line.len());
+    let line = String::from_utf8_lossy(&line[..end]).trim().to_string();
     let code: u16 = line
         .split_whitespace()
         .nth(1)
@@ -405,8 +438,16 @@ mod tests {
             let port = l.local_addr().unwrap().port();
             std::thread::spawn(move || {
                 if let Ok((mut s, _)) = l.accept() {
+                    // The whole request, then the reply (closing with
+                    // unread bytes would reset the connection).
+                    let mut got = Vec::new();
                     let mut b = [0u8; 512];
-                    let _ = s.read(&mut b);
+                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut b) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => got.extend_from_slice(&b[..n]),
+                        }
+                    }
                     let _ = s.write_all(reply.as_bytes());
                 }
             });

@@ -239,13 +239,108 @@ fn first_boot() {
     }
 }
 
+/// Resident memory (KiB) of every process whose argv[0] is `prog`.
+fn rss_of(prog: &[u8]) -> (u64, usize) {
+    let mut total = 0;
+    let mut n = 0;
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if cmd.split(|b| *b == 0).next() != Some(prog) {
+            continue;
+        }
+        let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
+        total += status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        n += 1;
+    }
+    (total, n)
+}
+
+/// GET / on `addr` until it answers 200; false after `limit`.
+fn until_200(addr: &str, limit: Duration) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        if let Ok(mut s) = std::net::TcpStream::connect(addr) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n");
+            let mut head = [0u8; 12];
+            if std::io::Read::read_exact(&mut s, &mut head).is_ok() && head.ends_with(b"200") {
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// `cargo xtask bench apps`: from `fluxnode app deploy` to the first
+/// HTTP 200 from the app, cold (empty image store) and warm (image
+/// present); then the daemon's memory with 10 apps.
+fn bench() {
+    let spec = "/etc/fluxnode/bench/hello.toml";
+    let run = |cold: bool| -> Option<f64> {
+        let _ = call(&json!({"op": "rm", "name": "hello"}));
+        if cold {
+            let _ = std::fs::remove_dir_all("/var/lib/fluxnode/oci");
+        }
+        let t0 = Instant::now();
+        let out = Command::new("/usr/bin/fluxnode")
+            .args(["app", "deploy", spec, "--wait-s", "0", "--json"])
+            .output()
+            .ok()?;
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let addr = format!("{}:8080", v["address"].as_str()?);
+        until_200(&addr, Duration::from_secs(300)).then(|| t0.elapsed().as_secs_f64())
+    };
+    for _ in 0..3 {
+        match run(true) {
+            Some(t) => say("bench_cold_s", format!("{t:.3}")),
+            None => say("bench_error", "cold start did not answer"),
+        }
+    }
+    for _ in 0..5 {
+        match run(false) {
+            Some(t) => say("bench_warm_s", format!("{t:.3}")),
+            None => say("bench_error", "warm start did not answer"),
+        }
+    }
+    let _ = call(&json!({"op": "rm", "name": "hello"}));
+    std::thread::sleep(Duration::from_secs(2));
+    say("bench_appd_rss_kib_0", appd_rss().0);
+    for i in 0..10 {
+        let spec = json!({"name": format!("idle{i}"), "image": "10.0.2.100:5000/fluxnode-bench/hello:1.0",
+            "command": ["/bin/busybox", "sleep", "1000000"],
+            "resources": {"cpu": 0.05, "memory_mib": 16, "disk_mib": 4, "pids": 4}});
+        if let Err(e) = call(&json!({"op": "deploy", "spec": spec})) {
+            say("bench_error", e);
+        }
+    }
+    for i in 0..10 {
+        let _ = wait_for(&format!("idle{i}"), Duration::from_secs(300), |v| {
+            state(v) == "running"
+        });
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    let (rss, threads) = appd_rss();
+    say("bench_appd_rss_kib_10", rss);
+    say("bench_appd_threads_10", threads);
+    let (crun, n) = rss_of(b"/usr/bin/crun");
+    say("bench_crun_rss_kib_10", crun);
+    say("bench_crun_processes_10", n);
+}
+
 fn later_boot() {
     let v = wait_for("web", Duration::from_secs(600), |v| {
         state(v) == "running" && v["status"]["health"]["ok"] == json!(true)
     });
     say("web_after_reboot", state(&v));
     for name in ["spin", "hog", "bomb", "filler", "prober"] {
-        say(&format!("{name}_after_reboot"), state(&inspect(name)));
+        let v = wait_for(name, Duration::from_secs(300), |v| state(v) == "running");
+        say(&format!("{name}_after_reboot"), state(&v));
     }
 }
 
@@ -263,7 +358,10 @@ fn main() {
     while !Path::new(SOCKET).exists() && t0.elapsed() < Duration::from_secs(300) {
         std::thread::sleep(Duration::from_millis(250));
     }
-    if Path::new(MARKER).exists() {
+    if Path::new("/etc/fluxnode/bench/hello.toml").exists() {
+        say("boot", "bench");
+        bench();
+    } else if Path::new(MARKER).exists() {
         say("boot", "later");
         later_boot();
     } else {
