@@ -345,6 +345,22 @@ pub fn copy_disk(image: &Path, dir: &Path) -> Result<PathBuf, String> {
     Ok(dst)
 }
 
+/// Makes `disk` `extra` bytes longer (sparse: nothing written), as if
+/// the image had been flashed onto a larger disk; stage 1 grows /var into
+/// the room on the first boot.
+pub fn grow_disk(disk: &Path, extra: u64) -> Result<(), String> {
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(disk)
+        .map_err(|e| format!("opening {}: {e}", disk.display()))?;
+    let len = f
+        .metadata()
+        .map_err(|e| format!("{}: {e}", disk.display()))?
+        .len();
+    f.set_len(len + extra)
+        .map_err(|e| format!("growing {}: {e}", disk.display()))
+}
+
 /// A run directory for one boot under target/fluxnode-tests/runs (emptied).
 pub fn run_dir(name: &str) -> PathBuf {
     let d = target_dir().join("fluxnode-tests/runs").join(name);

@@ -109,15 +109,8 @@ fn sequence() -> Result<Run, String> {
     let built = fixture::apps_image()?;
     let dir = fixture::run_dir("apps");
     let disk = fixture::copy_disk(&built.image, &dir)?;
-    // Room for the node's 1 GiB reserve and the apps: stage 1 grows /var
-    // into it on the first boot.
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&disk)
-        .map_err(|e| e.to_string())?;
-    let len = f.metadata().map_err(|e| e.to_string())?.len();
-    f.set_len(len + (2 << 30)).map_err(|e| e.to_string())?;
-    drop(f);
+    // Room for the node's 1 GiB reserve and the apps.
+    fixture::grow_disk(&disk, 2 << 30)?;
     let web = free_port()?;
     let cfg = |name: &str| VmConfig {
         guestfwd: vec![("10.0.2.100:5000".into(), reg.port())],

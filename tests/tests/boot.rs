@@ -160,15 +160,7 @@ fn main_sequence() -> Result<MainRun, String> {
     let built = fixture::main_image()?;
     let dir = fixture::run_dir("main");
     let disk = fixture::copy_disk(&built.image, &dir)?;
-    // As if flashed onto a larger disk (sparse: no bytes written).
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&disk)
-        .map_err(|e| e.to_string())?;
-    let len = f.metadata().map_err(|e| e.to_string())?.len();
-    f.set_len(len + MAIN_DISK_EXTRA)
-        .map_err(|e| e.to_string())?;
-    drop(f);
+    fixture::grow_disk(&disk, MAIN_DISK_EXTRA)?;
     let esp_off = built
         .manifest
         .partitions

@@ -67,13 +67,6 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn grow(disk: &Path, extra: u64) -> Result<()> {
-    let f = std::fs::OpenOptions::new().write(true).open(disk)?;
-    let len = f.metadata()?.len();
-    f.set_len(len + extra)
-        .with_context(|| format!("growing {}", disk.display()))
-}
-
 fn fluxnode_side(work: &Path, registry_port: u16) -> Result<String> {
     let mut opts = fixture::options("apps-bench", "apps-bench.toml");
     opts.out = work.join("image");
@@ -81,7 +74,7 @@ fn fluxnode_side(work: &Path, registry_port: u16) -> Result<String> {
     let dir = work.join("fluxnode-run");
     let _ = std::fs::remove_dir_all(&dir);
     let disk = fixture::copy_disk(&built.image, &dir).map_err(anyhow::Error::msg)?;
-    grow(&disk, 2 << 30)?;
+    fixture::grow_disk(&disk, 2 << 30).map_err(anyhow::Error::msg)?;
     let cfg = VmConfig {
         guestfwd: vec![("10.0.2.100:5000".into(), registry_port)],
         ..VmConfig::new(&disk, &dir)

@@ -192,7 +192,7 @@ pub fn run(args: Args) -> Result<()> {
     let disk = fixture::copy_disk(&built.image, &dir).map_err(anyhow::Error::msg)?;
     // Room for apps: the node keeps 1 GiB of /var for itself, and stage 1
     // grows /var to the end of the disk on the first boot.
-    grow(&disk, 2 << 30)?;
+    fixture::grow_disk(&disk, 2 << 30).map_err(anyhow::Error::msg)?;
     // The sample app's image, in an OCI registry on the host (Debian's
     // docker-registry), forwarded to the guest at 10.0.2.100:5000.
     let oci = fluxnode_testkit::oci_registry::OciRegistry::start()
@@ -335,16 +335,6 @@ pub fn run(args: Args) -> Result<()> {
         vm.elapsed()
     );
     Ok(())
-}
-
-fn grow(disk: &Path, extra: u64) -> Result<()> {
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(disk)
-        .with_context(|| format!("opening {}", disk.display()))?;
-    let len = f.metadata()?.len();
-    f.set_len(len + extra)
-        .with_context(|| format!("growing {}", disk.display()))
 }
 
 /// Waits for the sample app (deployed by the node from the image's
