@@ -67,6 +67,10 @@ pub fn prepare_layers(
     opts: &Options,
 ) -> Result<Vec<PathBuf>, RootfsError> {
     let mut dirs = Vec::with_capacity(image.layers.len());
+    store.ensure_dirs().map_err(|e| RootfsError::Io {
+        path: store.root().to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
     for (layer, diff_id) in image.layers.iter().zip(&image.diff_ids) {
         let done = store.layer_path(layer);
         if !done.is_dir() {

@@ -112,6 +112,16 @@ impl Store {
         Ok(s)
     }
 
+    /// Makes the store's directories again if something removed them
+    /// under a running daemon (an operator clearing space by hand): the
+    /// next write recreates them instead of failing until a restart.
+    pub fn ensure_dirs(&self) -> Result<(), StoreError> {
+        for d in [self.blobs_dir(), self.partial_dir(), self.layers_dir()] {
+            fs::create_dir_all(&d).map_err(io_err(&d))?;
+        }
+        Ok(())
+    }
+
     /// The store's root.
     pub fn root(&self) -> &Path {
         &self.root
@@ -188,6 +198,7 @@ impl Store {
     /// writer's [`BlobWriter::offset`] is how many bytes a resumed download
     /// already has: fetch from there.
     pub fn begin(&self, expected: &Digest, size: u64) -> Result<BlobWriter, StoreError> {
+        self.ensure_dirs()?;
         let path = self.partial_dir().join(expected.hex());
         let mut file = OpenOptions::new()
             .read(true)

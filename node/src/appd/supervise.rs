@@ -162,22 +162,44 @@ pub fn run(mgr: &Arc<Manager>, app: &Arc<App>) {
 /// The app's image: from the store when it was pulled before, else pulled.
 fn image(mgr: &Manager, app: &App) -> Result<Image, String> {
     let store = &mgr.store;
-    let pinned = app.state().record.manifest.clone();
-    if let Some(d) = pinned.as_deref().and_then(|d| Digest::parse(d).ok()) {
-        if let Ok(img) = Image::load(store, &d) {
-            if img
-                .layers
+    let complete = |d: &Digest| {
+        Image::load(store, d).ok().filter(|img| {
+            img.layers
                 .iter()
                 .all(|l| store.has(l) || store.layer_path(l).is_dir())
-            {
-                return Ok(img);
-            }
-        }
+        })
+    };
+    let pinned = app.state().record.manifest.clone();
+    if let Some(img) = pinned
+        .as_deref()
+        .and_then(|d| Digest::parse(d).ok())
+        .and_then(|d| complete(&d))
+    {
+        return Ok(img);
     }
     let r = app
         .spec
         .reference()
         .map_err(|e| format!("image {}: {e}", app.spec.image))?;
+    // Already here for another app under the same reference (or pinned by
+    // a digest the store holds): used as is, as `docker run` uses a local
+    // image, without asking the registry. A redeploy of the app itself
+    // pulls again (its own pin was dropped).
+    let local = r.digest.and_then(|d| complete(&d)).or_else(|| {
+        mgr.all()
+            .iter()
+            .filter(|o| o.spec.name != app.spec.name && o.spec.image == app.spec.image)
+            .filter_map(|o| o.state().record.manifest.clone())
+            .filter_map(|m| Digest::parse(&m).ok())
+            .find_map(|d| complete(&d))
+    });
+    if let Some(img) = local {
+        app.log
+            .push(&format!("[fluxnode] {r}: {} already here", img.manifest));
+        app.state().record.manifest = Some(img.manifest.to_string());
+        let _ = app.save();
+        return Ok(img);
+    }
     app.set_phase(Phase::Pulling { done: 0, total: 0 });
     app.log.push(&format!("[fluxnode] pulling {r}"));
     // At most what /var can spare beyond the node's reserve: an image is
