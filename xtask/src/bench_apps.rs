@@ -105,7 +105,7 @@ podman --version
 run() {
   t0=$(now)
   echo "bench: podman run at $(since "$t0")"
-  podman run -d --name hello -p 30080:8080 "$IMG" /bin/busybox sh -c '@CMD@' > /dev/null
+  timeout 300 podman run -d --name hello -p 30080:8080 "$IMG" /bin/busybox sh -c '@CMD@' > /dev/null
   echo "bench: podman run returned at $(since "$t0")"
   until curl -sf -m 2 -o /dev/null http://127.0.0.1:30080/; do
     if [ "$(since "$t0" | cut -d. -f1)" -gt 120 ]; then
@@ -119,7 +119,8 @@ run() {
   echo "bench: podman_$1_s=$(since "$t0")"
   podman rm -f hello > /dev/null
 }
-for i in 1 2 3; do podman rmi -af > /dev/null 2>&1; run cold; done
+echo "bench: clearing images"
+for i in 1 2 3; do timeout 300 podman rmi -af > /dev/null 2>&1; echo "bench: rmi exit $?"; run cold; done
 for i in 1 2 3 4 5; do run warm; done
 echo "bench: done"
 "#;
@@ -132,14 +133,24 @@ fn podman_disk(work: &Path) -> Result<PathBuf> {
     let script_path = work.join("bench-podman.sh");
     std::fs::create_dir_all(work)?;
     std::fs::write(&script_path, &script)?;
-    // A rootfs built earlier (mmdebstrap runs once) takes a changed script
-    // as its hook would have, and the disk is made again from it.
-    let in_root = work.join("rootfs/usr/local/bin/bench-podman.sh");
-    if in_root.exists()
-        && std::fs::read_to_string(&in_root).ok().as_deref() != Some(script.as_str())
-    {
-        std::fs::write(&in_root, &script)?;
-        let _ = std::fs::remove_file(work.join("debian.img"));
+    // The guest has no D-Bus (minbase): podman's systemd cgroup manager
+    // and journald events are not for it.
+    let engine = "[engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n";
+    let engine_path = work.join("bench-containers.conf");
+    std::fs::write(&engine_path, engine)?;
+    // A rootfs built earlier (mmdebstrap runs once) takes changed files as
+    // its hooks would have, and the disk is made again from it.
+    for (text, rel) in [
+        (script.as_str(), "usr/local/bin/bench-podman.sh"),
+        (engine, "etc/containers/containers.conf"),
+    ] {
+        let in_root = work.join("rootfs").join(rel);
+        if work.join("rootfs/sbin/init").exists()
+            && std::fs::read_to_string(&in_root).ok().as_deref() != Some(text)
+        {
+            std::fs::write(&in_root, text)?;
+            let _ = std::fs::remove_file(work.join("debian.img"));
+        }
     }
     let unit = "[Unit]\nDescription=bench apps\nWants=network-online.target\nAfter=network-online.target\n[Service]\nType=oneshot\nExecStart=/usr/local/bin/bench-podman.sh\n[Install]\nWantedBy=multi-user.target\n";
     let unit_path = work.join("bench-podman.service");
@@ -160,6 +171,10 @@ fn podman_disk(work: &Path) -> Result<PathBuf> {
         format!(
             "--customize-hook=install -m 644 {} \"$1/etc/containers/registries.conf.d/bench.conf\"",
             reg_path.display()
+        ),
+        format!(
+            "--customize-hook=install -m 644 {} \"$1/etc/containers/containers.conf\"",
+            engine_path.display()
         ),
         "--customize-hook=chroot \"$1\" systemctl enable bench-podman.service systemd-networkd-wait-online.service".to_string(),
     ];
