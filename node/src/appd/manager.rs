@@ -312,14 +312,18 @@ impl Manager {
         }
         let mut out = BTreeMap::new();
         for (name, (spec, mut rec, adir)) in apps {
-            if rec.index == u32::MAX {
+            let renumbered = rec.index == u32::MAX;
+            if renumbered {
                 rec.index = (0..network::MAX_APPS)
                     .find(|i| !used.contains(i))
                     .unwrap_or(0);
                 used.push(rec.index);
             }
             let app = Arc::new(App::new(spec, rec, adir));
-            let _ = app.save();
+            // Written back only when it changed: a start rewrites nothing.
+            if renumbered {
+                let _ = app.save();
+            }
             out.insert(name, app);
         }
         Ok(Arc::new(Manager {
