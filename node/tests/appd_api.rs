@@ -138,3 +138,51 @@ fn a_crowd_is_turned_away_not_queued_forever() {
         "{v}"
     );
 }
+
+/// The apps an image carries (`/etc/fluxnode/apps.d`) are deployed once:
+/// bad files are skipped with the rest still deployed, and an app the
+/// operator removed is not brought back by the next start.
+#[test]
+fn image_apps_are_seeded_once() {
+    let t = tempfile::tempdir().unwrap();
+    let (m, _sock) = server(t.path(), Limits::default());
+    let d = t.path().join("apps.d");
+    std::fs::create_dir_all(&d).unwrap();
+    let small = "resources = { cpu = 0.25, memory_mib = 32, disk_mib = 8 }\n";
+    std::fs::write(
+        d.join("10-web.toml"),
+        format!("name = \"web\"\nimage = \"example.invalid/web:1\"\n{small}"),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("20-db.json"),
+        r#"{"name": "db", "image": "example.invalid/db:1",
+            "resources": {"cpu": 0.25, "memory_mib": 32, "disk_mib": 8}}"#,
+    )
+    .unwrap();
+    // Invalid, too large, not a spec: each skipped, none stops the others.
+    std::fs::write(d.join("05-bad.toml"), "name = \"Bad Name\"\n").unwrap();
+    let huge = format!(
+        "name = \"huge\"\nimage = \"example.invalid/h:1\"\n{small}# {}\n",
+        "x".repeat(fluxnode_apps::spec::MAX_SPEC_BYTES)
+    );
+    std::fs::write(d.join("30-huge.toml"), huge).unwrap();
+    std::fs::write(d.join("README"), "name = \"readme\"\n").unwrap();
+
+    m.seed(&d);
+    let names = |m: &Manager| {
+        let mut v: Vec<String> = m.all().iter().map(|a| a.spec.name.clone()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&m), ["db", "web"]);
+    let seeded: Vec<String> =
+        serde_json::from_slice(&std::fs::read(t.path().join("state/apps/.seeded")).unwrap())
+            .unwrap();
+    assert_eq!(seeded, ["web", "db"]);
+
+    // Removed by the operator: the next seeding (the next boot) leaves it.
+    m.rm("web").unwrap();
+    m.seed(&d);
+    assert_eq!(names(&m), ["db"]);
+}

@@ -94,6 +94,9 @@ fn fluxnode_side(work: &Path, registry_port: u16) -> Result<String> {
     Ok(log)
 }
 
+/// The guest's boot script. An app spec's `command` replaces the image's
+/// entrypoint (as Kubernetes' `command` does), so podman is given the same
+/// program with `--entrypoint` and the rest as its arguments.
 const PODMAN_SCRIPT: &str = r#"#!/bin/sh
 # Written by `cargo xtask bench apps` (xtask/src/bench_apps.rs).
 exec > /dev/ttyS0 2>&1
@@ -105,13 +108,13 @@ podman --version
 run() {
   t0=$(now)
   echo "bench: podman run at $(since "$t0")"
-  timeout 300 podman run -d --name hello -p 30080:8080 "$IMG" /bin/busybox sh -c '@CMD@' > /dev/null
+  timeout 300 podman run -d --name hello -p 30080:8080 --entrypoint /bin/busybox "$IMG" sh -c '@CMD@' > /dev/null
   echo "bench: podman run returned at $(since "$t0")"
   until curl -sf -m 2 -o /dev/null http://127.0.0.1:30080/; do
     if [ "$(since "$t0" | cut -d. -f1)" -gt 120 ]; then
-      echo "bench: podman_error=no answer on 127.0.0.1:30080 within 60 s"
+      echo "bench: podman_error=no answer on 127.0.0.1:30080 within 120 s"
       podman ps -a; podman logs hello; podman inspect -f '{{.NetworkSettings.IPAddress}}' hello
-      nft list ruleset | head -80
+      iptables-save | head -60
       break
     fi
     sleep 0.04
@@ -152,6 +155,15 @@ fn podman_disk(work: &Path) -> Result<PathBuf> {
             let _ = std::fs::remove_file(work.join("debian.img"));
         }
     }
+    // systemd starts a getty on the serial console, and agetty's vhangup()
+    // cuts every other writer off ttyS0: the script ran on, but its lines
+    // after "clearing images" were lost (that was the "hang" of earlier
+    // runs). The guest gets no getty.
+    let getty = work.join("rootfs/etc/systemd/system/serial-getty@ttyS0.service");
+    if work.join("rootfs/sbin/init").exists() && std::fs::read_link(&getty).is_err() {
+        std::os::unix::fs::symlink("/dev/null", &getty)?;
+        let _ = std::fs::remove_file(work.join("debian.img"));
+    }
     let unit = "[Unit]\nDescription=bench apps\nWants=network-online.target\nAfter=network-online.target\n[Service]\nType=oneshot\nExecStart=/usr/local/bin/bench-podman.sh\n[Install]\nWantedBy=multi-user.target\n";
     let unit_path = work.join("bench-podman.service");
     std::fs::write(&unit_path, unit)?;
@@ -177,6 +189,7 @@ fn podman_disk(work: &Path) -> Result<PathBuf> {
             engine_path.display()
         ),
         "--customize-hook=chroot \"$1\" systemctl enable bench-podman.service systemd-networkd-wait-online.service".to_string(),
+        "--customize-hook=chroot \"$1\" systemctl mask serial-getty@ttyS0.service".to_string(),
     ];
     crate::bench_boot::debian_disk_with(
         work,
