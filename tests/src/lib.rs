@@ -7,7 +7,8 @@
 //! `tests/boot.rs`, one test binary, so that all tests share the images and
 //! independent boots run in parallel. The update tests' world (a TUF
 //! repository, versions built to update to, nginx, power cuts) is in
-//! [`update`], shared with `cargo xtask torture ota`.
+//! [`update`], shared with `cargo xtask torture ota`. The Yocto layer's
+//! Rust-side checks and its Python environment are in [`yocto`].
 #![deny(missing_docs)]
 
 pub mod disk;
@@ -16,3 +17,4 @@ pub mod fixture;
 pub mod qemu;
 pub mod shared;
 pub mod update;
+pub mod yocto;

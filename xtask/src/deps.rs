@@ -80,6 +80,9 @@ pub const PACKAGES: &[&str] = &[
     "crun",
     "nftables",
     "golang-github-containers-common",
+    // the Yocto layer's checks (issue 15) run oelint-adv, BitBake's parser
+    // and kas's schema in a virtualenv made with the pinned packages
+    "python3-venv",
 ];
 
 fn installed(pkg: &str) -> bool {

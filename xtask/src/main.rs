@@ -4,7 +4,8 @@
 //! - `cargo xtask test`  runs every test (what CI runs);
 //! - `cargo xtask bench` measures the figures in docs/BENCHMARKS.md;
 //! - `cargo xtask fuzz`  runs each fuzz target for a while;
-//! - `cargo xtask torture ota --cuts N` cuts the power during updates.
+//! - `cargo xtask torture ota --cuts N` cuts the power during updates;
+//! - `cargo xtask yocto-crates` regenerates the Yocto layer's crates include.
 //!
 //! Each first installs the Debian packages it needs (see `deps.rs`).
 
@@ -24,6 +25,7 @@ mod prepare;
 mod test;
 mod torture;
 mod util;
+mod yocto;
 
 use clap::{Parser, Subcommand};
 
@@ -48,6 +50,8 @@ enum Cmd {
     Fuzz(fuzz::Args),
     /// Abuse the appliance on purpose: `torture ota --cuts N` cuts the power during updates.
     Torture(torture::Args),
+    /// Regenerate the Yocto layer's crates include from Cargo.lock (`--check`: only check).
+    YoctoCrates(yocto::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -66,6 +70,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Bench(a) => bench::run(a),
         Cmd::Fuzz(a) => fuzz::run(a),
         Cmd::Torture(a) => torture::run(a),
+        Cmd::YoctoCrates(a) => yocto::run(a),
     };
     match res {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -98,6 +103,7 @@ mod tests {
             &["bench", "hal"],
             &["torture"],
             &["torture", "ota"],
+            &["yocto-crates"],
         ];
         for path in paths {
             let mut argv = vec!["xtask"];
