@@ -42,6 +42,40 @@ impl Capacity {
             pids: 32_768u64.saturating_sub(RESERVED.pids),
         }
     }
+
+    /// This capacity, held to what the node's tier guarantees: a ranked
+    /// node promises the network its tier, not its hardware, so a
+    /// resource the tier names is the lower of the two (the tier's total
+    /// less [`RESERVED`]); one it does not name stays the machine's.
+    pub fn within(self, g: &Guarantee) -> Capacity {
+        let lim = |have: u64, total: Option<u64>, reserved: u64| {
+            total.map_or(have, |t| have.min(t.saturating_sub(reserved)))
+        };
+        Capacity {
+            cpu_milli: lim(
+                self.cpu_milli,
+                g.threads.map(|t| t.saturating_mul(1000)),
+                RESERVED.cpu_milli,
+            ),
+            memory_mib: lim(self.memory_mib, g.memory_mib, RESERVED.memory_mib),
+            disk_mib: lim(self.disk_mib, g.disk_mib, RESERVED.disk_mib),
+            pids: self.pids,
+        }
+    }
+}
+
+/// What a tier guarantees, as totals like a machine's; `None` where the
+/// tier names no figure.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Guarantee {
+    /// The tier's name.
+    pub tier: String,
+    /// Hardware threads.
+    pub threads: Option<u64>,
+    /// Memory, MiB.
+    pub memory_mib: Option<u64>,
+    /// Disk, MiB.
+    pub disk_mib: Option<u64>,
 }
 
 /// A resource an app asks for.
@@ -177,6 +211,35 @@ fn add(acc: Capacity, r: &Resources) -> Capacity {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
+
+    #[test]
+    fn a_tier_caps_what_it_names_and_leaves_the_rest_to_the_machine() {
+        let machine = Capacity::for_machine(16, 65_536, 2_000_000);
+        let cumulus = Guarantee {
+            tier: "Cumulus".into(),
+            threads: Some(4),
+            memory_mib: Some(7_629),
+            disk_mib: None,
+        };
+        let c = machine.within(&cumulus);
+        assert_eq!(c.cpu_milli, 4_000 - RESERVED.cpu_milli);
+        assert_eq!(c.memory_mib, 7_629 - RESERVED.memory_mib);
+        assert_eq!(c.disk_mib, machine.disk_mib, "the tier names no disk");
+        assert_eq!(c.pids, machine.pids);
+        // A machine smaller than its tier keeps its own figures.
+        let small = Capacity::for_machine(2, 4_096, 10_000);
+        assert_eq!(small.within(&cumulus), small);
+        // A tier of zeros leaves nothing, without underflow.
+        let none = Guarantee {
+            tier: "Zero".into(),
+            threads: Some(0),
+            memory_mib: Some(0),
+            disk_mib: Some(u64::MAX),
+        };
+        let z = machine.within(&none);
+        assert_eq!((z.cpu_milli, z.memory_mib), (0, 0));
+        assert_eq!(z.disk_mib, machine.disk_mib);
+    }
 
     fn app(name: &str, cpu: f64, mem: u64, port: u16) -> AppSpec {
         AppSpec::parse(&format!(

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use fluxnode_apps::capacity::{fit, Capacity, FitError};
+use fluxnode_apps::capacity::{fit, Capacity, FitError, Guarantee};
 use fluxnode_apps::spec::{AppSpec, SpecError};
 
 /// What lives under the state directory for apps.
@@ -92,6 +92,40 @@ pub fn machine_capacity(var: &Path) -> std::io::Result<Capacity> {
     Ok(Capacity::for_machine(threads, mem_kib >> 10, disk_mib))
 }
 
+/// What the tier this node last proved guarantees: the tier named by the
+/// agent's certificate in `state_dir`, with its figures from Flux's
+/// published table (hal's `DEFAULT_POLICY`). `None` when the node holds
+/// no certificate, was ranked below every tier, or holds a tier that table
+/// does not name (a private registry's own, like the demo's): then the
+/// machine's figures are the capacity. The certificate is read, not
+/// verified: the agent wrote it to the node's own /var after checking it.
+pub fn tier_guarantee(state_dir: &Path) -> Option<Guarantee> {
+    #[derive(serde::Deserialize)]
+    struct TierOnly {
+        tier: Option<String>,
+    }
+    let cert = crate::state::StateDir::new(state_dir).certificate()?;
+    let name = serde_json::from_str::<TierOnly>(&cert.body).ok()?.tier?;
+    let policy = fluxnode_hal::tier::Policy::flux();
+    let t = policy.tier.iter().find(|t| t.name == name)?;
+    // GB of 10^9 bytes (hal's units) to MiB.
+    let mib = |gb: f64| (gb * 1e9 / 1_048_576.0) as u64;
+    Some(Guarantee {
+        tier: name,
+        threads: t.threads.or(t.cores).map(|v| v as u64),
+        memory_mib: t.ram_gb.map(mib),
+        disk_mib: t.ssd_gb.map(mib),
+    })
+}
+
+/// This node's capacity for apps: the machine's ([`machine_capacity`]),
+/// held to its tier's guarantee ([`tier_guarantee`]) when it has one.
+pub fn node_capacity(state_dir: &Path) -> std::io::Result<(Capacity, Option<Guarantee>)> {
+    let machine = machine_capacity(state_dir)?;
+    let g = tier_guarantee(state_dir);
+    Ok((g.as_ref().map_or(machine, |g| machine.within(g)), g))
+}
+
 /// Why a spec was refused by `fluxnode app check`.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
@@ -140,6 +174,38 @@ mod tests {
 
     const WEB: &str =
         "name = \"web\"\nimage = \"x\"\n[resources]\ncpu = 0.5\nmemory_mib = 512\ndisk_mib = 100\n";
+
+    /// A certificate file as the agent stores it, naming `tier`.
+    fn certify(dir: &Path, tier: Option<&str>) {
+        let body = serde_json::json!({"version": 1, "tier": tier}).to_string();
+        let cert = serde_json::json!({"body": body, "signature": "00"});
+        std::fs::write(dir.join("tier-certificate.json"), cert.to_string()).unwrap();
+    }
+
+    #[test]
+    fn the_certified_tier_caps_the_capacity() {
+        let t = tempfile::tempdir().unwrap();
+        assert_eq!(tier_guarantee(t.path()), None, "no certificate");
+        certify(t.path(), Some("Cumulus"));
+        let g = tier_guarantee(t.path()).unwrap();
+        // Flux's table: 4 threads, 8 GB, 220 GB (10^9 bytes).
+        assert_eq!(g.threads, Some(4));
+        assert_eq!(g.memory_mib, Some(7_629));
+        assert_eq!(g.disk_mib, Some(209_808));
+        let (cap, used) = node_capacity(t.path()).unwrap();
+        assert_eq!(used.as_ref().map(|g| g.tier.as_str()), Some("Cumulus"));
+        let machine = machine_capacity(t.path()).unwrap();
+        assert_eq!(cap, machine.within(&g));
+        assert!(cap.memory_mib <= 7_629 - fluxnode_apps::capacity::RESERVED.memory_mib);
+        // Below every tier, or a tier Flux's table does not name: the machine's.
+        certify(t.path(), None);
+        assert_eq!(tier_guarantee(t.path()), None);
+        certify(t.path(), Some("Demo"));
+        assert_eq!(tier_guarantee(t.path()), None);
+        assert_eq!(node_capacity(t.path()).unwrap().0, machine);
+        std::fs::write(t.path().join("tier-certificate.json"), "{ damaged").unwrap();
+        assert_eq!(tier_guarantee(t.path()), None);
+    }
 
     #[test]
     fn placed_apps_count_and_a_redeploy_replaces_its_own_share() {

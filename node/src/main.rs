@@ -391,7 +391,7 @@ fn app(state_dir: &std::path::Path, cmd: AppCmd) -> Result<ExitCode> {
                 std::fs::read_to_string(&spec)
                     .with_context(|| format!("reading {}", spec.display()))?
             };
-            let cap = apps::machine_capacity(state_dir)
+            let (cap, _) = apps::node_capacity(state_dir)
                 .with_context(|| format!("measuring the capacity under {}", state_dir.display()))?;
             let r = apps::check(&text, &dir.placed(), &cap);
             if json {
@@ -560,6 +560,17 @@ fn app(state_dir: &std::path::Path, cmd: AppCmd) -> Result<ExitCode> {
                     ports.join(",")
                 );
             }
+            let c = &v["capacity"];
+            println!(
+                "capacity for apps: {} cores, {} MiB of memory, {} MiB of disk ({})",
+                c["cpu_milli"].as_u64().unwrap_or(0) as f64 / 1000.0,
+                c["memory_mib"],
+                c["disk_mib"],
+                v["tier"].as_str().map_or_else(
+                    || "the machine's, less the node's reserve".to_string(),
+                    |t| format!("held to what tier {t} guarantees")
+                )
+            );
             Ok(ExitCode::SUCCESS)
         }
         AppCmd::Inspect { name, .. } => {

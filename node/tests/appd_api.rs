@@ -48,6 +48,18 @@ fn ls_and_refusals_name_what_to_do() {
     let v = c.call(&json!({"op": "ls"})).unwrap();
     assert_eq!(v["apps"], json!([]));
     assert_eq!(v["capacity"]["memory_mib"], 256);
+    assert_eq!(v["tier"], json!(null));
+    // Once the agent holds a certificate, its tier is the cap (Cumulus
+    // guarantees more than this machine has: the machine's figures stay).
+    let body = json!({"version": 1, "tier": "Cumulus"}).to_string();
+    std::fs::write(
+        t.path().join("state/tier-certificate.json"),
+        json!({"body": body, "signature": "00"}).to_string(),
+    )
+    .unwrap();
+    let v = c.call(&json!({"op": "ls"})).unwrap();
+    assert_eq!(v["tier"], "Cumulus");
+    assert_eq!(v["capacity"]["memory_mib"], 256);
     match c.call(&json!({"op": "inspect", "name": "web"})) {
         Err(ClientError::Refused(why)) => {
             assert!(

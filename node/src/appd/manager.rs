@@ -246,7 +246,8 @@ pub struct Manager {
     pub cfg: Config,
     /// Where apps live.
     pub dir: AppsDir,
-    /// This node's capacity for apps.
+    /// The machine's capacity for apps (measured at start); what deploys
+    /// are fitted against is [`Manager::capacity`].
     pub cap: Capacity,
     apps: Mutex<BTreeMap<String, Arc<App>>>,
     /// Why disk quotas are not enforced, if they are not.
@@ -345,6 +346,17 @@ impl Manager {
         self.ops.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The capacity deploys are fitted against: the machine's, held to
+    /// the guarantee of the tier the agent last certified (read at each
+    /// call: the certificate comes and changes while the daemon runs),
+    /// and that tier's name.
+    pub fn capacity(&self) -> (Capacity, Option<String>) {
+        match crate::apps::tier_guarantee(&self.cfg.state_dir) {
+            Some(g) => (self.cap.within(&g), Some(g.tier)),
+            None => (self.cap, None),
+        }
+    }
+
     /// Is `app` still the one placed under its name (not replaced or
     /// removed while its supervisor was busy)?
     pub fn is_current(&self, app: &Arc<App>) -> bool {
@@ -431,7 +443,7 @@ impl Manager {
             .map(|a| a.spec.clone())
             .collect();
         let refs: Vec<&AppSpec> = others.iter().collect();
-        fit(&self.cap, &refs, &spec).map_err(|e| OpError::Refused(e.to_string()))?;
+        fit(&self.capacity().0, &refs, &spec).map_err(|e| OpError::Refused(e.to_string()))?;
         let index = match &old {
             Some(a) => {
                 let i = a.state().record.index;
@@ -786,7 +798,8 @@ impl Manager {
                 })
             })
             .collect();
-        json!({ "apps": rows, "capacity": self.cap })
+        let (cap, tier) = self.capacity();
+        json!({ "apps": rows, "capacity": cap, "tier": tier })
     }
 }
 
