@@ -85,7 +85,9 @@ IMAGE_CMD:fluxnoderoot () {
 		--salt=${FLUXNODE_VERITY_SALT} --data-blocks=$(( padded / 4096 )) \
 		--hash-offset=$padded $out $out > ${FLUXNODE_BOOT_DIR}/verity.txt
 	echo "Data blocks: $(( padded / 4096 ))" >> ${FLUXNODE_BOOT_DIR}/verity.txt
-	ln -f $out ${IMGDEPLOYDIR}/${IMAGE_NAME}${IMAGE_NAME_SUFFIX}.fluxnoderoot
+	# IMAGE_NAME already ends in IMAGE_NAME_SUFFIX (.rootfs) since nanbield;
+	# image.bbclass links IMAGE_LINK_NAME.fluxnoderoot to IMAGE_NAME.fluxnoderoot.
+	ln -f $out ${IMGDEPLOYDIR}/${IMAGE_NAME}.fluxnoderoot
 }
 
 def fluxnode_wks_parts(d):

@@ -18,8 +18,10 @@ IMAGE_INSTALL = "base-files \
     fluxnode-node \
     fluxnode-ota \
     ${@'fluxnode-node-appd' if d.getVar('FLUXNODE_APPS') == '1' else ''}"
-# Read-only (erofs): every postinst runs at build time, none on the device.
+# Read-only (erofs): every postinst runs at build time, none on the device,
+# so the image needs no run-postinsts (and the shell it would bring).
 IMAGE_FEATURES = "read-only-rootfs"
+ROOTFS_BOOTSTRAP_INSTALL = ""
 IMAGE_LINGUAS = ""
 NO_RECOMMENDATIONS = "1"
 # wic + its bmap to flash; fluxnoderoot is the slot payload (and wic's input).

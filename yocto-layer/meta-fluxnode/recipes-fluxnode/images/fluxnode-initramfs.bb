@@ -48,8 +48,10 @@ python fluxnode_initramfs_tree() {
                        'VERSION_ID=%s\nPRETTY_NAME="fluxnode %s"\n' % (version, version, version))
     for sub in ('dev', 'proc', 'sys', 'run', 'newroot', 'tmp'):
         bb.utils.mkdirhier(os.path.join(rootfs, sub))
-    # /dev/console is added by the cpio image type; /dev/null here.
-    if not os.path.exists(os.path.join(rootfs, 'dev/null')):
-        os.mknod(os.path.join(rootfs, 'dev/null'), 0o20666, os.makedev(1, 3))
+    # As image/src/initramfs.rs: /dev/console and /dev/null (oe-core's cpio
+    # image type adds neither; do_rootfs runs under pseudo, so mknod works).
+    for node, mode, major, minor in (('dev/console', 0o20600, 5, 1), ('dev/null', 0o20666, 1, 3)):
+        if not os.path.lexists(os.path.join(rootfs, node)):
+            os.mknod(os.path.join(rootfs, node), mode, os.makedev(major, minor))
 }
 ROOTFS_POSTPROCESS_COMMAND += "fluxnode_initramfs_tree"
